@@ -1,0 +1,65 @@
+# sendtrack — the two commands a newcomer runs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export SENDTRACK_KAFKA_BROKER ?= localhost:9092
+
+.PHONY: all install kafka-up kafka-down kafka-status test test-unit test-integration demo bench bench-quick migrate worker clean
+
+all: install
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ is required (python3 not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)
+
+kafka-up:
+	@scripts/kafka/kafka.sh up
+
+kafka-down:
+	@scripts/kafka/kafka.sh down
+
+kafka-status:
+	@scripts/kafka/kafka.sh status
+
+test-unit: install
+	$(PY) -m pytest tests/unit -q -p no:cacheprovider
+
+# Starts the broker if none answers, runs everything, and stops what it started.
+test: install
+	@started=0; \
+	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
+	$(PY) -m pytest tests -q -p no:cacheprovider -ra; rc=$$?; \
+	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
+	exit $$rc
+
+test-integration: install kafka-up
+	$(PY) -m pytest tests/integration -q -p no:cacheprovider -ra
+
+migrate: install
+	$(VENV)/bin/sendtrack migrate
+
+worker: install kafka-up
+	$(VENV)/bin/sendtrack worker
+
+demo: install
+	@scripts/demo.sh
+
+bench: install
+	@started=0; \
+	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
+	$(PY) bench/run.py $(BENCH_ARGS); rc=$$?; \
+	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
+	exit $$rc
+
+bench-quick:
+	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick
+
+clean:
+	rm -rf $(VENV) .kafka data

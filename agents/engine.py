@@ -1,0 +1,372 @@
+"""The status engine: joins requests and callbacks per message id in Faust tables (CONTRACT §2)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Any, Optional
+
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.types import EventT
+
+from agents.app import (
+    app,
+    by_provider_id_topic,
+    callbacks_topic,
+    dead_letters_topic,
+    held_index,
+    messages_table,
+    provider_held_table,
+    provider_ids_table,
+    routed_topic,
+    send_requests_topic,
+    settings,
+    status_changes_topic,
+)
+from schemas.models import Callback, DeadLetter, Invalid, SendRequest
+from schemas.validate import ErrorType, callback_from_dict, parse_callback, parse_send_request
+from sendtrack import status
+from sendtrack.metrics import metrics
+
+log = logging.getLogger(__name__)
+
+N = settings.partitions
+REQUESTS = send_requests_topic.get_topic_name()
+CALLBACKS = callbacks_topic.get_topic_name()
+ROUTED = routed_topic.get_topic_name()
+BY_PID = by_provider_id_topic.get_topic_name()
+DEAD_LETTERS = dead_letters_topic.get_topic_name()
+ORPHAN_TTL_MS = settings.orphan_ttl_seconds * 1000
+RETENTION_MS = int(settings.state_retention_days * 86_400_000)
+SWEEP_BATCH = 20_000
+FAUST_KEY_PREFIX = b"__faust"  # Faust keeps its changelog offset in the same RocksDB
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def partition_for(key: str) -> int:
+    """The partition Kafka's default partitioner gives this key (murmur2, as the Java client)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % N
+
+
+def provider_key(provider: str, provider_message_id: str) -> str:
+    return f"{provider}\x1f{provider_message_id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def emit_changes(changes: list) -> None:
+    for change in changes:
+        status_changes_topic.send_soon(key=change.message_id.encode(), value=orjson.dumps(change))
+    metrics.inc("status_changes_total", len(changes))
+
+
+def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload: bytes,
+                     invalid: Invalid) -> None:
+    """Send a refused record to dead-letters with its original bytes and position."""
+    try:
+        text, encoding = payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(payload).decode(), "base64"
+    try:
+        key_text = key.decode("utf-8") if key is not None else None
+    except UnicodeDecodeError:
+        key_text = base64.b64encode(key).decode()
+    letter = DeadLetter(
+        source_topic=origin[0], partition=origin[1], offset=origin[2], key=key_text,
+        payload=text, payload_encoding=encoding, error_type=str(invalid.error_type),
+        error=invalid.error, failed_at=now_ms(),
+    )
+    dead_letters_topic.send_soon(key=key, value=orjson.dumps(letter))
+    metrics.inc("dead_letters_total", 1, error_type=str(invalid.error_type))
+
+
+def route(message_id: str, envelope: dict[str, Any]) -> None:
+    """Send an envelope to the partition that owns `message_id` (through Kafka, never a lookup)."""
+    routed_topic.send_soon(key=message_id.encode(), value=orjson.dumps(envelope),
+                           partition=partition_for(message_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# The message-keyed side: requests, callbacks, routed envelopes
+
+
+def _origin(event: EventT) -> tuple[str, int, int]:
+    m = event.message
+    return (m.topic, m.partition, m.offset)
+
+
+def _state_of(message_id: str) -> dict[str, Any]:
+    return messages_table.get(message_id) or status.new_state()
+
+
+def _replayed(state: dict[str, Any], position: tuple[str, int, int]) -> bool:
+    """True when the record at `position` was already applied to this state (a re-read after a crash).
+
+    `position` is where the engine read the record; all of a message's records are read from the
+    partition that owns it, so the last offset applied per topic identifies a re-read.
+    """
+    seen = state.get("off", {}).get(position[0])
+    return seen is not None and position[2] <= seen
+
+
+def _save(message_id: str, state: dict[str, Any], position: tuple[str, int, int], now: int) -> None:
+    state.setdefault("off", {})[position[0]] = position[2]
+    state["t"] = now
+    messages_table[message_id] = state
+
+
+def _after_apply(message_id: str, state: dict[str, Any], outcome: status.Outcome, origin: tuple[str, int, int],
+                 position: tuple[str, int, int], key: Optional[bytes], payload: bytes, now: int) -> None:
+    if outcome.invalid is not None:
+        emit_dead_letter(origin, key, payload, outcome.invalid)
+    for entry, invalid in outcome.rejected:
+        emit_dead_letter(tuple(entry["origin"]), key, orjson.dumps(entry["cb"]), invalid)
+    emit_changes(outcome.changes)
+    # The held index lists messages with held callbacks, so the orphan sweep never walks all state.
+    if state["held"] and not state.get("hi"):
+        held_index[message_id] = now
+        state["hi"] = True
+    elif not state["held"] and state.pop("hi", False):
+        del held_index[message_id]
+    _save(message_id, state, position, now)
+
+
+def handle_request(req: SendRequest, origin: tuple[str, int, int], position: tuple[str, int, int],
+                   key: Optional[bytes], payload: bytes, now: int) -> None:
+    state = _state_of(req.message_id)
+    if _replayed(state, position):
+        emit_changes(status.replay_changes(state, status.REQUEST_SOURCE, now))
+        _save(req.message_id, state, position, now)
+        return
+    outcome = status.apply_request(state, req, now)
+    _after_apply(req.message_id, state, outcome, origin, position, key, payload, now)
+
+
+def handle_callback(cb: Callback, origin: tuple[str, int, int], position: tuple[str, int, int],
+                    key: Optional[bytes], payload: bytes, now: int) -> None:
+    message_id = cb.message_id
+    assert message_id is not None
+    state = _state_of(message_id)
+    if _replayed(state, position):
+        emit_changes(status.replay_changes(state, cb.event_id, now))
+        _save(message_id, state, position, now)
+        return
+    outcome = status.apply_callback(state, cb, now, origin=list(origin))
+    _after_apply(message_id, state, outcome, origin, position, key, payload, now)
+
+
+def _misrouted(message_id: str, event: EventT) -> bool:
+    return partition_for(message_id) != event.message.partition
+
+
+def process(event: EventT, now: int) -> None:
+    """Apply one record of send-requests, provider-callbacks or the routed topic."""
+    msg = event.message
+    origin = position = (msg.topic, msg.partition, msg.offset)
+    payload: bytes = event.value if event.value is not None else b""
+    key = event.key
+    if msg.topic == ROUTED:
+        envelope = orjson.loads(payload)
+        kind = envelope["kind"]
+        if kind == "tick":
+            sweep(msg.partition, envelope["now"])
+            return
+        origin = tuple(envelope["origin"])
+        body = envelope["body"]
+        if kind == "request":
+            handle_request(SendRequest(**body), origin, position, key, orjson.dumps(body), now)
+        else:
+            handle_callback(Callback(**body), origin, position, key, orjson.dumps(body), now)
+        return
+    metrics.inc("records_in_total", 1, topic=msg.topic)
+    if msg.topic == REQUESTS:
+        req = parse_send_request(payload, settings.max_payload_bytes)
+        if isinstance(req, Invalid):
+            emit_dead_letter(origin, key, payload, req)
+        elif _misrouted(req.message_id, event):
+            route(req.message_id, {"kind": "request", "origin": origin, "body": _plain(req)})
+        else:
+            handle_request(req, origin, position, key, payload, now)
+        return
+    cb = parse_callback(payload, settings.max_payload_bytes)
+    if isinstance(cb, Invalid):
+        emit_dead_letter(origin, key, payload, cb)
+        return
+    if cb.provider and cb.provider_message_id:
+        pkey = provider_key(cb.provider, cb.provider_message_id)
+        if cb.message_id is None:
+            # Only the provider's id: resolve it on the partition that owns that id.
+            by_provider_id_topic.send_soon(
+                key=pkey.encode(), partition=partition_for(pkey),
+                value=orjson.dumps({"op": "resolve", "origin": origin, "body": _plain(cb)}))
+            return
+        by_provider_id_topic.send_soon(
+            key=pkey.encode(), partition=partition_for(pkey),
+            value=orjson.dumps({"op": "map", "message_id": cb.message_id}))
+    assert cb.message_id is not None
+    if _misrouted(cb.message_id, event):
+        route(cb.message_id, {"kind": "callback", "origin": origin, "body": _plain(cb)})
+    else:
+        handle_callback(cb, origin, position, key, payload, now)
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    return {name: v for name in record.__slots__ if (v := getattr(record, name)) is not None}
+
+
+def sweep(partition: int, now: int) -> None:
+    """Expire held callbacks past the orphan TTL and evict state untouched past the retention."""
+    for message_id, held_since in list(_items_of_partition(held_index, partition)):
+        if now - held_since < ORPHAN_TTL_MS:
+            continue
+        state = messages_table.get(message_id)
+        if state is not None and state["req"] is None:
+            for entry in state["held"]:
+                emit_dead_letter(tuple(entry["origin"]), message_id.encode(), orjson.dumps(entry["cb"]), Invalid(
+                    ErrorType.ORPHAN,
+                    f"no send request for message {message_id!r} arrived within "
+                    f"{settings.orphan_ttl_seconds} s",
+                ))
+            del messages_table[message_id]
+        del held_index[message_id]
+    evicted = _evict(messages_table, partition, now, lambda s: s.get("t", 0))
+    if evicted:
+        metrics.inc("state_evicted_total", evicted, table="messages")
+
+
+_cursors: dict[tuple[str, int], Optional[bytes]] = {}
+
+
+def _items_of_partition(table: Any, partition: int):
+    db = _db(table, partition)
+    if db is None:
+        return
+    for k, v in db.items():
+        if not k.startswith(FAUST_KEY_PREFIX):
+            yield k.decode(), orjson.loads(v)
+
+
+def _db(table: Any, partition: int) -> Any:
+    # Faust keeps one RocksDB per table partition; reading it directly lets the sweep walk one
+    # partition in key order without loading the others.
+    return getattr(table.data, "_dbs", {}).get(partition)
+
+
+def _evict(table: Any, partition: int, now: int, touched) -> int:
+    """Walk up to SWEEP_BATCH keys of one partition from where the last sweep stopped."""
+    db = _db(table, partition)
+    if db is None:
+        return 0
+    cursor_key = (table.name, partition)
+    it = db.iter()
+    start = _cursors.get(cursor_key)
+    it.seek(start) if start else it.seek_to_first()
+    stale, seen = [], 0
+    while it.valid() and seen < SWEEP_BATCH:
+        if not it.key().startswith(FAUST_KEY_PREFIX) and now - touched(orjson.loads(it.value())) > RETENTION_MS:
+            stale.append(it.key().decode())
+        seen += 1
+        it.next()
+    _cursors[cursor_key] = it.key() if it.valid() else None
+    for key in stale:
+        del table[key]
+    return len(stale)
+
+
+@app.agent(app.topic(REQUESTS, CALLBACKS, ROUTED, key_type=bytes, value_type=bytes,
+                     key_serializer="raw", value_serializer="raw"), name="status-engine")
+async def status_engine(stream):
+    """Apply requests and callbacks in batches; each record is processed in its own event context."""
+    async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
+        now = now_ms()
+        for event in events:
+            # Table writes go to the changelog partition of the current event (faust Table
+            # semantics); inside a batch we point the context at each event in turn.
+            stream._set_current_event(event)
+            try:
+                process(event, now)
+            except Exception as exc:  # the one boundary that turns a failure into a dead letter
+                log.exception("record %s failed", _origin(event))
+                emit_dead_letter(_origin(event), event.key, event.value or b"",
+                                 Invalid(ErrorType.INVALID_VALUE, f"processing failed: {exc!r}"))
+        stream._set_current_event(None)
+        metrics.inc("engine_events_total", len(events))
+
+
+# ---------------------------------------------------------------------------------------------
+# The provider-id side: mappings and callbacks that name only the provider's id
+
+
+def handle_by_provider_id(event: EventT, now: int) -> None:
+    pkey = event.key.decode()
+    doc = orjson.loads(event.value)
+    op = doc["op"]
+    if op == "tick":
+        sweep_provider_ids(event.message.partition, doc["now"])
+        return
+    mapping = provider_ids_table.get(pkey)
+    if op == "map":
+        if mapping is None or mapping[0] != doc["message_id"] or now - mapping[1] > 3_600_000:
+            provider_ids_table[pkey] = [mapping[0] if mapping else doc["message_id"], now]
+        message_id = (mapping or [doc["message_id"]])[0]
+        held = provider_held_table.get(pkey)
+        if held:
+            for item in held["cbs"]:
+                body = dict(item["body"], message_id=message_id)
+                route(message_id, {"kind": "callback", "origin": item["origin"], "body": body})
+            del provider_held_table[pkey]
+        return
+    # op == "resolve"
+    if mapping is not None:
+        body = dict(doc["body"], message_id=mapping[0])
+        route(mapping[0], {"kind": "callback", "origin": doc["origin"], "body": body})
+        return
+    held = provider_held_table.get(pkey) or {"since": now, "cbs": []}
+    if all(item["body"]["event_id"] != doc["body"]["event_id"] for item in held["cbs"]):
+        held["cbs"].append({"origin": doc["origin"], "body": doc["body"]})
+        provider_held_table[pkey] = held
+
+
+def sweep_provider_ids(partition: int, now: int) -> None:
+    for pkey, held in list(_items_of_partition(provider_held_table, partition)):
+        if now - held["since"] < ORPHAN_TTL_MS:
+            continue
+        for item in held["cbs"]:
+            emit_dead_letter(tuple(item["origin"]), pkey.encode(), orjson.dumps(item["body"]), Invalid(
+                ErrorType.ORPHAN,
+                f"no message is known for provider id {pkey.replace(chr(31), ':')!r} after "
+                f"{settings.orphan_ttl_seconds} s",
+            ))
+        del provider_held_table[pkey]
+    _evict(provider_ids_table, partition, now, lambda m: m[1])
+
+
+@app.agent(by_provider_id_topic, name="provider-id-resolver")
+async def provider_id_resolver(stream):
+    """Keep provider id -> message id, and re-key callbacks that name only the provider id."""
+    async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
+        now = now_ms()
+        for event in events:
+            stream._set_current_event(event)
+            try:
+                handle_by_provider_id(event, now)
+            except Exception:
+                log.exception("provider-id record %s failed", _origin(event))
+        stream._set_current_event(None)
+
+
+@app.timer(settings.sweep_interval_seconds)
+async def send_sweep_ticks() -> None:
+    """Ask every partition to sweep; the sweep runs in that partition's own event context."""
+    now = now_ms()
+    tick = orjson.dumps({"kind": "tick", "op": "tick", "now": now})
+    for partition in range(N):
+        await routed_topic.send(key=b"\x00tick", value=tick, partition=partition)
+        await by_provider_id_topic.send(key=b"\x00tick", value=tick, partition=partition)

@@ -1,0 +1,129 @@
+"""The ClickHouse sink: status-changes and dead-letters in large batches, offsets committed after the insert."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Optional
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from clickhouse_connect.driver.exceptions import OperationalError
+from mode import Service
+
+from agents.app import app, dead_letters_topic, settings, status_changes_topic
+from sendtrack.metrics import metrics
+from sinks.clickhouse import ClickHouse, is_retriable
+from sinks.migrate import migrate
+from sinks.writer import Batch
+
+log = logging.getLogger(__name__)
+
+
+class ClickHouseSink(Service):
+    """Consumes its own group (not the Faust one), so a slow or unavailable ClickHouse holds only
+    the sink's offsets: rows are delayed, never dropped, and the status engine keeps running."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ch: Optional[ClickHouse] = None
+        self.status_topic = status_changes_topic.get_topic_name()
+        self.dead_topic = dead_letters_topic.get_topic_name()
+        self._outage_until = 0.0  # fault injection: inserts fail until this monotonic time
+        self.ready = asyncio.Event()
+        self._committed: dict[TopicPartition, int] = {}
+
+    def inject_outage(self, seconds: float) -> None:
+        """Make every insert fail as if ClickHouse were unreachable, for `seconds` (tests, chaos)."""
+        self._outage_until = time.monotonic() + seconds
+
+    async def on_start(self) -> None:
+        self.ch = await asyncio.to_thread(ClickHouse.connect, settings)
+        await asyncio.to_thread(migrate, self.ch, log.info)
+
+    @Service.task
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.status_topic, self.dead_topic,
+            bootstrap_servers=settings.kafka_broker,
+            group_id=f"{settings.app_id}-clickhouse-sink",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # The sink stops polling while ClickHouse is down; it must not be thrown out of the group.
+            max_poll_interval_ms=7 * 86_400_000,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        await consumer.start()
+        self.ready.set()
+        try:
+            while not self.should_stop:
+                batch, offsets = await self._collect(consumer)
+                if batch.records:
+                    await self._write(batch)
+                    await self._commit(consumer, offsets)
+                    self._report_lag(consumer, offsets)
+        finally:
+            await consumer.stop()
+
+    async def _collect(self, consumer: AIOKafkaConsumer) -> tuple[Batch, dict[TopicPartition, int]]:
+        """Gather records until the batch is full or its time is up (about one insert per second)."""
+        batch, offsets = Batch(), {}
+        deadline = time.monotonic() + settings.sink_batch_seconds
+        while batch.rows < settings.sink_batch_rows and not self.should_stop:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            data = await consumer.getmany(timeout_ms=int(remaining * 1000),
+                                          max_records=settings.sink_batch_rows - batch.rows)
+            for tp, records in data.items():
+                add = batch.add_status_change if tp.topic == self.status_topic else batch.add_dead_letter
+                for r in records:
+                    add(r.value or b"", r.topic, r.partition, r.offset)
+                offsets[tp] = records[-1].offset + 1
+        return batch, offsets
+
+    async def _write(self, batch: Batch) -> None:
+        delay = 0.2
+        while True:
+            try:
+                if time.monotonic() < self._outage_until:
+                    raise OperationalError("injected ClickHouse outage")
+                written = await asyncio.to_thread(batch.write, self.ch)
+            except Exception as exc:
+                if not is_retriable(exc):
+                    # Not an outage: a schema mismatch or a bug. Rows are still never dropped; the
+                    # sink holds its offsets and says so loudly until an operator fixes the cause.
+                    log.error("ClickHouse refused a batch of %d rows: %r", batch.rows, exc)
+                metrics.inc("clickhouse_insert_errors_total", 1, retriable=str(is_retriable(exc)).lower())
+                metrics.set("sink_retrying", 1)
+                log.warning("ClickHouse insert failed (%s); retrying in %.1f s, offsets held", exc, delay)
+                await self.sleep(delay)
+                if self.should_stop:
+                    raise asyncio.CancelledError
+                delay = min(delay * 2, settings.sink_retry_max_seconds)
+                continue
+            metrics.set("sink_retrying", 0)
+            for table, rows in written.items():
+                metrics.inc("clickhouse_inserts_total", 1, table=table)
+                metrics.inc("clickhouse_rows_total", rows, table=table)
+            return
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance took the partitions away: the new owner re-reads this batch, and the
+            # views fold the duplicate rows. Nothing is lost.
+            log.warning("sink commit failed after a successful insert (%r); rows will be re-read", exc)
+
+    def _report_lag(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        self._committed.update(offsets)
+        lag = sum(max(0, (consumer.highwater(tp) or 0) - self._committed.get(tp, 0))
+                  for tp in consumer.assignment())
+        metrics.set("sink_lag_records", lag)
+
+
+sink = ClickHouseSink()
+app.service(sink)

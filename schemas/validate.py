@@ -1,0 +1,195 @@
+"""One entry point from raw bytes to a record or a precise Invalid (CONTRACT §2.7)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from enum import StrEnum
+from typing import Any, Callable, Union
+
+import orjson
+
+from schemas.models import ACTIONS, MESSAGE_ID_MAX, STATUSES, Callback, Invalid, SendRequest
+
+
+class ErrorType(StrEnum):
+    """Every error type a dead letter can carry."""
+
+    UNDECODABLE = "undecodable"  # not UTF-8, or not JSON
+    NOT_AN_OBJECT = "not_an_object"
+    TOO_LARGE = "too_large"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    INVALID_VALUE = "invalid_value"
+    UNKNOWN_FIELD = "unknown_field"
+    UNKNOWN_ACTION = "unknown_action"
+    UNKNOWN_STATUS = "unknown_status"
+    STATUS_NOT_ALLOWED = "status_not_allowed"
+    CONFLICTING_REQUEST = "conflicting_request"
+    ORPHAN = "orphan"
+    INVALID_WEBHOOK = "invalid_webhook"
+    PROVIDER_ERROR = "provider_error"
+    UNKNOWN_EVENT = "unknown_event"
+
+
+_JSON_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", dict: "object"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field of a record: its JSON type and whether it is required."""
+
+    name: str
+    type: type
+    required: bool
+
+    @property
+    def json_type(self) -> str:
+        return _JSON_TYPE_NAMES[self.type]
+
+
+def field_specs(model: type) -> tuple[FieldSpec, ...]:
+    """The fields of a record dataclass, read from its annotations (the single source of truth)."""
+    hints = typing.get_type_hints(model)
+    specs = []
+    for f in dataclasses.fields(model):
+        hint = hints[f.name]
+        optional = typing.get_origin(hint) is Union and type(None) in typing.get_args(hint)
+        if optional:
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        base = typing.get_origin(hint) or hint
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        specs.append(FieldSpec(f.name, base, required))
+    return tuple(specs)
+
+
+def _decode(raw: bytes, max_bytes: int) -> dict[str, Any] | Invalid:
+    if len(raw) > max_bytes:
+        return Invalid(ErrorType.TOO_LARGE, f"payload is {len(raw)} bytes, the limit is {max_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Invalid(ErrorType.UNDECODABLE, f"not valid UTF-8 JSON: {exc}")
+    if not isinstance(doc, dict):
+        return Invalid(ErrorType.NOT_AN_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _check_fields(doc: dict[str, Any], specs: tuple[FieldSpec, ...], names: frozenset[str]) -> Invalid | None:
+    unknown = doc.keys() - names
+    if unknown:
+        return Invalid(ErrorType.UNKNOWN_FIELD, f"unknown field(s): {', '.join(sorted(unknown))}")
+    for spec in specs:
+        value = doc.get(spec.name)
+        if value is None:
+            if spec.required:
+                return Invalid(ErrorType.MISSING_FIELD, f"'{spec.name}' is required")
+            continue
+        # bool is a subclass of int in Python; JSON true is not an integer.
+        if not isinstance(value, spec.type) or (spec.type is int and isinstance(value, bool)):
+            return Invalid(
+                ErrorType.WRONG_TYPE,
+                f"'{spec.name}' must be {spec.json_type}, got {_json_type_of(value)}",
+            )
+    return None
+
+
+def _json_type_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _check_time(doc: dict[str, Any], name: str) -> Invalid | None:
+    value = doc[name]
+    # Milliseconds since the epoch: 2001-09-09 .. 2286-11-20. Seconds are a common producer bug.
+    if not 1_000_000_000_000 <= value < 10_000_000_000_000:
+        return Invalid(ErrorType.INVALID_VALUE, f"'{name}' must be milliseconds since the epoch, got {value}")
+    return None
+
+
+def _check_id(doc: dict[str, Any], name: str) -> Invalid | None:
+    value = doc.get(name)
+    if value is not None and not 0 < len(value) <= MESSAGE_ID_MAX:
+        return Invalid(ErrorType.INVALID_VALUE, f"'{name}' must be 1 to {MESSAGE_ID_MAX} characters")
+    return None
+
+
+_REQUEST_SPECS = field_specs(SendRequest)
+_REQUEST_NAMES = frozenset(s.name for s in _REQUEST_SPECS)
+_CALLBACK_SPECS = field_specs(Callback)
+_CALLBACK_NAMES = frozenset(s.name for s in _CALLBACK_SPECS)
+_STATUS_SET = frozenset(STATUSES)
+
+
+def parse_send_request(raw: bytes, max_bytes: int = 1_000_000) -> SendRequest | Invalid:
+    """A send request from the bytes of a send-requests record, or why not."""
+    doc = _decode(raw, max_bytes)
+    if isinstance(doc, Invalid):
+        return doc
+    problem = (
+        _check_fields(doc, _REQUEST_SPECS, _REQUEST_NAMES)
+        or _check_id(doc, "message_id")
+        or _check_time(doc, "requested_at")
+    )
+    if problem:
+        return problem
+    if doc["action"] not in ACTIONS:
+        return Invalid(
+            ErrorType.UNKNOWN_ACTION,
+            f"unknown action {doc['action']!r}; expected one of {', '.join(ACTIONS)}",
+        )
+    if not doc["customer_id"]:
+        return Invalid(ErrorType.INVALID_VALUE, "'customer_id' must not be empty")
+    return SendRequest(**doc)
+
+
+def parse_callback(raw: bytes, max_bytes: int = 1_000_000) -> Callback | Invalid:
+    """A canonical callback from the bytes of a provider-callbacks record, or why not."""
+    doc = _decode(raw, max_bytes)
+    if isinstance(doc, Invalid):
+        return doc
+    return callback_from_dict(doc)
+
+
+def callback_from_dict(doc: dict[str, Any]) -> Callback | Invalid:
+    """A canonical callback from an already decoded JSON object, or why not."""
+    problem = (
+        _check_fields(doc, _CALLBACK_SPECS, _CALLBACK_NAMES)
+        or _check_id(doc, "message_id")
+        or _check_time(doc, "occurred_at")
+    )
+    if problem:
+        return problem
+    if not doc["event_id"]:
+        return Invalid(ErrorType.INVALID_VALUE, "'event_id' must not be empty")
+    status, http_status = doc.get("status"), doc.get("http_status")
+    if status is None and http_status is None:
+        return Invalid(ErrorType.MISSING_FIELD, "one of 'status' or 'http_status' is required")
+    if status is not None and status not in _STATUS_SET:
+        return Invalid(
+            ErrorType.UNKNOWN_STATUS, f"unknown status {status!r}; expected one of {', '.join(STATUSES)}"
+        )
+    if http_status is not None and not 100 <= http_status <= 599:
+        return Invalid(ErrorType.INVALID_VALUE, f"'http_status' must be 100-599, got {http_status}")
+    if doc.get("message_id") is None and not (doc.get("provider") and doc.get("provider_message_id")):
+        return Invalid(
+            ErrorType.MISSING_FIELD,
+            "either 'message_id' or both 'provider' and 'provider_message_id' are required",
+        )
+    if doc.get("bounce_type") not in (None, "hard", "soft"):
+        return Invalid(ErrorType.INVALID_VALUE, f"'bounce_type' must be 'hard' or 'soft', got {doc['bounce_type']!r}")
+    return Callback(**doc)
+
+
+_PARSERS: dict[str, Callable[[bytes, int], Any]] = {
+    "send-requests": parse_send_request,
+    "provider-callbacks": parse_callback,
+}
+
+
+def validate(kind: str, raw: bytes, max_bytes: int = 1_000_000) -> SendRequest | Callback | Invalid:
+    """The validation entry point: `kind` is the unprefixed topic name of the record."""
+    return _PARSERS[kind](raw, max_bytes)

@@ -1,0 +1,188 @@
+"""The `sendtrack` command: worker, migrate, topics, report, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import date
+from typing import Any, Optional
+
+from sendtrack.settings import get_settings
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    from agents.app import app
+
+    sys.argv = ["sendtrack", "worker", "-l", args.loglevel or settings.log_level]
+    app.main()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from sinks.clickhouse import ClickHouse
+    from sinks.migrate import migrate
+
+    ch = ClickHouse.connect(get_settings())
+    ran = migrate(ch)
+    print(f"migrate: {len(ran)} migration(s) applied to {ch.database} ({ch.where})")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from sendtrack.topics import ensure_topics
+
+    created = asyncio.run(ensure_topics(get_settings()))
+    print(f"topics: created {', '.join(created) if created else 'nothing (all exist)'}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from sendtrack import simulate
+
+    settings = get_settings()
+    traffic = simulate.generate(args.messages, seed=args.seed, run_id=args.run_id)
+    print(f"simulate: {args.messages} messages -> {len(traffic.records)} records "
+          f"({traffic.orphans} orphans, {traffic.malformed} malformed) to {settings.kafka_broker}",
+          file=sys.stderr)
+    rate = len(traffic.records) / args.duration if args.duration else None
+    seconds = asyncio.run(simulate.publish(settings, traffic, rate=rate))
+    print(f"simulate: published {len(traffic.records)} records in {seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _report_from_api(name: str, params: dict[str, str]) -> Optional[dict[str, Any]]:
+    """The report from a running worker's API (embedded mode: the worker holds the database)."""
+    settings = get_settings()
+    url = f"http://{settings.web_host}:{settings.web_port}/reports/{name}?{urllib.parse.urlencode(params)}"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+        raise SystemExit(f"report: {body.get('error', exc)}")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sinks import reports
+
+    settings = get_settings()
+    params = {k: v for k, v in {
+        "flow": args.flow, "campaign": args.campaign, "step": args.step, "action": args.action,
+        "since": args.since, "until": args.until, "customer": args.customer_id, "by": args.by,
+        "lang": args.lang,
+    }.items() if v}
+    doc = _report_from_api(args.name, params) if settings.clickhouse_is_embedded else None
+    if doc is None:
+        from sinks.clickhouse import ClickHouse
+
+        filters = reports.Filters(
+            flow=args.flow, campaign=args.campaign, step=args.step, action=args.action,
+            since=date.fromisoformat(args.since) if args.since else None,
+            until=date.fromisoformat(args.until) if args.until else None,
+        )
+        from clickhouse_connect.driver.exceptions import DatabaseError
+
+        ch = ClickHouse.connect(settings)
+        try:
+            report = reports.run(ch, args.name, filters,
+                                 customer_id=args.customer_id, by=args.by, vietnamese=args.lang == "vi")
+        except ValueError as exc:
+            raise SystemExit(f"report: {exc}")
+        except DatabaseError as exc:
+            if getattr(exc, "code", None) in (60, 81):  # UNKNOWN_TABLE, UNKNOWN_DATABASE
+                raise SystemExit(f"report: no sendtrack tables in {ch.database} ({ch.where}); "
+                                 "start the worker or run `sendtrack migrate` first")
+            raise
+        doc = {"title": report.title, "columns": report.columns,
+               "rows": [[v.isoformat() if hasattr(v, "isoformat") else v for v in r] for r in report.rows]}
+    sys.stdout.write(render(doc, args.format))
+    return 0
+
+
+def render(doc: dict[str, Any], fmt: str) -> str:
+    """A report as an aligned table, JSON (list of objects) or CSV."""
+    columns, rows = doc["columns"], doc["rows"]
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, r)) for r in rows], ensure_ascii=False, indent=2) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return out.getvalue()
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = [doc["title"], "  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    if not rows:
+        lines.append("(no rows)")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1%}" if v <= 1 else f"{v:,.3f}"
+    return str(v)
+
+
+def _numeric(v: str) -> bool:
+    return v.replace(",", "").replace(".", "").replace("%", "").replace("-", "").isdigit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sendtrack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run the pipeline (status engine, ClickHouse sink, web server)")
+    p.add_argument("-l", "--loglevel", choices=["crit", "error", "warn", "info", "debug"])
+    p.set_defaults(func=cmd_worker)
+
+    sub.add_parser("migrate", help="apply pending ClickHouse migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("topics", help="create the Kafka topics").set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("report", help="print an analytics report")
+    p.add_argument("name", choices=["funnel", "status", "failures", "customer", "latency"])
+    p.add_argument("customer_id", nargs="?", help="for `customer`: the customer id")
+    p.add_argument("--flow")
+    p.add_argument("--campaign")
+    p.add_argument("--step")
+    p.add_argument("--action")
+    p.add_argument("--since", help="first send date, YYYY-MM-DD (UTC)")
+    p.add_argument("--until", help="last send date, YYYY-MM-DD (UTC)")
+    p.add_argument("--by", choices=["action", "flow", "campaign", "step"], default="action",
+                   help="funnel: group rows by this dimension (and action)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--lang", choices=["en", "vi"], default="en", help="vi: Vietnamese status labels")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("simulate", help="publish realistic traffic for all twelve actions")
+    p.add_argument("--messages", type=int, default=10_000)
+    p.add_argument("--duration", type=float, default=0, help="spread publication over this many seconds")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--run-id", default="sim", help="prefix of the generated message ids")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "report" and args.name == "customer" and not args.customer_id:
+        raise SystemExit("report: `sendtrack report customer` needs a customer id")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The one settings object: every SENDTRACK_ environment variable, read once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of the worker, the CLI and the tests (CONTRACT §5)."""
+
+    model_config = SettingsConfigDict(env_prefix="SENDTRACK_", extra="ignore", frozen=True)
+
+    kafka_broker: str = "localhost:9092"
+    # '' = embedded ClickHouse (chDB) under data_dir; chdb:///abs/path; http(s)://user:pw@host:port/db
+    clickhouse_url: str = ""
+    clickhouse_database: str = "sendtrack"
+    data_dir: Path = Path("./data")
+    topic_prefix: str = ""
+    app_id: str = "sendtrack"
+    partitions: int = Field(default=8, ge=1)
+    orphan_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    state_retention_days: float = Field(default=30, gt=0)
+    # How often each partition is swept for expired held callbacks and evicted state.
+    sweep_interval_seconds: float = Field(default=60, gt=0)
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    # Sink batching: flush at this many rows or this many seconds, whichever comes first.
+    sink_batch_rows: int = Field(default=50_000, ge=1)
+    sink_batch_seconds: float = Field(default=1.0, gt=0)
+    sink_retry_max_seconds: float = Field(default=30.0, gt=0)
+    # Engine batching (events per take() batch, seconds to wait for a batch to fill).
+    engine_batch_events: int = Field(default=2000, ge=1)
+    engine_batch_seconds: float = Field(default=0.05, gt=0)
+    max_payload_bytes: int = Field(default=1_000_000, ge=1024)
+    log_level: str = "warn"
+    # Enables /debug/clickhouse-outage on the web server, for the reliability tests.
+    fault_injection: bool = False
+
+    # Provider webhook secrets (docs/providers.md). Unset = that provider's webhook is refused.
+    sendgrid_public_key: str = Field(default="", repr=False)
+    ses_sns_certificate: str = Field(default="", repr=False)
+    ses_topic_arn: str = ""
+    mailgun_signing_key: str = Field(default="", repr=False)
+    zalo_app_secret: str = Field(default="", repr=False)
+    messenger_app_secret: str = Field(default="", repr=False)
+    messenger_verify_token: str = Field(default="", repr=False)
+    esms_token: str = Field(default="", repr=False)
+    twilio_auth_token: str = Field(default="", repr=False)
+    retell_api_key: str = Field(default="", repr=False)
+    webhook_public_url: str = ""
+
+    def topic(self, name: str) -> str:
+        """The full name of one of the contract's topics."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def embedded_clickhouse_path(self) -> Path:
+        """Where the embedded engine keeps its data when no server URL is set."""
+        if self.clickhouse_url.startswith("chdb://"):
+            return Path(self.clickhouse_url[len("chdb://"):])
+        return (self.data_dir / "clickhouse").resolve()
+
+    @property
+    def clickhouse_is_embedded(self) -> bool:
+        return not self.clickhouse_url.startswith(("http://", "https://"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, built once from the environment."""
+    return Settings()

@@ -1,0 +1,236 @@
+"""The status rules of CONTRACT §2 as pure functions: apply a request or callback to a message's state."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from schemas.models import ACTIONS, Callback, Invalid, SendRequest, StatusChange
+from schemas.validate import ErrorType
+
+# §2.2: reaching the key implies reaching each value (transitively, only within the action's set).
+IMPLIES: dict[str, tuple[str, ...]] = {
+    "delivered": ("processing",),
+    "opened": ("delivered",),
+    "clicked": ("opened", "delivered"),
+    "answered": ("delivered",),
+    "complained": ("delivered",),
+    "unsubscribed": ("delivered",),
+    "bounced": ("failed",),
+}
+
+# §2.3 as one total order: the current status is the reached milestone that ranks highest here.
+# failed/bounced outrank every positive milestone except the engagement ones (opened, answered,
+# clicked), which is exactly "failed unless the customer engaged". unsubscribed/complained are
+# never current.
+CURRENT_RANK: dict[str, int] = {
+    "sent": 1,
+    "processing": 2,
+    "delivered": 3,
+    "succeeded": 4,
+    "failed": 5,
+    "bounced": 6,
+    "opened": 7,
+    "answered": 7,
+    "clicked": 8,
+}
+
+ENGAGEMENT = frozenset({"opened", "clicked"})
+HTTP_STATUS_ACTIONS = frozenset({"http_request", "sync"})
+REQUEST_SOURCE = "@request"
+
+
+def closure(status: str) -> list[str]:
+    """The status and everything it implies, nearest first."""
+    out, todo = [], [status]
+    while todo:
+        s = todo.pop(0)
+        if s not in out:
+            out.append(s)
+            todo.extend(IMPLIES.get(s, ()))
+    return out
+
+
+def current_status(reached: Any) -> str:
+    """The one current status of a message whose reached milestones are `reached` (§2.3)."""
+    best, best_rank = "", 0
+    for s in reached:
+        rank = CURRENT_RANK.get(s, 0)
+        if rank > best_rank:
+            best, best_rank = s, rank
+    return best
+
+
+def change_id(message_id: str, status: str, event_id: str = "") -> str:
+    """Deterministic id of a status change: the same milestone always gets the same id."""
+    material = f"{message_id}\x1f{status}\x1f{event_id}" if event_id else f"{message_id}\x1f{status}"
+    return hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
+
+
+def new_state() -> dict[str, Any]:
+    """The state of a message nothing is known about yet.
+
+    req: the send request (dict) or None; ms: status -> [occurred_at, inferred, source event_id]
+    in the order reached; ev: applied callback event_ids; held: callbacks waiting for the request,
+    each {"cb": callback, "origin": where it was read (opaque to this module)}.
+    """
+    return {"req": None, "ms": {}, "ev": [], "held": []}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What applying one input did: the status changes it caused, or why it was refused."""
+
+    changes: list[StatusChange] = field(default_factory=list)
+    invalid: Optional[Invalid] = None
+    held: bool = False
+    duplicate: bool = False
+    # Held callbacks refused when their request arrived (e.g. a status the action does not allow):
+    # (held entry, why).
+    rejected: list[tuple[dict[str, Any], Invalid]] = field(default_factory=list)
+
+
+def _resolve_status(cb: Callback, action: str) -> str | Invalid:
+    """The status a callback reports for a message of `action` (§2.8 for http_status)."""
+    if cb.status is not None:
+        status = cb.status
+    elif action in HTTP_STATUS_ACTIONS:
+        status = "succeeded" if cb.http_status == 200 else "failed"
+    else:
+        return Invalid(
+            ErrorType.STATUS_NOT_ALLOWED,
+            f"a callback with only 'http_status' applies to http_request and sync, not {action}",
+        )
+    if status not in ACTIONS[action]:
+        return Invalid(
+            ErrorType.STATUS_NOT_ALLOWED,
+            f"status {status!r} is not allowed for action {action!r} "
+            f"(allowed: {', '.join(sorted(ACTIONS[action]))})",
+        )
+    return status
+
+
+def _change(state: dict[str, Any], status: str, previous: str, now: int, *, kind: str = "milestone",
+            cb: Callback | None = None) -> StatusChange:
+    req = state["req"]
+    occurred_at, inferred, source = state["ms"].get(status) or (cb.occurred_at, False, cb.event_id)
+    if kind == "engagement":
+        occurred_at, inferred, source = cb.occurred_at, False, cb.event_id
+    fail = state.get("fail") or ("", "", "")
+    is_failure = status in ("failed", "bounced")
+    engaged = cb is not None and status in ENGAGEMENT and not inferred and source == cb.event_id
+    return StatusChange(
+        change_id=change_id(req["message_id"], status, source if kind == "engagement" else ""),
+        kind=kind,
+        message_id=req["message_id"],
+        status=status,
+        previous_status=previous,
+        current_status=current_status(state["ms"]),
+        inferred=bool(inferred),
+        occurred_at=occurred_at,
+        recorded_at=now,
+        action=req["action"],
+        provider=req.get("provider") or "",
+        customer_id=req["customer_id"],
+        recipient=req.get("recipient") or "",
+        flow_id=req.get("flow_id") or "",
+        campaign_id=req.get("campaign_id") or "",
+        step_id=req.get("step_id") or "",
+        requested_at=req["requested_at"],
+        reason_code=fail[0] if is_failure else "",
+        reason=fail[1] if is_failure else "",
+        bounce_type=fail[2] if is_failure else "",
+        event_id=source if source != REQUEST_SOURCE else "",
+        url=(cb.url or "") if engaged else "",
+        is_machine=bool(cb.is_machine) if engaged else False,
+    )
+
+
+def _reach(state: dict[str, Any], status: str, occurred_at: int, source: str, now: int,
+           cb: Callback | None) -> list[StatusChange]:
+    """Reach `status` and what it implies; one change per milestone newly reached."""
+    allowed = ACTIONS[state["req"]["action"]]
+    changes = []
+    for i, s in enumerate(closure(status)):
+        if s in allowed and s not in state["ms"]:
+            previous = current_status(state["ms"])
+            state["ms"][s] = [occurred_at, i > 0, source]
+            changes.append(_change(state, s, previous, now, cb=cb))
+    return changes
+
+
+def _record_failure(state: dict[str, Any], cb: Callback) -> None:
+    """Keep the failure reason of the earliest failure event, so the reason is order-independent."""
+    key = [cb.occurred_at, cb.event_id]
+    if "fail" not in state or key < state["fail_key"]:
+        state["fail"] = [cb.reason_code or "", cb.reason or "", cb.bounce_type or ""]
+        state["fail_key"] = key
+
+
+def apply_request(state: dict[str, Any], req: SendRequest, now: int) -> Outcome:
+    """Apply a send request (§2.1), then any callbacks held for it (§2.6)."""
+    doc = {k: v for k, v in _asdict(req).items() if v is not None}
+    if state["req"] is not None:
+        if state["req"] == doc:
+            return Outcome(duplicate=True)
+        return Outcome(invalid=Invalid(
+            ErrorType.CONFLICTING_REQUEST,
+            f"message {req.message_id!r} was already requested with different content; the first stands",
+        ))
+    state["req"] = doc
+    out = Outcome()
+    if "sent" in ACTIONS[req.action]:
+        out.changes.extend(_reach(state, "sent", req.requested_at, REQUEST_SOURCE, now, None))
+    held, state["held"] = state["held"], []
+    for entry in held:
+        sub = apply_callback(state, Callback(**entry["cb"]), now)
+        out.changes.extend(sub.changes)
+        if sub.invalid is not None:
+            out.rejected.append((entry, sub.invalid))
+    return out
+
+
+def apply_callback(state: dict[str, Any], cb: Callback, now: int, origin: Any = None) -> Outcome:
+    """Apply one canonical callback (§2.2-§2.8). Held if the request is not known yet."""
+    if cb.event_id in state["ev"]:
+        return Outcome(duplicate=True)
+    if state["req"] is None:
+        if all(h["cb"]["event_id"] != cb.event_id for h in state["held"]):
+            doc = {k: v for k, v in _asdict(cb).items() if v is not None}
+            state["held"].append({"cb": doc, "origin": origin})
+            return Outcome(held=True)
+        return Outcome(duplicate=True)
+    status = _resolve_status(cb, state["req"]["action"])
+    if isinstance(status, Invalid):
+        return Outcome(invalid=status)
+    state["ev"].append(cb.event_id)
+    if status in ("failed", "bounced"):
+        _record_failure(state, cb)
+    already = status in state["ms"]
+    changes = _reach(state, status, cb.occurred_at, cb.event_id, now, cb)
+    if already and status in ENGAGEMENT:
+        # §2.4: a repeated open/click with a new event_id reaches nothing but is an engagement event.
+        changes.append(_change(state, status, current_status(state["ms"]), now, kind="engagement", cb=cb))
+    return Outcome(changes=changes)
+
+
+def replay_changes(state: dict[str, Any], source: str, now: int) -> list[StatusChange]:
+    """The milestone changes an already applied input caused, rebuilt from the state.
+
+    Used when an input is re-read after a crash: its state update may have survived while the
+    status changes it produced were never written, so they are produced again (same change_id).
+    `source` is the callback's event_id, or REQUEST_SOURCE for the send request.
+    """
+    if state["req"] is None:
+        return []
+    out, reached = [], []
+    for status, (_, _, src) in state["ms"].items():
+        if src == source:
+            out.append(_change(state, status, current_status(reached), now))
+        reached.append(status)
+    return out
+
+
+def _asdict(record: Any) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__slots__}

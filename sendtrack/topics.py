@@ -1,0 +1,45 @@
+"""Creates the contract and internal topics with one partition count, and checks co-partitioning."""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from sendtrack.settings import Settings
+
+CONTRACT = ("send-requests", "provider-callbacks", "status-changes", "dead-letters", "provider-webhooks")
+INTERNAL = ("sendtrack-routed", "sendtrack-by-provider-id")
+
+
+class TopicMismatch(RuntimeError):
+    """A topic exists with another partition count: the join per message id would be wrong."""
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics; returns the names created. Existing ones must match the partition count."""
+    names = [settings.topic(n) for n in CONTRACT + INTERNAL]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_broker, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = {}
+        for meta in await admin.describe_topics(names):
+            if meta.get("error_code", 0) == 0:
+                existing[meta["topic"]] = len(meta["partitions"])
+        wrong = {t: n for t, n in existing.items() if n != settings.partitions}
+        if wrong:
+            detail = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+            raise TopicMismatch(
+                f"topics must all have SENDTRACK_PARTITIONS={settings.partitions} partitions "
+                f"(co-partitioned by message id), but {detail}"
+            )
+        missing = [t for t in names if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, settings.partitions, 1) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+        return missing
+    finally:
+        await admin.close()

@@ -1,0 +1,1 @@
+"""Where events land: ClickHouse, its migrations and the report queries."""

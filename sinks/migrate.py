@@ -1,0 +1,64 @@
+"""Applies the numbered .sql migrations in order and records each in a ledger table."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sinks.clickhouse import ClickHouse
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    def statements(self, database: str) -> list[str]:
+        text = self.path.read_text().replace("{db}", f"`{database}`")
+        body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+        return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def available() -> list[Migration]:
+    """Every migration file, in version order; a misnamed file is an error, not skipped."""
+    found = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        m = _NAME.match(path.name)
+        if not m:
+            raise ValueError(f"migration file {path.name} is not named NNNN_name.sql")
+        found.append(Migration(int(m.group(1)), m.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration versions in {MIGRATIONS_DIR}")
+    return found
+
+
+def applied(ch: ClickHouse) -> set[int]:
+    _, rows = ch.query(f"SELECT version FROM `{ch.database}`.schema_migrations")
+    return {r[0] for r in rows}
+
+
+def migrate(ch: ClickHouse, log=print) -> list[Migration]:
+    """Apply pending migrations to ch.database; returns what was applied now."""
+    ch.command(f"CREATE DATABASE IF NOT EXISTS `{ch.database}`")
+    ch.command(
+        f"CREATE TABLE IF NOT EXISTS `{ch.database}`.schema_migrations "
+        "(version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    done = applied(ch)
+    ran = []
+    for migration in available():
+        if migration.version in done:
+            continue
+        log(f"migrate: applying {migration.path.name} to {ch.database} ({ch.where})")
+        for statement in migration.statements(ch.database):
+            ch.command(statement)
+        ch.insert("schema_migrations", [[migration.version], [migration.name]], ["version", "name"])
+        ran.append(migration)
+    return ran

@@ -1,0 +1,201 @@
+"""The analyst reports: funnel, current status, failures, customer activity and latency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Optional
+
+from sinks.clickhouse import ClickHouse
+
+FUNNEL_STATUSES = ("sent", "processing", "delivered", "opened", "clicked", "answered", "succeeded",
+                   "failed", "bounced", "unsubscribed", "complained")
+
+VI_LABELS = {
+    "sent": "Đã gửi", "processing": "Đang xử lý", "delivered": "Đã nhận", "failed": "Đã thất bại",
+    "opened": "Đã mở", "clicked": "Đã click", "unsubscribed": "Hủy đăng ký", "complained": "Báo xấu",
+    "bounced": "Bị trả về", "answered": "Đã nghe", "succeeded": "Gửi thành công", "": "Chờ kết quả",
+}
+
+GROUP_COLUMNS = {"flow": "flow_id", "campaign": "campaign_id", "step": "step_id", "action": "action"}
+
+
+@dataclass
+class Filters:
+    """What the analyst narrowed the report to. Dates are send dates (UTC), inclusive."""
+
+    flow: Optional[str] = None
+    campaign: Optional[str] = None
+    step: Optional[str] = None
+    action: Optional[str] = None
+    since: Optional[date] = None
+    until: Optional[date] = None
+
+    def where(self, day_expr: str = "day", prefix: str = "") -> tuple[str, dict[str, Any]]:
+        clauses, params = ["1"], {}
+        for name, column in (("flow", "flow_id"), ("campaign", "campaign_id"), ("step", "step_id"),
+                             ("action", "action")):
+            value = getattr(self, name)
+            if value is not None:
+                clauses.append(f"{prefix}{column} = %({name})s")
+                params[name] = value
+        if self.since:
+            clauses.append(f"{day_expr} >= %(since)s")
+            params["since"] = self.since
+        if self.until:
+            clauses.append(f"{day_expr} <= %(until)s")
+            params["until"] = self.until
+        return " AND ".join(clauses), params
+
+
+@dataclass
+class Report:
+    """A titled table: column names and rows, ready for any output format."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+
+
+def _rate(part: int, whole: int) -> Optional[float]:
+    return round(part / whole, 4) if whole else None
+
+
+def funnel(ch: ClickHouse, f: Filters, by: str = "action") -> Report:
+    """Distinct messages reaching each milestone, with delivery, open and click rates."""
+    where, params = f.where()
+    group = GROUP_COLUMNS[by]
+    cols, rows = ch.query(
+        f"SELECT {group} AS g, action, status, sum(messages) FROM `{ch.database}`.funnel_daily "
+        f"WHERE {where} GROUP BY g, action, status ORDER BY g, action",
+        params,
+    )
+    table: dict[tuple[str, str], dict[str, int]] = {}
+    for g, action, status, n in rows:
+        table.setdefault((g, action), {})[status] = int(n)
+    out = Report(
+        "Funnel: distinct messages that reached each status",
+        ([by] if by != "action" else []) + ["action", "messages", *FUNNEL_STATUSES,
+                                            "delivery_rate", "open_rate", "click_rate"],
+    )
+    for (g, action), counts in sorted(table.items()):
+        base = counts.get("sent") or counts.get("succeeded", 0) + counts.get("failed", 0)
+        delivered = counts.get("delivered", 0)
+        out.rows.append(
+            ([g] if by != "action" else [])
+            + [action, base, *(counts.get(s, 0) for s in FUNNEL_STATUSES),
+               _rate(delivered, base), _rate(counts.get("opened", 0), delivered),
+               _rate(counts.get("clicked", 0), delivered)]
+        )
+    return out
+
+
+def current_status(ch: ClickHouse, f: Filters, vietnamese: bool = False) -> Report:
+    """Messages by their current status."""
+    where, params = f.where()
+    _, rows = ch.query(
+        f"SELECT action, current_status, sum(messages) AS n FROM `{ch.database}`.current_status_daily "
+        f"WHERE {where} GROUP BY action, current_status ORDER BY action, n DESC",
+        params,
+    )
+    out = Report("Messages by current status", ["action", "current_status", "messages", "share"])
+    totals: dict[str, int] = {}
+    for action, _, n in rows:
+        totals[action] = totals.get(action, 0) + int(n)
+    for action, status, n in rows:
+        label = VI_LABELS.get(status, status) if vietnamese else (status or "(awaiting result)")
+        out.rows.append([action, label, int(n), _rate(int(n), totals[action])])
+    return out
+
+
+def failures(ch: ClickHouse, f: Filters, limit: int = 50) -> Report:
+    """Failed messages by reason, most frequent first."""
+    where, params = f.where()
+    params["limit"] = limit
+    _, rows = ch.query(
+        f"SELECT action, provider, reason_code, reason, sum(messages) AS n "
+        f"FROM `{ch.database}`.failure_reasons WHERE {where} "
+        f"GROUP BY action, provider, reason_code, reason ORDER BY n DESC, action LIMIT %(limit)s",
+        params,
+    )
+    out = Report("Failures by reason", ["action", "provider", "reason_code", "reason", "messages"])
+    out.rows = [[a, p, rc, r, int(n)] for a, p, rc, r, n in rows]
+    return out
+
+
+def customer(ch: ClickHouse, customer_id: str, f: Filters, vietnamese: bool = False) -> Report:
+    """The Customer Activity report: every message of a customer with its timeline and failure reason."""
+    where, params = f.where("toDate(m.requested_at)", prefix="m.")
+    params["customer"] = customer_id
+    _, rows = ch.query(
+        f"SELECT m.message_id, m.action, m.provider, m.flow_id, m.campaign_id, m.step_id, m.requested_at, "
+        f"m.current_status, m.reason_code, m.reason, "
+        f"arrayStringConcat(arrayMap(x -> concat(x.2, if(x.3, '*', ''), ' ', "
+        f"formatDateTime(x.1, '%%H:%%i:%%S')), arraySort(x -> x.1, groupArray((c.occurred_at, c.status, c.inferred)))), ' > ') "
+        f"FROM `{ch.database}`.messages AS m "
+        f"LEFT JOIN `{ch.database}`.status_changes AS c ON c.message_id = m.message_id "
+        f"WHERE m.customer_id = %(customer)s AND {where} "
+        f"GROUP BY m.message_id, m.action, m.provider, m.flow_id, m.campaign_id, m.step_id, m.requested_at, "
+        f"m.current_status, m.reason_code, m.reason ORDER BY m.requested_at",
+        params,
+    )
+    out = Report(
+        f"Customer activity of {customer_id} (* = inferred milestone)",
+        ["message_id", "action", "provider", "flow_id", "campaign_id", "step_id", "requested_at",
+         "current_status", "reason_code", "reason", "timeline"],
+    )
+    for r in rows:
+        r = list(r)
+        if vietnamese:
+            r[7] = VI_LABELS.get(r[7], r[7])
+        r[6] = r[6].strftime("%Y-%m-%d %H:%M:%S")
+        out.rows.append(r)
+    return out
+
+
+def latency(ch: ClickHouse, f: Filters) -> Report:
+    """Seconds from sent to delivered and from delivered to opened, as quantiles per action."""
+    where, params = f.where("toDate(requested_at)")
+    _, rows = ch.query(
+        "SELECT action, "
+        "countIf(delivered_at IS NOT NULL AND sent_at IS NOT NULL) AS n_d, "
+        "quantilesExactIf(0.5, 0.9, 0.99)(dateDiff('millisecond', sent_at, delivered_at) / 1000, "
+        "  delivered_at IS NOT NULL AND sent_at IS NOT NULL) AS q_d, "
+        "countIf(opened_at IS NOT NULL AND delivered_at IS NOT NULL) AS n_o, "
+        "quantilesExactIf(0.5, 0.9, 0.99)(dateDiff('millisecond', delivered_at, opened_at) / 1000, "
+        "  opened_at IS NOT NULL AND delivered_at IS NOT NULL) AS q_o "
+        f"FROM `{ch.database}`.messages WHERE {where} GROUP BY action ORDER BY action",
+        params,
+    )
+    out = Report(
+        "Latency in seconds (p50 / p90 / p99)",
+        ["action", "sent_to_delivered_n", "sent_to_delivered_p50", "sent_to_delivered_p90",
+         "sent_to_delivered_p99", "delivered_to_opened_n", "delivered_to_opened_p50",
+         "delivered_to_opened_p90", "delivered_to_opened_p99"],
+    )
+    for action, n_d, q_d, n_o, q_o in rows:
+        qd = [round(x, 3) for x in q_d] if n_d else [None] * 3
+        qo = [round(x, 3) for x in q_o] if n_o else [None] * 3
+        out.rows.append([action, int(n_d), *qd, int(n_o), *qo])
+    return out
+
+
+REPORTS = ("funnel", "status", "failures", "customer", "latency")
+
+
+def run(ch: ClickHouse, name: str, f: Filters, *, customer_id: Optional[str] = None, by: str = "action",
+        vietnamese: bool = False) -> Report:
+    """One report by name (the CLI and the report API both come through here)."""
+    if name == "funnel":
+        return funnel(ch, f, by)
+    if name == "status":
+        return current_status(ch, f, vietnamese)
+    if name == "failures":
+        return failures(ch, f)
+    if name == "customer":
+        if not customer_id:
+            raise ValueError("the customer report needs a customer id")
+        return customer(ch, customer_id, f, vietnamese)
+    if name == "latency":
+        return latency(ch, f)
+    raise ValueError(f"unknown report {name!r}; expected one of {', '.join(REPORTS)}")

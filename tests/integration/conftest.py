@@ -1,0 +1,183 @@
+"""Integration fixtures: the real broker `make test` started, and sendtrack workers as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+BROKER = os.environ.get("SENDTRACK_KAFKA_BROKER", "localhost:9092")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _broker_answers() -> bool:
+    host, port = BROKER.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker() -> str:
+    if not _broker_answers():
+        pytest.fail(f"no Kafka broker answers on {BROKER}: run `make kafka-up` (or `make test`)")
+    return BROKER
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    """A `sendtrack worker` subprocess with its own topics, group, data dir and web port."""
+
+    def __init__(self, tmp: Path, name: str, **env: Any) -> None:
+        run = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.prefix = f"{run}."
+        self.data_dir = tmp / run
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "SENDTRACK_KAFKA_BROKER": BROKER,
+            "SENDTRACK_TOPIC_PREFIX": self.prefix,
+            "SENDTRACK_APP_ID": run,
+            "SENDTRACK_DATA_DIR": str(self.data_dir),
+            "SENDTRACK_WEB_PORT": str(self.port),
+            "SENDTRACK_PARTITIONS": "4",
+            "SENDTRACK_SINK_BATCH_SECONDS": "0.3",
+            "SENDTRACK_FAULT_INJECTION": "1",
+            **{f"SENDTRACK_{k.upper()}": str(v) for k, v in env.items()},
+        }
+        self.proc: Optional[subprocess.Popen] = None
+        self.log_path = tmp / f"{run}.log"
+
+    def topic(self, name: str) -> str:
+        return self.prefix + name
+
+    def start(self, timeout: float = 90) -> "Worker":
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "sendtrack.cli", "worker"], env=self.env,
+                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
+            try:
+                if self.get("/health").get("status") == "ok":
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"worker not healthy within {timeout} s: {self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def get(self, path: str, **params: Any) -> Any:
+        url = f"http://127.0.0.1:{self.port}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
+
+    def sql(self, q: str) -> list[list[Any]]:
+        doc = self.get("/query", q=q)
+        if "error" in doc:
+            raise AssertionError(f"{q}: {doc['error']}")
+        return doc["rows"]
+
+    def wait_for(self, q: str, expected: Any, timeout: float = 60) -> Any:
+        """Poll a query until it returns `expected` (or fail with the last value)."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.sql(q)
+            if last == expected:
+                return last
+            time.sleep(0.5)
+        raise AssertionError(f"{q}: expected {expected!r}, last {last!r}\n{self.tail()}")
+
+
+@pytest.fixture
+def tmp_data(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sendtrack")
+
+
+async def produce(topic: str, records: list[tuple[Optional[bytes], bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=BROKER, acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, key=key, value=value)
+    finally:
+        await producer.stop()
+
+
+async def consume(topic: str, min_count: int, timeout: float = 60, settle: float = 2.0) -> list[Any]:
+    """Read a topic from the start until `min_count` records arrived and `settle` s passed quietly."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKER, auto_offset_reset="earliest",
+                                group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            got = [orjson.loads(r.value) for recs in batch.values() for r in recs]
+            if got:
+                out.extend(got)
+                quiet_since = time.monotonic()
+            elif len(out) >= min_count and time.monotonic() - quiet_since >= settle:
+                break
+        return out
+    finally:
+        await consumer.stop()
+
+
+def req(mid: str, action: str = "email", **kw: Any) -> tuple[bytes, bytes]:
+    doc = {"message_id": mid, "action": action, "customer_id": "cus-1", "requested_at": 1_780_000_000_000,
+           "campaign_id": "camp-a", "flow_id": "flow-a", "step_id": "s1", "provider": "sendgrid", **kw}
+    return mid.encode(), orjson.dumps(doc)
+
+
+def cb(mid: Optional[str], event_id: str, status: Optional[str] = None, at: int = 1_780_000_001_000,
+       **kw: Any) -> tuple[Optional[bytes], bytes]:
+    doc: dict[str, Any] = {"event_id": event_id, "occurred_at": at, **kw}
+    if status:
+        doc["status"] = status
+    if mid:
+        doc["message_id"] = mid
+    return (mid.encode() if mid else None), orjson.dumps(doc)

@@ -1,0 +1,143 @@
+"""The worker on the real broker: dead letters, the status join, orphans, and a restart with wiped state."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import Counter
+
+import orjson
+import pytest
+
+from tests.integration.conftest import Worker, cb, consume, produce, req
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    w = Worker(tmp_path_factory.mktemp("pipeline"), "pipe", orphan_ttl_seconds=3, sweep_interval_seconds=1)
+    w.start()
+    yield w
+    w.stop()
+
+
+def milestones(changes, mid):
+    return {c["status"]: c for c in changes if c["message_id"] == mid and c["kind"] == "milestone"}
+
+
+async def test_invalid_records_reach_dead_letters_and_the_worker_keeps_consuming(worker):
+    bad = [
+        (b"m-bad-1", b"{not json"),
+        (b"m-bad-2", orjson.dumps({"action": "email", "customer_id": "c", "requested_at": 1_780_000_000_000})),
+        (b"m-bad-3", orjson.dumps({"message_id": "m-bad-3", "action": "fax", "customer_id": "c",
+                                   "requested_at": 1_780_000_000_000})),
+        (b"m-bad-4", orjson.dumps({"message_id": "m-bad-4", "action": "email", "customer_id": "c",
+                                   "requested_at": "yesterday"})),
+        (b"m-bad-5", b"\xff\xfe\x00garbage"),
+    ]
+    await produce(worker.topic("send-requests"), bad + [req("m-after-bad")])
+    letters = await consume(worker.topic("dead-letters"), 5)
+    by_key = {d["key"]: d for d in letters}
+    assert by_key["m-bad-1"]["error_type"] == "undecodable"
+    assert by_key["m-bad-2"]["error_type"] == "missing_field"
+    assert "message_id" in by_key["m-bad-2"]["error"]
+    assert by_key["m-bad-3"]["error_type"] == "unknown_action"
+    assert by_key["m-bad-4"]["error_type"] == "wrong_type"
+    assert by_key["m-bad-5"]["payload_encoding"] == "base64"
+    first = by_key["m-bad-1"]
+    assert first["source_topic"] == worker.topic("send-requests")
+    assert first["payload"] == "{not json" and first["offset"] >= 0 and first["partition"] >= 0
+    # The good record after them is processed: the partition is not stuck.
+    changes = await consume(worker.topic("status-changes"), 1)
+    assert "sent" in milestones(changes, "m-after-bad")
+
+
+async def test_email_journey_out_of_order_with_duplicates_and_provider_ids(worker):
+    mid = "m-journey"
+    # Callback before its request, a duplicate, a provider-id-only callback before the mapping
+    # exists, then the mapping (a callback carrying both ids), then one after the mapping.
+    await produce(worker.topic("provider-callbacks"), [
+        cb(mid, "e-open", "opened", at=1_780_000_050_000),
+        cb(mid, "e-open", "opened", at=1_780_000_050_000),
+        cb(None, "e-click", "clicked", at=1_780_000_060_000, provider="sendgrid", provider_message_id="sg-1",
+           url="https://shop.example/a"),
+    ])
+    await produce(worker.topic("send-requests"), [req(mid)])
+    await produce(worker.topic("provider-callbacks"), [
+        cb(mid, "e-proc", "processing", at=1_780_000_010_000, provider="sendgrid", provider_message_id="sg-1"),
+        cb(None, "e-open-2", "opened", at=1_780_000_070_000, provider="sendgrid", provider_message_id="sg-1"),
+        cb(mid, "e-proc", "processing", at=1_780_000_010_000),
+    ])
+    changes = await consume(worker.topic("status-changes"), 6, settle=3)
+    ms = milestones(changes, mid)
+    assert set(ms) == {"sent", "processing", "delivered", "opened", "clicked"}
+    assert ms["delivered"]["inferred"] is True
+    assert ms["opened"]["inferred"] is False and ms["opened"]["event_id"] == "e-open"
+    assert ms["clicked"]["url"] == "https://shop.example/a"
+    per_status = Counter(c["status"] for c in changes if c["message_id"] == mid and c["kind"] == "milestone")
+    assert all(n == 1 for n in per_status.values()), per_status
+    engagement = [c for c in changes if c["message_id"] == mid and c["kind"] == "engagement"]
+    assert [c["event_id"] for c in engagement] == ["e-open-2"]
+    last = max((c for c in changes if c["message_id"] == mid), key=lambda c: c["recorded_at"])
+    assert last["current_status"] == "clicked"
+
+
+async def test_status_not_allowed_goes_to_dead_letters(worker):
+    await produce(worker.topic("send-requests"), [req("m-zns", action="zns", provider="zalo")])
+    await produce(worker.topic("provider-callbacks"), [cb("m-zns", "e-zns-open", "opened")])
+    letters = await consume(worker.topic("dead-letters"), 1)
+    mine = [d for d in letters if d["key"] == "m-zns"]
+    assert mine and mine[0]["error_type"] == "status_not_allowed"
+    assert "zns" in mine[0]["error"]
+
+
+async def test_conflicting_request_keeps_the_first(worker):
+    await produce(worker.topic("send-requests"), [req("m-conf"), req("m-conf", customer_id="someone-else")])
+    letters = await consume(worker.topic("dead-letters"), 1)
+    assert any(d["key"] == "m-conf" and d["error_type"] == "conflicting_request" for d in letters)
+    changes = await consume(worker.topic("status-changes"), 1)
+    sent = milestones(changes, "m-conf")["sent"]
+    assert sent["customer_id"] == "cus-1"
+
+
+async def test_http_request_status_from_http_code(worker):
+    await produce(worker.topic("send-requests"), [req("m-http", action="http_request", provider="webhook")])
+    await produce(worker.topic("provider-callbacks"), [cb("m-http", "e-http", http_status=503)])
+    changes = await consume(worker.topic("status-changes"), 1)
+    ms = milestones(changes, "m-http")
+    assert set(ms) == {"failed"} and ms["failed"]["current_status"] == "failed"
+
+
+async def test_unresolved_callbacks_expire_as_orphans(worker):
+    await produce(worker.topic("provider-callbacks"), [
+        cb("m-never-requested", "e-orphan-1", "delivered"),
+        cb(None, "e-orphan-2", "delivered", provider="zalo", provider_message_id="z-unknown"),
+    ])
+    deadline = time.monotonic() + 30
+    orphans = []
+    while time.monotonic() < deadline and len(orphans) < 2:
+        letters = await consume(worker.topic("dead-letters"), 0, timeout=5, settle=1)
+        orphans = [d for d in letters if d["error_type"] == "orphan"]
+    assert sorted(orjson.loads(d["payload"])["event_id"] for d in orphans) == ["e-orphan-1", "e-orphan-2"]
+    assert all(d["source_topic"] == worker.topic("provider-callbacks") for d in orphans)
+
+
+async def test_restart_with_wiped_state_rebuilds_from_changelog_without_duplicates(tmp_path_factory):
+    w = Worker(tmp_path_factory.mktemp("restart"), "restart").start()
+    try:
+        await produce(w.topic("send-requests"), [req("m-r1"), req("m-r2", action="sms", provider="esms")])
+        await produce(w.topic("provider-callbacks"), [cb("m-r1", "r1-d", "delivered")])
+        await consume(w.topic("status-changes"), 5)
+        w.stop()
+        shutil.rmtree(w.data_dir / "faust")
+        w.start()
+        # Old inputs again (as a producer retry would), plus one new milestone.
+        await produce(w.topic("send-requests"), [req("m-r1")])
+        await produce(w.topic("provider-callbacks"), [cb("m-r1", "r1-d", "delivered"),
+                                                      cb("m-r1", "r1-o", "opened")])
+        changes = await consume(w.topic("status-changes"), 6, settle=3)
+        per = Counter((c["message_id"], c["status"]) for c in changes if c["kind"] == "milestone")
+        assert per == Counter({("m-r1", "sent"): 1, ("m-r1", "processing"): 1, ("m-r1", "delivered"): 1,
+                               ("m-r1", "opened"): 1, ("m-r2", "sent"): 1})
+    finally:
+        w.stop()
