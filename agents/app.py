@@ -105,8 +105,13 @@ CONTRACT_TOPICS = (send_requests_topic, callbacks_topic, status_changes_topic, d
 
 def _table(name: str, help: str) -> faust.TableT:
     table = app.Table(name, partitions=settings.partitions, help=help, options=dict(ROCKSDB_OPTIONS))
+    # Faust derives serializers from key_type/value_type (json unless a Record); ours are raw keys
+    # and orjson values. The changelog topic is built from them, so set them before it exists:
+    # recovery decodes with the topic's serializers.
     table.key_serializer = "raw"
     table.value_serializer = "orjson"
+    table._changelog_topic = None
+    assert table.changelog_topic.value_serializer == "orjson"
     return table
 
 

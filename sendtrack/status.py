@@ -111,22 +111,26 @@ def _resolve_status(cb: Callback, action: str) -> str | Invalid:
     return status
 
 
-def _change(state: dict[str, Any], status: str, previous: str, now: int, *, kind: str = "milestone",
-            cb: Callback | None = None) -> StatusChange:
+def _change(state: dict[str, Any], status: str, previous: str, now: int, *, current: str,
+            kind: str = "milestone", event: Optional[list] = None) -> StatusChange:
+    """A status change record. `event` is [event_id, occurred_at, url, is_machine] for engagement."""
     req = state["req"]
-    occurred_at, inferred, source = state["ms"].get(status) or (cb.occurred_at, False, cb.event_id)
     if kind == "engagement":
-        occurred_at, inferred, source = cb.occurred_at, False, cb.event_id
+        source, occurred_at, url, is_machine = event
+        inferred = False
+    else:
+        entry = state["ms"][status]
+        occurred_at, inferred, source = entry[0], entry[1], entry[2]
+        url, is_machine = (entry[3], entry[4]) if len(entry) > 3 else ("", False)
     fail = state.get("fail") or ("", "", "")
     is_failure = status in ("failed", "bounced")
-    engaged = cb is not None and status in ENGAGEMENT and not inferred and source == cb.event_id
     return StatusChange(
         change_id=change_id(req["message_id"], status, source if kind == "engagement" else ""),
         kind=kind,
         message_id=req["message_id"],
         status=status,
         previous_status=previous,
-        current_status=current_status(state["ms"]),
+        current_status=current,
         inferred=bool(inferred),
         occurred_at=occurred_at,
         recorded_at=now,
@@ -142,8 +146,8 @@ def _change(state: dict[str, Any], status: str, previous: str, now: int, *, kind
         reason=fail[1] if is_failure else "",
         bounce_type=fail[2] if is_failure else "",
         event_id=source if source != REQUEST_SOURCE else "",
-        url=(cb.url or "") if engaged else "",
-        is_machine=bool(cb.is_machine) if engaged else False,
+        url=url,
+        is_machine=is_machine,
     )
 
 
@@ -155,8 +159,11 @@ def _reach(state: dict[str, Any], status: str, occurred_at: int, source: str, no
     for i, s in enumerate(closure(status)):
         if s in allowed and s not in state["ms"]:
             previous = current_status(state["ms"])
-            state["ms"][s] = [occurred_at, i > 0, source]
-            changes.append(_change(state, s, previous, now, cb=cb))
+            entry = [occurred_at, i > 0, source]
+            if i == 0 and cb is not None and s in ENGAGEMENT and (cb.url or cb.is_machine):
+                entry += [cb.url or "", bool(cb.is_machine)]
+            state["ms"][s] = entry
+            changes.append(_change(state, s, previous, now, current=current_status(state["ms"])))
     return changes
 
 
@@ -211,7 +218,11 @@ def apply_callback(state: dict[str, Any], cb: Callback, now: int, origin: Any = 
     changes = _reach(state, status, cb.occurred_at, cb.event_id, now, cb)
     if already and status in ENGAGEMENT:
         # §2.4: a repeated open/click with a new event_id reaches nothing but is an engagement event.
-        changes.append(_change(state, status, current_status(state["ms"]), now, kind="engagement", cb=cb))
+        # Kept in the state so a re-read after a crash can produce it again.
+        event = [cb.event_id, cb.occurred_at, cb.url or "", bool(cb.is_machine)]
+        state.setdefault("eng", {})[cb.event_id] = [status, *event[1:]]
+        current = current_status(state["ms"])
+        changes.append(_change(state, status, current, now, current=current, kind="engagement", event=event))
     return Outcome(changes=changes)
 
 
@@ -225,10 +236,16 @@ def replay_changes(state: dict[str, Any], source: str, now: int) -> list[StatusC
     if state["req"] is None:
         return []
     out, reached = [], []
-    for status, (_, _, src) in state["ms"].items():
-        if src == source:
-            out.append(_change(state, status, current_status(reached), now))
+    for status, entry in state["ms"].items():
+        previous = current_status(reached)
         reached.append(status)
+        if entry[2] == source:
+            out.append(_change(state, status, previous, now, current=current_status(reached)))
+    if source in state.get("eng", {}):
+        status, occurred_at, url, is_machine = state["eng"][source]
+        current = current_status(state["ms"])
+        out.append(_change(state, status, current, now, current=current, kind="engagement",
+                           event=[source, occurred_at, url, is_machine]))
     return out
 
 

@@ -572,13 +572,3 @@ def test_replay_rebuilds_an_engagement_event():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_the_failure_reason_does_not_depend_on_arrival_order():
-    late_failure = ("ev-failed", dict(status="failed", at=T0 + 200_000, reason_code="timeout"))
-    early_bounce = ("ev-bounce", dict(status="bounced", at=T0 + 100_000, reason_code="550",
-                                      bounce_type="hard"))
-    reasons = []
-    for order in ([late_failure, early_bounce], [early_bounce, late_failure]):
-        msg, _ = _funnel("email", order)
-        # messages.reason_code is read from the 'failed' milestone.
-        reasons.append(msg.milestones["failed"].reason_code)
-    assert reasons[0] == reasons[1]
