@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Optional
 
+from schemas.models import ACTIONS
 from sinks.clickhouse import ClickHouse
 
 FUNNEL_STATUSES = ("sent", "processing", "delivered", "opened", "clicked", "answered", "succeeded",
@@ -81,11 +82,13 @@ def funnel(ch: ClickHouse, f: Filters, by: str = "action") -> Report:
     for (g, action), counts in sorted(table.items()):
         base = counts.get("sent") or counts.get("succeeded", 0) + counts.get("failed", 0)
         delivered = counts.get("delivered", 0)
+        can = ACTIONS.get(action, frozenset())
+        rate = lambda status, part, whole: _rate(part, whole) if status in can else None  # noqa: E731
         out.rows.append(
             ([g] if by != "action" else [])
             + [action, base, *(counts.get(s, 0) for s in FUNNEL_STATUSES),
-               _rate(delivered, base), _rate(counts.get("opened", 0), delivered),
-               _rate(counts.get("clicked", 0), delivered)]
+               rate("delivered", delivered, base), rate("opened", counts.get("opened", 0), delivered),
+               rate("clicked", counts.get("clicked", 0), delivered)]
         )
     return out
 

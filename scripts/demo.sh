@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# `make demo`: Kafka + the worker with embedded ClickHouse, about a minute of simulated traffic, reports.
+#   DEMO_MESSAGES (default 20000) and DEMO_SECONDS (default 60) size the run; DEMO_KEEP=1 leaves the
+#   worker running afterwards (its report API answers on SENDTRACK_WEB_PORT).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=.venv/bin
+run="demo-$(date +%Y%m%d-%H%M%S)"
+export SENDTRACK_TOPIC_PREFIX="$run."
+export SENDTRACK_APP_ID="sendtrack-$run"
+export SENDTRACK_DATA_DIR="${SENDTRACK_DATA_DIR:-$PWD/data}/$run"
+export SENDTRACK_WEB_PORT="${SENDTRACK_WEB_PORT:-6066}"
+messages="${DEMO_MESSAGES:-20000}"
+seconds="${DEMO_SECONDS:-60}"
+api="http://127.0.0.1:$SENDTRACK_WEB_PORT"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+started_kafka=0
+if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then
+  scripts/kafka/kafka.sh up
+  started_kafka=1
+fi
+worker_pid=""
+cleanup() {
+  if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then
+    echo "demo: stopping the worker"
+    kill -TERM "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
+  fi
+  if [ "$started_kafka" = 1 ]; then scripts/kafka/kafka.sh down; fi
+}
+trap cleanup EXIT
+
+if (exec 3<>"/dev/tcp/127.0.0.1/$SENDTRACK_WEB_PORT") 2>/dev/null; then
+  echo "demo: port $SENDTRACK_WEB_PORT is taken; set SENDTRACK_WEB_PORT to a free port" >&2
+  exit 1
+fi
+
+say "starting the worker ($run): status engine, ClickHouse sink, web server on $api"
+mkdir -p "$SENDTRACK_DATA_DIR"
+$bin/sendtrack worker >"$SENDTRACK_DATA_DIR/worker.log" 2>&1 &
+worker_pid=$!
+for i in $(seq 1 120); do
+  if curl -sf "$api/health" >/dev/null 2>&1; then break; fi
+  kill -0 "$worker_pid" 2>/dev/null || { echo "demo: the worker exited:"; tail -n 20 "$SENDTRACK_DATA_DIR/worker.log"; exit 1; }
+  sleep 0.5
+done
+curl -sf "$api/health" >/dev/null || { echo "demo: the worker did not become healthy"; exit 1; }
+echo "worker is up (log: $SENDTRACK_DATA_DIR/worker.log)"
+
+say "simulating $messages sends over ${seconds}s (all twelve actions, duplicates, reordering, orphans, malformed)"
+$bin/sendtrack simulate --messages "$messages" --duration "$seconds" --run-id "$run"
+
+say "waiting for the pipeline to catch up"
+$bin/python - "$api" <<'PY'
+import json, sys, time, urllib.request
+api = sys.argv[1]
+def q(sql):
+    url = api + "/query?" + urllib.parse.urlencode({"q": sql})
+    return json.loads(urllib.request.urlopen(url, timeout=30).read())["rows"][0][0]
+import urllib.parse
+last, stable, start = -1, 0, time.monotonic()
+while time.monotonic() - start < 180:
+    n = q("SELECT count() FROM sendtrack.status_changes_raw")
+    stable = stable + 1 if n == last else 0
+    last = n
+    print(f"\r  status changes in ClickHouse: {n:,}", end="", flush=True)
+    if stable >= 4:
+        break
+    time.sleep(1)
+print()
+PY
+
+say "funnel by action"
+$bin/sendtrack report funnel
+say "current status (Vietnamese labels)"
+$bin/sendtrack report status --lang vi
+say "top failure reasons"
+$bin/sendtrack report failures | head -n 14
+say "latency (seconds)"
+$bin/sendtrack report latency
+customer="$(curl -sf --get "$api/query" --data-urlencode "q=SELECT customer_id FROM sendtrack.messages GROUP BY customer_id ORDER BY count() DESC LIMIT 1" | $bin/python -c 'import json,sys; print(json.load(sys.stdin)["rows"][0][0])')"
+say "customer activity of $customer"
+$bin/sendtrack report customer "$customer"
+say "dead letters"
+curl -sf --get "$api/query" --data-urlencode "q=SELECT error_type, count() AS n FROM sendtrack.dead_letters GROUP BY error_type ORDER BY n DESC" \
+  | $bin/python -c 'import json,sys; [print(f"  {t:<20} {n}") for t, n in json.load(sys.stdin)["rows"]]'
+
+if [ "${DEMO_KEEP:-0}" = 1 ]; then
+  trap - EXIT
+  say "the worker keeps running (pid $worker_pid)"
+  echo "reports:  SENDTRACK_WEB_PORT=$SENDTRACK_WEB_PORT $bin/sendtrack report funnel"
+  echo "API:      $api/reports/funnel   SQL: $api/query?q=SELECT+..."
+  echo "stop it:  kill $worker_pid"
+else
+  say "done. DEMO_KEEP=1 make demo leaves the worker running for you to explore."
+fi

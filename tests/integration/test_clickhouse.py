@@ -1,0 +1,179 @@
+"""End to end on the real broker into embedded ClickHouse: views against a model, outage, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from sendtrack import simulate
+from sendtrack.settings import Settings
+from tests.integration.conftest import ROOT, Worker
+
+N_MESSAGES = 800
+ENGAGED = {"opened", "clicked", "answered"}
+POSITIVE_ORDER = ["sent", "processing", "delivered", "opened", "clicked", "succeeded"]
+
+
+def expected_current(reached: set[str]) -> str:
+    """CONTRACT §2.3, written out independently of sendtrack.status."""
+    if reached & {"failed", "bounced"} and not reached & ENGAGED:
+        return "bounced" if "bounced" in reached else "failed"
+    best = ""
+    for s in POSITIVE_ORDER:
+        if s in reached or (s == "opened" and "answered" in reached):
+            best = "answered" if s == "opened" and "answered" in reached else s
+    return best
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One worker, one simulated run published while ClickHouse is unavailable for a while."""
+    w = Worker(tmp_path_factory.mktemp("e2e"), "e2e", orphan_ttl_seconds=3, sweep_interval_seconds=1)
+    w.start()
+    traffic = simulate.generate(N_MESSAGES, seed=11, run_id="e2e")
+    settings = Settings(kafka_broker=w.env["SENDTRACK_KAFKA_BROKER"], topic_prefix=w.prefix)
+    # An outage of the sink's database while the traffic flows: rows must be delayed, not lost.
+    assert w.get("/debug/clickhouse-outage", seconds=8)["outage_seconds"] == 8
+    asyncio.run(simulate.publish(settings, traffic, progress=False))
+    yield w, traffic
+    w.stop()
+
+
+def test_funnel_daily_equals_the_model(run):
+    w, traffic = run
+    expected = Counter((m.action, s) for m in traffic.messages for s in m.expected)
+    rows = sorted([a, s, n] for (a, s), n in expected.items())
+    w.wait_for("SELECT action, status, toUInt64(sum(messages)) FROM sendtrack.funnel_daily "
+               "GROUP BY action, status ORDER BY action, status", rows, timeout=120)
+    # Per day and campaign too: metrics belong to the send date.
+    by_day = Counter((time.strftime("%Y-%m-%d", time.gmtime(m.requested_at / 1000)), m.campaign_id, s)
+                     for m in traffic.messages for s in m.expected)
+    got = w.sql("SELECT toString(day), campaign_id, status, toUInt64(sum(messages)) FROM sendtrack.funnel_daily "
+                "GROUP BY day, campaign_id, status")
+    assert Counter({(d, c, s): n for d, c, s, n in got}) == by_day
+
+
+def test_messages_and_current_status_equal_the_model(run):
+    w, traffic = run
+    expected = Counter((m.action, expected_current(m.expected)) for m in traffic.messages)
+    rows = sorted([a, s, n] for (a, s), n in expected.items())
+    w.wait_for("SELECT action, current_status, toUInt64(sum(messages)) FROM sendtrack.current_status_daily "
+               "GROUP BY action, current_status ORDER BY action, current_status", rows, timeout=120)
+    assert w.sql("SELECT count(), uniqExact(message_id) FROM sendtrack.messages") == [[N_MESSAGES, N_MESSAGES]]
+    # Milestone columns agree with the model message by message.
+    got = {r[0]: r[1:] for r in w.sql(
+        "SELECT message_id, sent_at IS NOT NULL, delivered_at IS NOT NULL, failed_at IS NOT NULL, "
+        "clicked_at IS NOT NULL FROM sendtrack.messages")}
+    for m in traffic.messages:
+        assert got[m.message_id] == [s in m.expected for s in ("sent", "delivered", "failed", "clicked")], m
+
+
+def test_failure_reasons_and_status_changes_have_no_duplicates(run):
+    w, traffic = run
+    failed = Counter((m.action, m.failure[0]) for m in traffic.messages if "failed" in m.expected)
+    rows = sorted([a, rc, n] for (a, rc), n in failed.items())
+    w.wait_for("SELECT action, reason_code, toUInt64(sum(messages)) FROM sendtrack.failure_reasons "
+               "GROUP BY action, reason_code ORDER BY action, reason_code", rows, timeout=60)
+    total = sum(len(m.expected) for m in traffic.messages)
+    assert w.sql("SELECT count(), uniqExact(message_id, status) FROM sendtrack.status_changes") == [[total, total]]
+
+
+def test_engagement_events_one_row_per_event_id(run):
+    w, _ = run
+    rows = w.sql("SELECT count(), uniqExact(event_id), countIf(status NOT IN ('opened', 'clicked')) "
+                 "FROM sendtrack.engagement_events")
+    assert rows[0][0] > 0 and rows[0][0] == rows[0][1] and rows[0][2] == 0
+    # The simulator sends a repeated open/click with event id '<first>-again' for some messages.
+    again = w.sql("SELECT count() FROM sendtrack.engagement_events WHERE endsWith(event_id, '-again')")
+    assert again[0][0] > 0
+
+
+def test_dead_letters_are_queryable(run):
+    w, traffic = run
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = dict(w.sql("SELECT error_type, count() FROM sendtrack.dead_letters GROUP BY error_type"))
+        if rows.get("orphan", 0) >= traffic.orphans:
+            break
+        time.sleep(1)
+    assert rows.get("orphan") == traffic.orphans
+    malformed = sum(n for t, n in rows.items() if t != "orphan")
+    assert malformed == traffic.malformed
+    assert set(rows) - {"orphan"} <= {"undecodable", "not_an_object", "missing_field", "unknown_action"}
+
+
+def test_the_outage_delayed_rows_and_inserts_stay_few_and_large(run):
+    w, traffic = run
+    metrics = urlopen_text(f"http://127.0.0.1:{w.port}/metrics")
+    errors = metric(metrics, "sendtrack_clickhouse_insert_errors_total")
+    assert errors >= 1, "the injected outage never hit an insert"
+    inserts = metric(metrics, "sendtrack_clickhouse_inserts_total")
+    rows = metric(metrics, "sendtrack_clickhouse_rows_total")
+    assert rows >= sum(len(m.expected) for m in traffic.messages)
+    assert inserts <= rows / 20, (inserts, rows)
+
+
+def urlopen_text(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def report(w: Worker, *args: str) -> str:
+    env = dict(w.env)
+    out = subprocess.run([sys.executable, "-m", "sendtrack.cli", "report", *args], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_report_commands(run):
+    w, traffic = run
+    w.wait_for("SELECT count() FROM sendtrack.messages", [[N_MESSAGES]], timeout=120)
+    funnel = {r["action"]: r for r in json.loads(report(w, "funnel", "--format", "json"))}
+    emails = [m for m in traffic.messages if m.action == "email"]
+    assert funnel["email"]["sent"] == len(emails)
+    delivered = sum("delivered" in m.expected for m in emails)
+    assert funnel["email"]["delivered"] == delivered
+    assert funnel["email"]["delivery_rate"] == pytest.approx(delivered / len(emails), abs=1e-4)
+
+    camp = traffic.messages[0].campaign_id
+    only = json.loads(report(w, "funnel", "--campaign", camp, "--by", "campaign", "--format", "json"))
+    assert {r["campaign"] for r in only} == {camp}
+    assert sum(r["sent"] for r in only) == sum(1 for m in traffic.messages
+                                               if m.campaign_id == camp and "sent" in m.expected)
+
+    table = report(w, "status", "--lang", "vi")
+    assert "Đã nhận" in table and "Messages by current status" in table
+
+    failures = list(csv.reader(io.StringIO(report(w, "failures", "--format", "csv"))))
+    assert failures[0] == ["action", "provider", "reason_code", "reason", "messages"]
+    assert sum(int(r[4]) for r in failures[1:]) == sum("failed" in m.expected for m in traffic.messages)
+
+    customer = traffic.messages[0].customer_id
+    mine = [m for m in traffic.messages if m.customer_id == customer]
+    rows = json.loads(report(w, "customer", customer, "--format", "json"))
+    assert sorted(r["message_id"] for r in rows) == sorted(m.message_id for m in mine)
+    for r in rows:
+        m = next(m for m in mine if m.message_id == r["message_id"])
+        assert r["current_status"] == expected_current(m.expected)
+        assert all(s in r["timeline"] for s in m.expected)
+
+    latency = {r["action"]: r for r in json.loads(report(w, "latency", "--format", "json"))}
+    assert latency["email"]["sent_to_delivered_n"] == delivered
+    assert latency["email"]["sent_to_delivered_p50"] > 0

@@ -1,0 +1,125 @@
+"""The ClickHouse views in the embedded engine: migrations, schema drift, and duplicates that change nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import orjson
+import pytest
+
+from schemas.models import DeadLetter, StatusChange
+from schemas.validate import parse_callback, parse_send_request
+from sendtrack import simulate, status
+from sendtrack.settings import Settings
+from sinks.clickhouse import ClickHouse
+from sinks.migrate import available, migrate
+from sinks.writer import DEAD_LETTER_COLUMNS, ENGAGEMENT_COLUMNS, STATUS_COLUMNS, Batch
+
+VIEWS = {
+    "messages": "message_id",
+    "status_changes": "message_id, status",
+    "funnel_daily": "day, action, flow_id, campaign_id, step_id, status",
+    "current_status_daily": "day, action, flow_id, campaign_id, step_id, current_status",
+    "failure_reasons": "day, action, provider, reason_code, reason",
+    "engagement_events": "message_id, event_id",
+    "dead_letters": "source_topic, partition, offset",
+}
+
+
+@pytest.fixture(scope="module")
+def engine_path(tmp_path_factory):
+    # chDB allows one engine path per process: every test here shares it, each with its own database.
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def ch(engine_path):
+    settings = Settings(clickhouse_url=f"chdb://{engine_path}")
+    handle = ClickHouse.connect(settings, database=f"t_{uuid.uuid4().hex[:10]}")
+    migrate(handle, log=lambda *_: None)
+    yield handle
+    handle.command(f"DROP DATABASE IF EXISTS `{handle.database}`")
+
+
+def changes_for(traffic: simulate.Traffic) -> list[StatusChange]:
+    """Run the pure core over the traffic, as the engine would (no Kafka needed to make rows)."""
+    states: dict[str, dict] = {}
+    out: list[StatusChange] = []
+    for kind, _, value in traffic.records:
+        if kind == "send-requests":
+            rec = parse_send_request(value)
+            if hasattr(rec, "message_id"):
+                out += status.apply_request(states.setdefault(rec.message_id, status.new_state()), rec, 1).changes
+        else:
+            rec = parse_callback(value)
+            if getattr(rec, "message_id", None):
+                out += status.apply_callback(states.setdefault(rec.message_id, status.new_state()), rec, 1).changes
+    return out
+
+
+def batch_of(changes: list[StatusChange], letters: list[DeadLetter]) -> Batch:
+    batch = Batch()
+    for i, c in enumerate(changes):
+        batch.add_status_change(orjson.dumps(c), "status-changes", 0, i)
+    for i, d in enumerate(letters):
+        batch.add_dead_letter(orjson.dumps(d), "dead-letters", 0, i)
+    return batch
+
+
+def snapshot(ch: ClickHouse) -> dict[str, list]:
+    return {view: ch.query(f"SELECT * FROM `{ch.database}`.{view} ORDER BY {order}")[1]
+            for view, order in VIEWS.items()}
+
+
+def test_migrations_are_recorded_and_applied_once(ch):
+    assert migrate(ch, log=lambda *_: None) == []
+    _, rows = ch.query(f"SELECT version FROM `{ch.database}`.schema_migrations ORDER BY version")
+    assert [r[0] for r in rows] == [m.version for m in available()]
+
+
+def test_ddl_columns_match_the_records(ch):
+    def columns(table: str) -> list[str]:
+        _, rows = ch.query(f"SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s "
+                           "AND NOT startsWith(name, '_') ORDER BY position", {"db": ch.database, "t": table})
+        return [r[0] for r in rows]
+
+    change_fields = [f.name for f in dataclasses.fields(StatusChange)]
+    assert set(columns("status_changes_raw")) == set(STATUS_COLUMNS) <= set(change_fields)
+    # What the record has and the milestone table does not is what the engagement table holds.
+    assert set(change_fields) - set(STATUS_COLUMNS) == {"kind", "url", "is_machine"}
+    assert set(columns("engagement_events_raw")) == set(ENGAGEMENT_COLUMNS) <= set(change_fields)
+    assert columns("dead_letters_raw") == list(DEAD_LETTER_COLUMNS) == [f.name for f in dataclasses.fields(DeadLetter)]
+    assert set(columns("status_changes")) == set(STATUS_COLUMNS) - {"event_id"}
+
+
+def test_inserting_the_same_changes_twice_changes_no_view(ch):
+    traffic = simulate.generate(400, seed=3, run_id="dup")
+    changes = changes_for(traffic)
+    letters = [DeadLetter("send-requests", 1, i, None, "{bad", "utf-8", "undecodable", "bad json",
+                          1_780_000_000_000 + i) for i in range(5)]
+    assert any(c.kind == "engagement" for c in changes)
+    batch_of(changes, letters).write(ch)
+    first = snapshot(ch)
+    assert len(first["messages"]) == len({c.message_id for c in changes})
+    # The same batch again (a redelivery after a crash), then the second half once more in
+    # another order (a replay that overlaps): no view may change.
+    batch_of(changes, letters).write(ch)
+    batch_of(list(reversed(changes[len(changes) // 2:])), letters[2:]).write(ch)
+    assert snapshot(ch) == first
+    _, raw = ch.query(f"SELECT count() FROM `{ch.database}`.status_changes_raw")
+    assert raw[0][0] > len(first["status_changes"]), "duplicates exist in raw storage only"
+
+
+def test_messages_view_folds_milestones_and_the_current_status(ch):
+    req = {"message_id": "m1", "action": "email", "customer_id": "c1", "requested_at": 1_780_000_000_000}
+    st = status.new_state()
+    out = status.apply_request(st, parse_send_request(orjson.dumps(req)), 1).changes
+    for doc in ({"event_id": "e1", "status": "delivered", "occurred_at": 1_780_000_001_000},
+                {"event_id": "e2", "status": "bounced", "occurred_at": 1_780_000_002_000,
+                 "reason_code": "550", "reason": "mailbox unavailable", "bounce_type": "hard"}):
+        out += status.apply_callback(st, parse_callback(orjson.dumps({**doc, "message_id": "m1"})), 2).changes
+    batch_of(out, []).write(ch)
+    cols, rows = ch.query(f"SELECT current_status, reason_code, reason, bounce_type, processing_at IS NOT NULL, "
+                          f"opened_at IS NULL FROM `{ch.database}`.messages")
+    assert rows == [("bounced", "550", "mailbox unavailable", "hard", True, True)]
