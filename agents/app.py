@@ -119,3 +119,7 @@ messages_table = _table("messages", "message_id -> status state (sendtrack.statu
 held_index = _table("held-index", "message_id -> when its first callback was held (orphan TTL)")
 provider_ids_table = _table("provider-ids", "provider\\x1fprovider_message_id -> [message_id, touched_at]")
 provider_held_table = _table("provider-held", "provider id -> callbacks waiting for their mapping")
+messenger_recipients = _table(
+    "messenger-recipients",
+    "messenger\\x1fPSID -> {msgs: [[message_id, requested_at, statuses applied]], marks: {status: [watermark, event_id]}}",
+)

@@ -18,6 +18,7 @@ from agents.app import (
     dead_letters_topic,
     held_index,
     messages_table,
+    messenger_recipients,
     provider_held_table,
     provider_ids_table,
     routed_topic,
@@ -55,6 +56,15 @@ def partition_for(key: str) -> int:
 
 def provider_key(provider: str, provider_message_id: str) -> str:
     return f"{provider}\x1f{provider_message_id}"
+
+
+def recipient_key(psid: str) -> str:
+    return f"messenger-recipient\x1f{psid}"
+
+
+def send_by_provider_id(key: str, doc: dict[str, Any]) -> None:
+    """Send to the partition of the provider-id side that owns `key`."""
+    by_provider_id_topic.send_soon(key=key.encode(), partition=partition_for(key), value=orjson.dumps(doc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +156,10 @@ def handle_request(req: SendRequest, origin: tuple[str, int, int], position: tup
         _save(req.message_id, state, position, now)
         return
     outcome = status.apply_request(state, req, now)
+    if req.action == "messenger" and req.recipient and outcome.changes:
+        # Messenger receipts are watermarks per recipient: register the message in that index.
+        send_by_provider_id(recipient_key(req.recipient), {
+            "op": "watch", "message_id": req.message_id, "requested_at": req.requested_at})
     _after_apply(req.message_id, state, outcome, origin, position, key, payload, now)
 
 
@@ -203,13 +217,9 @@ def process(event: EventT, now: int) -> None:
         pkey = provider_key(cb.provider, cb.provider_message_id)
         if cb.message_id is None:
             # Only the provider's id: resolve it on the partition that owns that id.
-            by_provider_id_topic.send_soon(
-                key=pkey.encode(), partition=partition_for(pkey),
-                value=orjson.dumps({"op": "resolve", "origin": origin, "body": _plain(cb)}))
+            send_by_provider_id(pkey, {"op": "resolve", "origin": origin, "body": _plain(cb)})
             return
-        by_provider_id_topic.send_soon(
-            key=pkey.encode(), partition=partition_for(pkey),
-            value=orjson.dumps({"op": "map", "message_id": cb.message_id}))
+        send_by_provider_id(pkey, {"op": "map", "message_id": cb.message_id})
     assert cb.message_id is not None
     if _misrouted(cb.message_id, event):
         route(cb.message_id, {"kind": "callback", "origin": origin, "body": _plain(cb)})
@@ -311,6 +321,9 @@ def handle_by_provider_id(event: EventT, now: int) -> None:
     if op == "tick":
         sweep_provider_ids(event.message.partition, doc["now"])
         return
+    if op in ("watch", "watermark"):
+        apply_watermarks(pkey, doc, now)
+        return
     mapping = provider_ids_table.get(pkey)
     if op == "map":
         if mapping is None or mapping[0] != doc["message_id"] or now - mapping[1] > 3_600_000:
@@ -334,6 +347,31 @@ def handle_by_provider_id(event: EventT, now: int) -> None:
         provider_held_table[pkey] = held
 
 
+def apply_watermarks(rkey: str, doc: dict[str, Any], now: int) -> None:
+    """A Messenger delivery/read watermark covers every message to that recipient requested at or
+    before it, including messages whose request is seen after the watermark. The index is per
+    recipient, so a receipt touches only that recipient's messages."""
+    entry = messenger_recipients.get(rkey) or {"msgs": [], "marks": {}, "t": now}
+    if doc["op"] == "watch":
+        if all(m[0] != doc["message_id"] for m in entry["msgs"]):
+            entry["msgs"].append([doc["message_id"], doc["requested_at"], []])
+    else:
+        mark = entry["marks"].get(doc["status"])
+        if mark is None or doc["watermark"] > mark[0]:
+            entry["marks"][doc["status"]] = [doc["watermark"], doc["event_id"], doc["occurred_at"]]
+    for msg in entry["msgs"]:
+        for status_name, (watermark, event_id, occurred_at) in entry["marks"].items():
+            if msg[1] <= watermark and status_name not in msg[2]:
+                msg[2].append(status_name)
+                body = {"event_id": f"{event_id}:{msg[0]}", "status": status_name, "occurred_at": occurred_at,
+                        "message_id": msg[0], "provider": "messenger"}
+                route(msg[0], {"kind": "callback", "origin": doc.get("origin", [BY_PID, -1, -1]), "body": body})
+    # A message that every kind of receipt has covered needs no more tracking.
+    entry["msgs"] = [m for m in entry["msgs"] if len(m[2]) < 2]
+    entry["t"] = now
+    messenger_recipients[rkey] = entry
+
+
 def sweep_provider_ids(partition: int, now: int) -> None:
     for pkey, held in list(_items_of_partition(provider_held_table, partition)):
         if now - held["since"] < ORPHAN_TTL_MS:
@@ -346,6 +384,7 @@ def sweep_provider_ids(partition: int, now: int) -> None:
             ))
         del provider_held_table[pkey]
     _evict(provider_ids_table, partition, now, lambda m: m[1])
+    _evict(messenger_recipients, partition, now, lambda e: e["t"])
 
 
 @app.agent(by_provider_id_topic, name="provider-id-resolver")

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     ses_sns_certificate: str = Field(default="", repr=False)
     ses_topic_arn: str = ""
     mailgun_signing_key: str = Field(default="", repr=False)
+    zalo_oa_secret_key: str = Field(default="", repr=False)
     zalo_app_secret: str = Field(default="", repr=False)
     messenger_app_secret: str = Field(default="", repr=False)
     messenger_verify_token: str = Field(default="", repr=False)

@@ -1,0 +1,173 @@
+"""Provider webhooks: the verifying ingress (/webhooks/<provider>) and the agent that adapts them to callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import aiohttp
+import orjson
+from faust.web import Request, Response, View
+
+from agents.app import app, callbacks_topic, settings, webhooks_topic
+from agents.engine import emit_dead_letter, recipient_key, send_by_provider_id
+from schemas.models import Invalid
+from schemas.validate import callback_from_dict
+from sendtrack import providers
+from sendtrack.metrics import metrics
+from sendtrack.providers import ProviderSecrets, RawWebhook
+
+log = logging.getLogger(__name__)
+
+# Headers the adapters need (signatures are checked at the ingress; these carry event metadata).
+KEPT_HEADERS = frozenset({
+    "content-type", "x-amz-sns-message-type", "x-amz-sns-message-id", "x-amz-sns-topic-arn",
+    "x-twilio-signature", "x-zevent-signature", "x-hub-signature-256", "x-retell-signature",
+    "x-twilio-email-event-webhook-timestamp", "user-agent",
+})
+# Query parameters that are secrets (eSMS authenticates with a token in the URL): never published.
+SECRET_QUERY = frozenset({"token", "hub.verify_token"})
+
+
+def _pem(value: str) -> Optional[str]:
+    """A PEM given inline or as a path to a file."""
+    if not value:
+        return None
+    if "-----BEGIN" in value:
+        return value
+    return Path(value).read_text()
+
+
+def load_secrets() -> ProviderSecrets:
+    return ProviderSecrets(
+        sendgrid_public_key=settings.sendgrid_public_key or None,
+        ses_sns_certificate_pem=_pem(settings.ses_sns_certificate),
+        ses_topic_arn=settings.ses_topic_arn or None,
+        mailgun_signing_key=settings.mailgun_signing_key or None,
+        zalo_oa_secret_key=settings.zalo_oa_secret_key or None,
+        zalo_app_secret=settings.zalo_app_secret or None,
+        messenger_app_secret=settings.messenger_app_secret or None,
+        messenger_verify_token=settings.messenger_verify_token or None,
+        esms_token=settings.esms_token or None,
+        twilio_auth_token=settings.twilio_auth_token or None,
+        retell_api_key=settings.retell_api_key or None,
+    )
+
+
+SECRETS = load_secrets()
+
+
+def _public_url(request: Request) -> str:
+    """The URL the provider called (Twilio signs it); behind a proxy, set SENDTRACK_WEBHOOK_PUBLIC_URL."""
+    if settings.webhook_public_url:
+        return settings.webhook_public_url.rstrip("/") + request.rel_url.path_qs
+    return str(request.url)
+
+
+async def receive(request: Request, provider: str) -> Response:
+    """Verify one webhook request; publish it raw and answer at once, or refuse it."""
+    received_at = int(time.time() * 1000)
+    limit = settings.max_payload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        body = b""
+        too_large = True
+    else:
+        body = await request.content.read(limit + 1)
+        too_large = len(body) > limit
+    raw = RawWebhook(
+        provider=provider, method=request.method, path=request.path,
+        query={k: v for k, v in request.query.items()},
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body, received_at=received_at, url=_public_url(request),
+    )
+    verdict = (providers.base.refuse(413, "body too large") if too_large
+               else providers.verify(raw, SECRETS, received_at, max_body_bytes=limit))
+    if not verdict.ok:
+        metrics.inc("webhooks_refused_total", 1, provider=provider, status=str(verdict.status))
+        return aiohttp.web.json_response({"error": verdict.reason}, status=verdict.status)
+    metrics.inc("webhooks_received_total", 1, provider=provider)
+    if verdict.subscribe_url:
+        asyncio.ensure_future(_confirm_subscription(verdict.subscribe_url))
+    if verdict.response_body is not None and request.method == "GET" and provider == "messenger":
+        # The verification handshake carries no event.
+        return aiohttp.web.Response(body=verdict.response_body, content_type=verdict.content_type or "text/plain")
+    record = {
+        "provider": provider, "method": raw.method, "path": raw.path,
+        "query": {k: v for k, v in raw.query.items() if k not in SECRET_QUERY},
+        "headers": {k: v for k, v in raw.headers.items() if k in KEPT_HEADERS},
+        "body": base64.b64encode(body).decode(), "received_at": received_at, "url": raw.url.split("?")[0],
+    }
+    # Answer only once Kafka has the request: if it is down, the provider retries later.
+    await webhooks_topic.send(key=provider.encode(), value=orjson.dumps(record))
+    if verdict.response_body is not None:
+        return aiohttp.web.Response(body=verdict.response_body, content_type=verdict.content_type or "text/plain")
+    return aiohttp.web.json_response({"status": "accepted"})
+
+
+async def _confirm_subscription(url: str) -> None:
+    """SNS SubscriptionConfirmation: GET the SubscribeURL AWS sent (the message was verified first)."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(url) as resp:
+                log.warning("SNS subscription confirmation answered %s", resp.status)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.error("SNS subscription confirmation failed: %r", exc)
+
+
+@app.page("/webhooks/{provider}")
+class WebhookView(View):
+    """POST (and GET for Messenger's handshake, eSMS and Twilio) from providers."""
+
+    async def get(self, request: Request, provider: str) -> Response:
+        return await receive(request, provider)
+
+    async def post(self, request: Request, provider: str) -> Response:
+        return await receive(request, provider)
+
+
+def adapt(record: bytes) -> tuple[list[dict[str, Any]], list[Invalid], list[dict[str, Any]]]:
+    """A published webhook request -> canonical callbacks, refusals, and Messenger watermarks."""
+    doc = orjson.loads(record)
+    raw = RawWebhook(
+        provider=doc["provider"], method=doc["method"], path=doc["path"], query=doc["query"],
+        headers=doc["headers"], body=base64.b64decode(doc["body"]), received_at=doc["received_at"],
+        url=doc.get("url", ""),
+    )
+    result = providers.parse(raw)
+    callbacks, refused = [], [Invalid(e.error_type, e.error) for e in result.errors]
+    for cb in result.callbacks:
+        checked = callback_from_dict(cb)
+        if isinstance(checked, Invalid):
+            refused.append(checked)
+        else:
+            callbacks.append(cb)
+    return callbacks, refused, result.watermarks
+
+
+@app.agent(webhooks_topic, name="webhook-adapter")
+async def webhook_adapter(stream):
+    """Turn raw provider webhooks into canonical provider-callbacks (or dead letters)."""
+    async for event in stream.events():
+        msg = event.message
+        origin = (msg.topic, msg.partition, msg.offset)
+        try:
+            callbacks, refused, watermarks = adapt(event.value)
+        except Exception as exc:  # the boundary that turns an unreadable record into a dead letter
+            emit_dead_letter(origin, event.key, event.value or b"",
+                             Invalid("invalid_webhook", f"unreadable webhook record: {exc!r}"))
+            continue
+        for cb in callbacks:
+            key = cb["message_id"].encode() if cb.get("message_id") else None
+            await callbacks_topic.send(key=key, value=orjson.dumps(cb))
+        for invalid in refused:
+            emit_dead_letter(origin, event.key, event.value or b"", invalid)
+        for mark in watermarks:
+            send_by_provider_id(recipient_key(mark["recipient"]), {
+                "op": "watermark", "status": mark["status"], "watermark": mark["watermark"],
+                "event_id": mark["event_id"], "occurred_at": mark["occurred_at"], "origin": list(origin)})
+            metrics.inc("messenger_watermarks_total", 1, status=mark["status"])
+        metrics.inc("webhook_callbacks_total", len(callbacks), provider=orjson.loads(event.value)["provider"])
