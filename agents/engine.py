@@ -305,7 +305,7 @@ async def status_engine(stream):
             except Exception as exc:  # the one boundary that turns a failure into a dead letter
                 log.exception("record %s failed", _origin(event))
                 emit_dead_letter(_origin(event), event.key, event.value or b"",
-                                 Invalid(ErrorType.INVALID_VALUE, f"processing failed: {exc!r}"))
+                                 Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
         stream._set_current_event(None)
         metrics.inc("engine_events_total", len(events))
 
@@ -396,8 +396,10 @@ async def provider_id_resolver(stream):
             stream._set_current_event(event)
             try:
                 handle_by_provider_id(event, now)
-            except Exception:
+            except Exception as exc:  # as in the engine: a failure becomes a dead letter
                 log.exception("provider-id record %s failed", _origin(event))
+                emit_dead_letter(_origin(event), event.key, event.value or b"",
+                                 Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
         stream._set_current_event(None)
 
 

@@ -71,7 +71,9 @@ class StatusChange:
     """One milestone reached by one message, or one engagement event (topic status-changes)."""
 
     change_id: str
-    kind: str  # 'milestone' or 'engagement' (a repeated open/click with a new event_id)
+    # 'milestone'; 'engagement' (a repeated open/click with a new event_id); 'request' (an
+    # http_request awaiting its result: status '', so the message has a row before any milestone).
+    kind: str
     message_id: str
     status: str
     previous_status: str
@@ -90,6 +92,7 @@ class StatusChange:
     reason_code: str = ""
     reason: str = ""
     bounce_type: str = ""
+    reason_at: int = 0  # occurred_at of the failure event the reason comes from (0: none)
     event_id: str = ""
     url: str = ""
     is_machine: bool = False

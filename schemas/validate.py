@@ -30,6 +30,7 @@ class ErrorType(StrEnum):
     INVALID_WEBHOOK = "invalid_webhook"
     PROVIDER_ERROR = "provider_error"
     UNKNOWN_EVENT = "unknown_event"
+    PROCESSING_ERROR = "processing_error"  # a bug: the record is kept so nothing is lost
 
 
 _JSON_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", dict: "object"}
@@ -117,6 +118,25 @@ def _check_id(doc: dict[str, Any], name: str) -> Invalid | None:
     return None
 
 
+MAX_ATTRIBUTE_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value, without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, level = todo.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_ATTRIBUTE_DEPTH:
+            return deepest
+        todo.extend((child, level + 1) for child in node)
+    return deepest
+
+
 _REQUEST_SPECS = field_specs(SendRequest)
 _REQUEST_NAMES = frozenset(s.name for s in _REQUEST_SPECS)
 _CALLBACK_SPECS = field_specs(Callback)
@@ -143,6 +163,8 @@ def parse_send_request(raw: bytes, max_bytes: int = 1_000_000) -> SendRequest | 
         )
     if not doc["customer_id"]:
         return Invalid(ErrorType.INVALID_VALUE, "'customer_id' must not be empty")
+    if doc.get("attributes") and _depth(doc["attributes"]) > MAX_ATTRIBUTE_DEPTH:
+        return Invalid(ErrorType.INVALID_VALUE, f"'attributes' is nested deeper than {MAX_ATTRIBUTE_DEPTH} levels")
     return SendRequest(**doc)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     twilio_auth_token: str = Field(default="", repr=False)
     retell_api_key: str = Field(default="", repr=False)
     webhook_public_url: str = ""
+
+    @model_validator(mode="after")
+    def _retention_outlives_orphans(self) -> "Settings":
+        # Held callbacks live in the message state: evicting it first would drop them silently.
+        if self.state_retention_days * 86_400 <= self.orphan_ttl_seconds:
+            raise ValueError(
+                f"SENDTRACK_STATE_RETENTION_DAYS ({self.state_retention_days}) must be longer than "
+                f"SENDTRACK_ORPHAN_TTL_SECONDS ({self.orphan_ttl_seconds} s)"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         """The full name of one of the contract's topics."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -37,6 +38,7 @@ CURRENT_RANK: dict[str, int] = {
 }
 
 ENGAGEMENT = frozenset({"opened", "clicked"})
+FAILURE = frozenset({"failed", "bounced"})
 HTTP_STATUS_ACTIONS = frozenset({"http_request", "sync"})
 REQUEST_SOURCE = "@request"
 
@@ -115,7 +117,7 @@ def _change(state: dict[str, Any], status: str, previous: str, now: int, *, curr
             kind: str = "milestone", event: Optional[list] = None) -> StatusChange:
     """A status change record. `event` is [event_id, occurred_at, url, is_machine] for engagement."""
     req = state["req"]
-    if kind == "engagement":
+    if kind != "milestone":
         source, occurred_at, url, is_machine = event
         inferred = False
     else:
@@ -123,7 +125,7 @@ def _change(state: dict[str, Any], status: str, previous: str, now: int, *, curr
         occurred_at, inferred, source = entry[0], entry[1], entry[2]
         url, is_machine = (entry[3], entry[4]) if len(entry) > 3 else ("", False)
     fail = state.get("fail") or ("", "", "")
-    is_failure = status in ("failed", "bounced")
+    is_failure = status in FAILURE
     return StatusChange(
         change_id=change_id(req["message_id"], status, source if kind == "engagement" else ""),
         kind=kind,
@@ -145,6 +147,7 @@ def _change(state: dict[str, Any], status: str, previous: str, now: int, *, curr
         reason_code=fail[0] if is_failure else "",
         reason=fail[1] if is_failure else "",
         bounce_type=fail[2] if is_failure else "",
+        reason_at=state["fail_key"][0] if is_failure and "fail_key" in state else 0,
         event_id=source if source != REQUEST_SOURCE else "",
         url=url,
         is_machine=is_machine,
@@ -167,12 +170,17 @@ def _reach(state: dict[str, Any], status: str, occurred_at: int, source: str, no
     return changes
 
 
-def _record_failure(state: dict[str, Any], cb: Callback) -> None:
-    """Keep the failure reason of the earliest failure event, so the reason is order-independent."""
-    key = [cb.occurred_at, cb.event_id]
+def _record_failure(state: dict[str, Any], cb: Callback) -> bool:
+    """Keep the reason of the earliest failure event, so a message's failure reason does not depend
+    on the order callbacks arrive in. Ties on occurred_at go to the smallest (reason_code, reason,
+    bounce_type): the same order ClickHouse's messages view folds with. True if the reason changed."""
+    reason = [cb.reason_code or "", cb.reason or "", cb.bounce_type or ""]
+    key = [cb.occurred_at, *reason]
     if "fail" not in state or key < state["fail_key"]:
-        state["fail"] = [cb.reason_code or "", cb.reason or "", cb.bounce_type or ""]
+        state["fail"] = reason
         state["fail_key"] = key
+        return True
+    return False
 
 
 def apply_request(state: dict[str, Any], req: SendRequest, now: int) -> Outcome:
@@ -189,6 +197,8 @@ def apply_request(state: dict[str, Any], req: SendRequest, now: int) -> Outcome:
     out = Outcome()
     if "sent" in ACTIONS[req.action]:
         out.changes.extend(_reach(state, "sent", req.requested_at, REQUEST_SOURCE, now, None))
+    else:
+        out.changes.append(_request_record(state, now))
     held, state["held"] = state["held"], []
     for entry in held:
         sub = apply_callback(state, Callback(**entry["cb"]), now)
@@ -212,10 +222,16 @@ def apply_callback(state: dict[str, Any], cb: Callback, now: int, origin: Any = 
     if isinstance(status, Invalid):
         return Outcome(invalid=status)
     state["ev"].append(cb.event_id)
-    if status in ("failed", "bounced"):
-        _record_failure(state, cb)
-    already = status in state["ms"]
+    reached_before = set(state["ms"])
+    reason_changed = status in FAILURE and _record_failure(state, cb)
+    already = status in reached_before
     changes = _reach(state, status, cb.occurred_at, cb.event_id, now, cb)
+    if reason_changed:
+        # An earlier failure arrived late: its reason replaces the one already recorded on the
+        # failure milestones, which are produced again (same change_id, newer reason_at wins).
+        current = current_status(state["ms"])
+        for s in sorted(FAILURE & reached_before):
+            changes.append(_change(state, s, current, now, current=current))
     if already and status in ENGAGEMENT:
         # §2.4: a repeated open/click with a new event_id reaches nothing but is an engagement event.
         # Kept in the state so a re-read after a crash can produce it again.
@@ -224,6 +240,18 @@ def apply_callback(state: dict[str, Any], cb: Callback, now: int, origin: Any = 
         current = current_status(state["ms"])
         changes.append(_change(state, status, current, now, current=current, kind="engagement", event=event))
     return Outcome(changes=changes)
+
+
+def _request_record(state: dict[str, Any], now: int) -> StatusChange:
+    """The record that makes an http_request known downstream before any milestone (status '').
+
+    http_request has no `sent`, but a message awaiting its result still has a row in `messages`
+    with current status ''."""
+    return dataclasses.replace(
+        _change(state, "sent", "", now, current=current_status(state["ms"]), kind="request",
+                event=[REQUEST_SOURCE, state["req"]["requested_at"], "", False]),
+        status="", change_id=change_id(state["req"]["message_id"], ""), event_id="",
+    )
 
 
 def replay_changes(state: dict[str, Any], source: str, now: int) -> list[StatusChange]:
@@ -241,6 +269,8 @@ def replay_changes(state: dict[str, Any], source: str, now: int) -> list[StatusC
         reached.append(status)
         if entry[2] == source:
             out.append(_change(state, status, previous, now, current=current_status(reached)))
+    if source == REQUEST_SOURCE and "sent" not in ACTIONS[state["req"]["action"]]:
+        out.insert(0, _request_record(state, now))
     if source in state.get("eng", {}):
         status, occurred_at, url, is_machine = state["eng"][source]
         current = current_status(state["ms"])

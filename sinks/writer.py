@@ -14,7 +14,8 @@ from sinks.clickhouse import ClickHouse
 STATUS_COLUMNS = (
     "change_id", "message_id", "status", "previous_status", "current_status", "inferred",
     "occurred_at", "recorded_at", "action", "provider", "customer_id", "recipient", "flow_id",
-    "campaign_id", "step_id", "requested_at", "reason_code", "reason", "bounce_type", "event_id",
+    "campaign_id", "step_id", "requested_at", "reason_code", "reason", "bounce_type", "reason_at",
+    "event_id",
 )
 ENGAGEMENT_COLUMNS = (
     "event_id", "message_id", "status", "occurred_at", "url", "is_machine", "action", "provider",
@@ -44,7 +45,7 @@ class Batch:
         self.records += 1
         try:
             doc = orjson.loads(value)
-            if doc["kind"] == "milestone":
+            if doc["kind"] != "engagement":
                 row = [doc[c] for c in STATUS_COLUMNS] + [topic, partition, offset]
             else:
                 row = None

@@ -21,22 +21,29 @@ CREATE TABLE IF NOT EXISTS {db}.status_changes_raw
     reason_code      String,
     reason           String,
     bounce_type      LowCardinality(String),
+    reason_at        DateTime64(3, 'UTC'),
     event_id         String,
+    -- A failure milestone is produced again when an earlier failure arrives late (its reason
+    -- wins); the row with the earliest reason_at has the highest version.
+    _version         UInt64 MATERIALIZED if(toUnixTimestamp64Milli(reason_at) = 0, 0,
+                                            10000000000000 - toUnixTimestamp64Milli(reason_at)),
     _topic           LowCardinality(String),
     _partition       UInt32,
     _offset          UInt64,
     _inserted_at     DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = ReplacingMergeTree
+ENGINE = ReplacingMergeTree(_version)
 PARTITION BY toYYYYMM(requested_at)
 ORDER BY (message_id, status);
 
--- One row per (message_id, status): the milestone log.
+-- One row per (message_id, status): the milestone log. (status '' rows only announce an
+-- http_request awaiting its result, for the messages view.)
 CREATE VIEW IF NOT EXISTS {db}.status_changes AS
 SELECT change_id, message_id, status, previous_status, current_status, inferred, occurred_at,
        recorded_at, action, provider, customer_id, recipient, flow_id, campaign_id, step_id,
-       requested_at, reason_code, reason, bounce_type
-FROM {db}.status_changes_raw FINAL;
+       requested_at, reason_code, reason, bounce_type, reason_at
+FROM {db}.status_changes_raw FINAL
+WHERE status != '';
 
 -- One row per message, folded by idempotent aggregates (min/max), so a change inserted twice
 -- folds to the same values. Dimensions are constant per message and stay in the sorting key.
@@ -63,9 +70,9 @@ CREATE TABLE IF NOT EXISTS {db}.messages_agg
     bounced_at       SimpleAggregateFunction(min, Nullable(DateTime64(3, 'UTC'))),
     answered_at      SimpleAggregateFunction(min, Nullable(DateTime64(3, 'UTC'))),
     succeeded_at     SimpleAggregateFunction(min, Nullable(DateTime64(3, 'UTC'))),
-    reason_code      SimpleAggregateFunction(max, String),
-    reason           SimpleAggregateFunction(max, String),
-    bounce_type      SimpleAggregateFunction(max, String),
+    -- (reason_at, reason_code, reason, bounce_type) of the earliest failure; a far-future
+    -- placeholder on rows that are not failures.
+    failure          SimpleAggregateFunction(min, Tuple(DateTime64(3, 'UTC'), String, String, String)),
     updated_at       SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
 )
 ENGINE = AggregatingMergeTree
@@ -90,10 +97,10 @@ SELECT
     if(status = 'bounced', occurred_at, NULL) AS bounced_at,
     if(status = 'answered', occurred_at, NULL) AS answered_at,
     if(status = 'succeeded', occurred_at, NULL) AS succeeded_at,
-    -- The failure's reason is the one on the 'failed' milestone (bounced implies failed).
-    if(status = 'failed', reason_code, '') AS reason_code,
-    if(status = 'failed', reason, '') AS reason,
-    if(status = 'failed', bounce_type, '') AS bounce_type,
+    -- The failure reason is the earliest failure event's, carried on the 'failed' milestone
+    -- (bounced implies failed), so arrival order does not change it.
+    if(status = 'failed', tuple(reason_at, reason_code, reason, bounce_type),
+       tuple(toDateTime64('2299-12-31 00:00:00', 3, 'UTC'), '', '', '')) AS failure,
     occurred_at AS updated_at
 FROM {db}.status_changes_raw;
 
@@ -114,9 +121,9 @@ SELECT
     min(bounced_at) AS bounced_at,
     min(answered_at) AS answered_at,
     min(succeeded_at) AS succeeded_at,
-    max(reason_code) AS reason_code,
-    max(reason) AS reason,
-    max(bounce_type) AS bounce_type,
+    min(failure).2 AS reason_code,
+    min(failure).3 AS reason,
+    min(failure).4 AS bounce_type,
     max(updated_at) AS updated_at
 FROM {db}.messages_agg
 GROUP BY message_id, action, provider, customer_id, recipient, flow_id, campaign_id, step_id, requested_at;

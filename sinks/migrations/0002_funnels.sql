@@ -18,6 +18,7 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.funnel_daily_mv TO {db}.funnel_daily
 SELECT toDate(requested_at) AS day, action, flow_id, campaign_id, step_id, status,
        uniqExactState(message_id) AS messages
 FROM {db}.status_changes_raw
+WHERE status != ''
 GROUP BY day, action, flow_id, campaign_id, step_id, status;
 
 CREATE VIEW IF NOT EXISTS {db}.funnel_daily AS

@@ -123,3 +123,24 @@ def test_messages_view_folds_milestones_and_the_current_status(ch):
     cols, rows = ch.query(f"SELECT current_status, reason_code, reason, bounce_type, processing_at IS NOT NULL, "
                           f"opened_at IS NULL FROM `{ch.database}`.messages")
     assert rows == [("bounced", "550", "mailbox unavailable", "hard", True, True)]
+
+
+@pytest.mark.parametrize("insert_order", ["as emitted", "reversed"])
+def test_failure_reason_is_the_earliest_failure_whatever_the_order(ch, insert_order):
+    req = {"message_id": "m2", "action": "email", "customer_id": "c1", "requested_at": 1_780_000_000_000}
+    st = status.new_state()
+    out = status.apply_request(st, parse_send_request(orjson.dumps(req)), 1).changes
+    # The later failure is processed first; the earlier bounce arrives after it.
+    for doc in ({"event_id": "late", "status": "failed", "occurred_at": 1_780_000_200_000, "reason_code": "timeout"},
+                {"event_id": "early", "status": "bounced", "occurred_at": 1_780_000_100_000,
+                 "reason_code": "550", "bounce_type": "hard"}):
+        out += status.apply_callback(st, parse_callback(orjson.dumps({**doc, "message_id": "m2"})), 2).changes
+    rows = out if insert_order == "as emitted" else list(reversed(out))
+    for change in rows:  # one insert per row: every order of arrival at the sink
+        batch_of([change], []).write(ch)
+    _, got = ch.query(f"SELECT reason_code, bounce_type, current_status FROM `{ch.database}`.messages")
+    assert got == [("550", "hard", "bounced")]
+    _, got = ch.query(f"SELECT reason_code FROM `{ch.database}`.status_changes WHERE status = 'failed'")
+    assert got == [("550",)]
+    _, got = ch.query(f"SELECT reason_code, messages FROM `{ch.database}`.failure_reasons")
+    assert got == [("550", 1)]

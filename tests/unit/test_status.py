@@ -229,7 +229,8 @@ def test_an_http_request_has_no_status_until_its_result():
     msg = Message("http_request")
     out = msg.request()
 
-    assert out.changes == []
+    # One record announces the message (so it has a row in `messages`), with no status.
+    assert [(c.kind, c.status, c.current_status, c.inferred) for c in out.changes] == [("request", "", "", False)]
     assert out.invalid is None
     assert msg.current == ""
 
@@ -572,3 +573,13 @@ def test_replay_rebuilds_an_engagement_event():
 # ---------------------------------------------------------------------------------------------
 
 
+def test_the_failure_reason_does_not_depend_on_arrival_order():
+    late_failure = ("ev-failed", dict(status="failed", at=T0 + 200_000, reason_code="timeout"))
+    early_bounce = ("ev-bounce", dict(status="bounced", at=T0 + 100_000, reason_code="550",
+                                      bounce_type="hard"))
+    reasons = []
+    for order in ([late_failure, early_bounce], [early_bounce, late_failure]):
+        msg, _ = _funnel("email", order)
+        # messages.reason_code is read from the latest record of the 'failed' milestone.
+        reasons.append(msg.milestones["failed"].reason_code)
+    assert reasons == ["550", "550"]

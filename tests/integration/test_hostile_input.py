@@ -1,0 +1,450 @@
+"""Hostile input on the real broker (CONTRACT §2.7, §3, §6): every bad record becomes exactly one dead
+letter, good records interleaved with them all reach ClickHouse, the worker stays healthy, and forged
+webhooks never reach provider-webhooks.
+
+Records bigger than the pipeline's limits are tested last, each against a worker of its own: when one
+of them stops the worker, the others still say what they do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from schemas.validate import ErrorType
+from tests.integration.conftest import BROKER, Worker, cb, consume, req
+
+ERROR_TYPES = {e.value for e in ErrorType}
+N_GOOD = 30
+T0 = 1_780_000_000_000
+GOOD_ACTIONS = ["email", "sms", "zalo_oa", "zns", "messenger", "ai_call", "voucher"]  # all reach delivered
+REQUESTS, CALLBACKS = "send-requests", "provider-callbacks"
+
+Key = Optional[bytes]
+Value = Optional[bytes]
+
+
+def good_id(i: int) -> str:
+    return f"hostile-good-{i:03d}"
+
+
+def doc_request(**kw: Any) -> dict[str, Any]:
+    return {"message_id": "bad-req", "action": "email", "customer_id": "cus-1", "requested_at": T0, **kw}
+
+
+def doc_callback(**kw: Any) -> dict[str, Any]:
+    return {"event_id": "bad-ev", "occurred_at": T0 + 1000, "status": "delivered", "message_id": "bad-cb", **kw}
+
+
+def without(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != name}
+
+
+def raw_with(doc: dict[str, Any], name: str, token: bytes) -> bytes:
+    """`doc` as JSON with the value of `name` replaced by raw JSON text (NaN, lone surrogates, ...)."""
+    raw = orjson.dumps({**doc, name: "\x00RAW\x00"})
+    return raw.replace(b'"\\u0000RAW\\u0000"', token)
+
+
+def nested(depth: int, open_: bytes = b"[", close: bytes = b"]", leaf: bytes = b"") -> bytes:
+    return open_ * depth + leaf + close * depth
+
+
+# (label, key, value, expected error_type or None for "any member of ErrorType")
+Hostile = tuple[str, Key, Value, Optional[str]]
+
+
+def hostile_requests(rng: random.Random) -> list[Hostile]:
+    j = orjson.dumps
+    out: list[Hostile] = []
+    for i in range(5):
+        out.append((f"req-random-{i}", rng.randbytes(rng.randint(1, 16)), rng.randbytes(rng.randint(1, 400)), None))
+    out += [
+        ("req-empty-value", b"bad-empty", b"", "undecodable"),
+        ("req-null-value", b"bad-tombstone", None, "undecodable"),
+        ("req-null-key-garbage", None, b"{not json", "undecodable"),
+        ("req-null-key-not-utf8", None, b"\xff\xfe\xfd", "undecodable"),
+        ("req-deep-arrays-10000", b"bad-deep", nested(10_000), "undecodable"),
+        ("req-deep-objects-10000", b"bad-deep", nested(10_000, b'{"a":', b"}", b"1"), "undecodable"),
+        ("req-deep-attributes-10000", b"bad-deep",
+         raw_with(doc_request(message_id="bad-deep-attr"), "attributes", nested(10_000, b'{"a":', b"}", b"1")),
+         "undecodable"),
+        # Past orjson's writer (255 levels), which keeps the state and routes records between partitions.
+        ("req-deep-attributes-300", b"bad-deep-attr-300",
+         raw_with(doc_request(message_id="bad-deep-attr-300"), "attributes", nested(300, b'{"a":', b"}", b"1")),
+         None),
+        ("req-array", b"bad-array", b"[1,2,3]", "not_an_object"),
+        ("req-string", b"bad-string", b'"message_id"', "not_an_object"),
+        ("req-number", b"bad-number", b"42", "not_an_object"),
+        ("req-json-null", b"bad-null", b"null", "not_an_object"),
+        ("req-message-id-int", b"bad-mid-int", j(doc_request(message_id=12345)), "wrong_type"),
+        ("req-requested-at-string", b"bad-req", j(doc_request(requested_at="2026-06-01T00:00:00Z")), "wrong_type"),
+        ("req-requested-at-float", b"bad-req", j(doc_request(requested_at=1_780_000_000_000.5)), "wrong_type"),
+        ("req-requested-at-bool", b"bad-req", j(doc_request(requested_at=True)), "wrong_type"),
+        ("req-requested-at-seconds", b"bad-req", j(doc_request(requested_at=1_780_000_000)), "invalid_value"),
+        ("req-requested-at-nan", b"bad-req", raw_with(doc_request(), "requested_at", b"NaN"), "undecodable"),
+        ("req-requested-at-1e400", b"bad-req", raw_with(doc_request(), "requested_at", b"1e400"), "undecodable"),
+        ("req-attributes-list", b"bad-req", j(doc_request(attributes=["a"])), "wrong_type"),
+        ("req-customer-id-bool", b"bad-req", j(doc_request(customer_id=False)), "wrong_type"),
+        ("req-customer-id-empty", b"bad-req", j(doc_request(customer_id="")), "invalid_value"),
+        ("req-action-null", b"bad-req", j(doc_request(action=None)), "missing_field"),
+        ("req-missing-message-id", b"bad-req", j(without(doc_request(), "message_id")), "missing_field"),
+        ("req-unknown-field", b"bad-req", j(doc_request(priority="high")), "unknown_field"),
+        ("req-callback-shaped", b"bad-cb", j(doc_callback()), "unknown_field"),
+        ("req-unknown-action", b"bad-req", j(doc_request(action="fax")), "unknown_action"),
+        ("req-message-id-empty", b"", j(doc_request(message_id="")), "invalid_value"),
+        ("req-huge-message-id", b"h" * 10_000, j(doc_request(message_id="h" * 10_000)), "invalid_value"),
+        ("req-lone-surrogate-id", b"bad-surrogate",
+         raw_with(doc_request(), "message_id", b'"bad-\\ud800"'), "undecodable"),
+        ("req-invalid-utf8-in-string", b"bad-utf8", j(doc_request()).replace(b"cus-1", b"cus-\xc0\xaf"),
+         "undecodable"),
+        # Same message id and a different content than the good request published before it (same key:
+        # same partition, so the good one is first): conflicting_request, the first stands.
+        ("req-conflicting", good_id(1).encode(),
+         orjson.dumps({**orjson.loads(req(good_id(1), action=GOOD_ACTIONS[1])[1]), "customer_id": "intruder"}),
+         "conflicting_request"),
+    ]
+    return out
+
+
+def hostile_callbacks(rng: random.Random) -> list[Hostile]:
+    j = orjson.dumps
+    out: list[Hostile] = []
+    for i in range(4):
+        out.append((f"cb-random-{i}", rng.randbytes(rng.randint(1, 16)), rng.randbytes(rng.randint(1, 400)), None))
+    out += [
+        ("cb-empty-value", b"bad-empty", b"", "undecodable"),
+        ("cb-null-value", b"bad-tombstone", None, "undecodable"),
+        ("cb-null-key-garbage", None, b"\x00\x01\x02", "undecodable"),
+        ("cb-deep-10000", b"bad-deep", nested(10_000, b'{"a":', b"}", b"1"), "undecodable"),
+        ("cb-deep-mixed-10000", None, b'[{"a":' * 5_000 + b"1" + b"}]" * 5_000, "undecodable"),
+        ("cb-array", b"bad-array", j([doc_callback()]), "not_an_object"),
+        ("cb-missing-event-id", b"bad-cb", j(without(doc_callback(), "event_id")), "missing_field"),
+        ("cb-empty-event-id", b"bad-cb", j(doc_callback(event_id="")), "invalid_value"),
+        ("cb-occurred-at-seconds", b"bad-cb", j(doc_callback(occurred_at=1_780_000_001)), "invalid_value"),
+        ("cb-occurred-at-string", b"bad-cb", j(doc_callback(occurred_at="now")), "wrong_type"),
+        ("cb-occurred-at-infinity", b"bad-cb", raw_with(doc_callback(), "occurred_at", b"Infinity"), "undecodable"),
+        ("cb-unknown-status", b"bad-cb", j(doc_callback(status="read")), "unknown_status"),
+        ("cb-no-status", b"bad-cb", j(without(doc_callback(), "status")), "missing_field"),
+        ("cb-http-status-700", b"bad-cb", j(without(doc_callback(http_status=700), "status")), "invalid_value"),
+        ("cb-http-status-string", b"bad-cb", j(without(doc_callback(http_status="200"), "status")), "wrong_type"),
+        ("cb-http-status-bool", b"bad-cb", j(without(doc_callback(http_status=True), "status")), "wrong_type"),
+        ("cb-bounce-type", b"bad-cb", j(doc_callback(status="bounced", bounce_type="medium")), "invalid_value"),
+        ("cb-is-machine-string", b"bad-cb", j(doc_callback(is_machine="yes")), "wrong_type"),
+        ("cb-provider-only", None, j(without(doc_callback(provider="sendgrid"), "message_id")), "missing_field"),
+        ("cb-unknown-field", b"bad-cb", j(doc_callback(signature="x")), "unknown_field"),
+        ("cb-request-shaped", b"bad-req", j(doc_request()), "unknown_field"),
+        ("cb-huge-message-id", b"c" * 10_000, j(doc_callback(message_id="c" * 10_000)), "invalid_value"),
+        ("cb-lone-surrogate-event-id", b"bad-cb",
+         raw_with(doc_callback(), "event_id", b'"\\udc00\\ud800"'), "undecodable"),
+        # Valid records the status table refuses for this message's action (held or not: the letter
+        # names the callback's own position).
+        ("cb-status-not-allowed", good_id(0).encode(),
+         j(doc_callback(message_id=good_id(0), event_id="bad-answered", status="answered")), "status_not_allowed"),
+        ("cb-http-status-on-email", good_id(7).encode(),
+         j(without(doc_callback(message_id=good_id(7), event_id="bad-http", http_status=200), "status")),
+         "status_not_allowed"),
+    ]
+    return out
+
+
+def good_request(i: int) -> tuple[Key, bytes]:
+    key, value = req(good_id(i), action=GOOD_ACTIONS[i % len(GOOD_ACTIONS)], requested_at=T0 + i,
+                     recipient=f"r{i}@example.vn", attributes={"i": i, "note": "khách hàng ✓"})
+    return (None if i % 7 == 3 else key), value  # some without a key: routed to their partition
+
+
+def good_callback(i: int) -> tuple[Key, bytes]:
+    key, value = cb(good_id(i), f"hostile-ev-{i}", "delivered", at=T0 + 60_000 + i)
+    return (None if i % 7 == 5 else key), value
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing
+# ---------------------------------------------------------------------------------------------
+
+
+async def publish(records: list[tuple[str, Key, Value]], max_request_size: int = 1 << 20
+                  ) -> list[tuple[str, int, int]]:
+    """Publish (topic, key, value) in order; returns each record's (topic, partition, offset)."""
+    producer = AIOKafkaProducer(bootstrap_servers=BROKER, acks="all", max_request_size=max_request_size)
+    await producer.start()
+    try:
+        out = []
+        for topic, key, value in records:
+            meta = await producer.send_and_wait(topic, key=key, value=value)
+            out.append((topic, meta.partition, meta.offset))
+        return out
+    finally:
+        await producer.stop()
+
+
+async def raise_topic_limit(topic: str, max_bytes: int) -> None:
+    """Let the broker take records over its default 1 MB on this (test-owned) topic."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=BROKER)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                  configs={"max.message.bytes": str(max_bytes)})])
+    finally:
+        await admin.close()
+
+
+def position(letter: dict[str, Any]) -> tuple[str, int, int]:
+    return (letter["source_topic"], letter["partition"], letter["offset"])
+
+
+def original_bytes(letter: dict[str, Any]) -> bytes:
+    if letter["payload_encoding"] == "base64":
+        return base64.b64decode(letter["payload"])
+    return letter["payload"].encode("utf-8")
+
+
+def alive(w: Worker) -> bool:
+    return w.proc is not None and w.proc.poll() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: the main worker and, started alongside it, one worker per oversized case
+# ---------------------------------------------------------------------------------------------
+
+SIZE_CASES = ["two-megabytes-too-large", "random-bytes-900k-under-limit", "valid-request-999990-bytes"]
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    all_workers = {"main": Worker(tmp, "hostile", orphan_ttl_seconds=3600)}
+    for i, case in enumerate(SIZE_CASES):
+        all_workers[case] = Worker(tmp, f"hostile-size{i}", orphan_ttl_seconds=3600)
+    try:
+        with ThreadPoolExecutor(len(all_workers)) as pool:
+            for future in [pool.submit(w.start, 150) for w in all_workers.values()]:
+                future.result()
+        yield all_workers
+    finally:
+        for w in all_workers.values():
+            w.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(workers) -> Worker:
+    return workers["main"]
+
+
+@pytest.fixture(scope="module")
+def published(worker) -> dict[str, Any]:
+    """Hostile records of both topics interleaved with N_GOOD requests and their delivered callbacks."""
+    rng = random.Random(20240601)
+    hostile_req, hostile_cb = hostile_requests(rng), hostile_callbacks(rng)
+    records: list[tuple[str, Key, Value]] = []
+    labels: list[Optional[Hostile]] = []  # parallel to records: None for a good record
+    for i in range(N_GOOD):
+        records.append((worker.topic(REQUESTS), *good_request(i)))
+        labels.append(None)
+        for pool, topic in ((hostile_req, REQUESTS), (hostile_cb, CALLBACKS)):
+            # Spread the hostile records over the run, a few after each good request.
+            share = pool[i * len(pool) // N_GOOD:(i + 1) * len(pool) // N_GOOD]
+            for h in share:
+                records.append((worker.topic(topic), h[1], h[2]))
+                labels.append(h)
+        records.append((worker.topic(CALLBACKS), *good_callback(i)))
+        labels.append(None)
+    positions = asyncio.run(publish(records))
+    hostile = {pos: h for pos, h in zip(positions, labels) if h is not None}
+    good = {pos for pos, h in zip(positions, labels) if h is None}
+    assert len(hostile) == len(hostile_req) + len(hostile_cb)
+    return {"hostile": hostile, "good": good, "published_at": time.monotonic()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The mix
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_every_hostile_record_becomes_exactly_one_dead_letter(worker, published):
+    hostile: dict[tuple[str, int, int], Hostile] = published["hostile"]
+    letters = await consume(worker.topic("dead-letters"), len(hostile), timeout=60, settle=3)
+    by_position: dict[tuple[str, int, int], list[dict]] = {}
+    for d in letters:
+        by_position.setdefault(position(d), []).append(d)
+
+    missing = {h[0]: pos for pos, h in hostile.items() if pos not in by_position}
+    unexpected = {pos: [d["error_type"] for d in ds] for pos, ds in by_position.items() if pos not in hostile}
+    assert not missing, f"hostile records with no dead letter: {missing}\n{worker.tail()}"
+    assert not unexpected, f"dead letters for good records: {unexpected}"
+    assert len(by_position) == len(hostile)
+
+    wrong = {}
+    for pos, (label, key, value, expected) in hostile.items():
+        kinds = {d["error_type"] for d in by_position[pos]}
+        assert kinds <= ERROR_TYPES, (label, kinds)
+        if len(kinds) != 1 or (expected is not None and kinds != {expected}):
+            wrong[label] = (expected, sorted(kinds))
+        for d in by_position[pos]:
+            assert d["error"], label
+            # The original bytes and key come back as they were sent.
+            assert original_bytes(d) == (value or b""), label
+            if key is None:
+                assert d["key"] is None, label
+            else:
+                try:
+                    assert d["key"] == key.decode("utf-8"), label
+                except UnicodeDecodeError:
+                    assert base64.b64decode(d["key"]) == key, label
+    assert not wrong, f"label: (expected error_type, got): {wrong}"
+
+
+async def test_good_records_interleaved_with_hostile_ones_all_reach_clickhouse(worker, published):
+    worker.wait_for(
+        "SELECT count(), countIf(sent_at IS NOT NULL), countIf(delivered_at IS NOT NULL), "
+        "countIf(current_status = 'delivered') FROM sendtrack.messages WHERE message_id LIKE 'hostile-%'",
+        [[N_GOOD, N_GOOD, N_GOOD, N_GOOD]], timeout=60)
+    # The conflicting request did not replace the first.
+    assert worker.sql(f"SELECT customer_id FROM sendtrack.messages WHERE message_id = '{good_id(1)}'") == \
+        [["cus-1"]]
+    # No hostile record created a message.
+    assert worker.sql("SELECT count() FROM sendtrack.messages WHERE message_id LIKE 'bad-%' "
+                      "OR length(message_id) > 128") == [[0]]
+
+
+async def test_dead_letters_are_queryable_in_clickhouse(worker, published):
+    n = len(published["hostile"])
+    worker.wait_for(
+        f"SELECT count(DISTINCT (source_topic, partition, offset)) FROM sendtrack.dead_letters "
+        f"WHERE source_topic IN ('{worker.topic(REQUESTS)}', '{worker.topic(CALLBACKS)}')",
+        [[n]], timeout=60)
+
+
+async def test_worker_is_healthy_and_processes_a_new_record_after_all_that(worker, published):
+    assert alive(worker), worker.tail()
+    assert worker.get("/health").get("status") == "ok"
+    await asyncio.sleep(0)  # (the records above are already published)
+    await publish([(worker.topic(REQUESTS), *req("late-after-hostile", action="sms", provider="esms")),
+                   (worker.topic(CALLBACKS), *cb("late-after-hostile", "late-ev", "clicked"))])
+    worker.wait_for("SELECT current_status, delivered_at IS NOT NULL FROM sendtrack.messages "
+                    "WHERE message_id = 'late-after-hostile'", [["clicked", True]], timeout=60)
+    assert worker.get("/health").get("status") == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhook ingress: no secret is configured on this worker
+# ---------------------------------------------------------------------------------------------
+
+
+def http_post(port: int, path: str, body: bytes, headers: dict[str, str], chunked: bool = False) -> Any:
+    """The status code, or the connection error's name when the server closed before answering."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        try:
+            if chunked:
+                pieces = [body[i:i + 65536] for i in range(0, len(body), 65536)]
+                conn.request("POST", path, body=iter(pieces), headers=headers, encode_chunked=True)
+            else:
+                conn.request("POST", path, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer (413) before reading the whole body
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected) as exc:
+        return type(exc).__name__
+    finally:
+        conn.close()
+
+
+def webhook_attempts() -> list[tuple[str, str, bytes, dict[str, str], bool]]:
+    now = int(time.time())
+    sg_body = orjson.dumps([{"email": "a@example.vn", "timestamp": now, "event": "delivered",
+                             "sg_event_id": "forged-1", "sg_message_id": "x.1", "message_id": good_id(2)}])
+    tw_body = b"MessageSid=SM1&MessageStatus=delivered&To=%2B84900000000"
+    zalo_body = orjson.dumps({"app_id": "1", "event_name": "user_received_message", "timestamp": str(now * 1000),
+                              "message": {"msg_id": "z1"}})
+    big = b'{"pad":"' + b"x" * 1_500_000 + b'"}'
+    json_headers = {"Content-Type": "application/json"}
+    out = []
+    for provider, body, forged, ctype in (
+        ("sendgrid", sg_body, {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(b"\x30" * 70).decode(),
+                               "X-Twilio-Email-Event-Webhook-Timestamp": str(now)}, "application/json"),
+        ("twilio", tw_body, {"X-Twilio-Signature": base64.b64encode(b"f" * 20).decode()},
+         "application/x-www-form-urlencoded"),
+        ("zalo", zalo_body, {"X-ZEvent-Signature": "mac=" + "0" * 64}, "application/json"),
+    ):
+        path = f"/webhooks/{provider}"
+        out.append((f"{provider}-unsigned", path, body, {"Content-Type": ctype}, False))
+        out.append((f"{provider}-forged", path, body, {"Content-Type": ctype, **forged}, False))
+        out.append((f"{provider}-garbage", path, bytes(range(256)) * 4, {"Content-Type": ctype, **forged}, False))
+        out.append((f"{provider}-oversized", path, big, {**json_headers, **forged}, False))
+        out.append((f"{provider}-oversized-chunked", path, big, {**json_headers, **forged}, True))
+    return out
+
+
+async def test_forged_unsigned_and_oversized_webhooks_are_refused_and_never_published(worker):
+    results = {label: http_post(worker.port, path, body, headers, chunked)
+               for label, path, body, headers, chunked in webhook_attempts()}
+    wrong = {label: status for label, status in results.items()
+             if not (status == 403 or (label.endswith(("oversized", "oversized-chunked")) and status == 413))}
+    assert not wrong, f"expected 403 (413 allowed when oversized): {wrong}"
+    assert alive(worker) and worker.get("/health").get("status") == "ok"
+    published_webhooks = await consume(worker.topic("provider-webhooks"), 0, timeout=6, settle=3)
+    assert published_webhooks == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Records bigger than the limits: each on a worker of its own (started with the main one)
+# ---------------------------------------------------------------------------------------------
+
+
+def _valid_request_of_size(mid: str, size: int) -> bytes:
+    doc = doc_request(message_id=mid, attributes={"pad": ""})
+    doc["attributes"]["pad"] = "v" * (size - len(orjson.dumps(doc)))
+    raw = orjson.dumps(doc)
+    assert len(raw) == size
+    return raw
+
+
+@pytest.mark.parametrize("case", SIZE_CASES)
+async def test_records_over_the_size_limits_do_not_stop_the_worker(workers, case):
+    """A 2 MB record (the topic accepts it) is too_large; 900 KB of random bytes (under the 1 MB limit,
+    so undecodable) is dead-lettered although its base64 letter is bigger; a valid request just under
+    the limit is processed. In each case the worker stays up and a good record after it gets through."""
+    w = workers[case]
+    topic = w.topic(REQUESTS)
+    if case == "two-megabytes-too-large":
+        await raise_topic_limit(topic, 8 << 20)
+        bad, expected = orjson.dumps(doc_request(message_id="bad-2mb", pad="z" * 2_000_000)), "too_large"
+    elif case == "random-bytes-900k-under-limit":
+        bad, expected = random.Random(900).randbytes(900_000), "undecodable"
+    else:
+        bad, expected = _valid_request_of_size("hostile-big-valid", 999_990), None
+    after = req("late-after-oversized")
+    positions = await publish([(topic, b"bad-big" if expected else b"hostile-big-valid", bad),
+                               (topic, *after)], max_request_size=8 << 20)
+    deadline = time.monotonic() + 45
+    seen = []
+    while time.monotonic() < deadline and alive(w):
+        seen = w.sql("SELECT message_id FROM sendtrack.messages WHERE message_id IN "
+                     "('late-after-oversized', 'hostile-big-valid') ORDER BY message_id")
+        if len(seen) == (1 if expected else 2):
+            break
+        await asyncio.sleep(0.5)
+    assert alive(w), f"the worker stopped after a {len(bad)}-byte record ({case}):\n{w.tail(60)}"
+    assert w.get("/health").get("status") == "ok"
+    if expected is None:
+        assert seen == [["hostile-big-valid"], ["late-after-oversized"]], seen
+    else:
+        assert seen == [["late-after-oversized"]], seen
+        letters = await consume(w.topic("dead-letters"), 1, timeout=20, settle=2)
+        mine = [d for d in letters if position(d) == positions[0]]
+        assert [d["error_type"] for d in mine] == [expected], letters
