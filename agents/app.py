@@ -62,6 +62,8 @@ app = SendtrackApp(
     producer_linger_ms=5,
     producer_max_batch_size=1024 * 1024,
     producer_acks=-1,
+    # Webhook requests are published whole (base64); their topic accepts records of this size.
+    producer_max_request_size=4 * 1024 * 1024,
     autodiscover=["agents"],
     origin="agents",
 )

@@ -77,9 +77,24 @@ def emit_changes(changes: list) -> None:
     metrics.inc("status_changes_total", len(changes))
 
 
+DEAD_LETTER_PAYLOAD_MAX = 512 * 1024  # original bytes kept per dead letter (fits a 1 MB record)
+DEAD_LETTER_ERROR_MAX = 2000
+DEAD_LETTER_KEY_MAX = 64 * 1024
+
+
 def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload: bytes,
                      invalid: Invalid) -> None:
-    """Send a refused record to dead-letters with its original bytes and position."""
+    """Send a refused record to dead-letters with its original bytes and position.
+
+    A payload longer than DEAD_LETTER_PAYLOAD_MAX keeps its first bytes and says so in the error:
+    the record is still accounted for, and it stays at its topic/partition/offset in Kafka."""
+    error = invalid.error[:DEAD_LETTER_ERROR_MAX]
+    if len(payload) > DEAD_LETTER_PAYLOAD_MAX:
+        error += f" (payload truncated to its first {DEAD_LETTER_PAYLOAD_MAX} of {len(payload)} bytes)"
+        payload = payload[:DEAD_LETTER_PAYLOAD_MAX]
+    if key is not None and len(key) > DEAD_LETTER_KEY_MAX:
+        error += f" (key truncated to its first {DEAD_LETTER_KEY_MAX} of {len(key)} bytes)"
+        key = key[:DEAD_LETTER_KEY_MAX]
     try:
         text, encoding = payload.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -91,7 +106,7 @@ def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload
     letter = DeadLetter(
         source_topic=origin[0], partition=origin[1], offset=origin[2], key=key_text,
         payload=text, payload_encoding=encoding, error_type=str(invalid.error_type),
-        error=invalid.error, failed_at=now_ms(),
+        error=error, failed_at=now_ms(),
     )
     dead_letters_topic.send_soon(key=key, value=orjson.dumps(letter))
     metrics.inc("dead_letters_total", 1, error_type=str(invalid.error_type))

@@ -72,12 +72,17 @@ async def receive(request: Request, provider: str) -> Response:
     """Verify one webhook request; publish it raw and answer at once, or refuse it."""
     received_at = int(time.time() * 1000)
     limit = settings.max_payload_bytes
-    if request.content_length is not None and request.content_length > limit:
-        body = b""
-        too_large = True
-    else:
-        body = await request.content.read(limit + 1)
-        too_large = len(body) > limit
+    body, too_large = b"", request.content_length is not None and request.content_length > limit
+    if not too_large:
+        # Read the whole body (a single read returns only what has arrived so far), up to the limit.
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                too_large = True
+                break
+        body = b"".join(chunks)
     raw = RawWebhook(
         provider=provider, method=request.method, path=request.path,
         query={k: v for k, v in request.query.items()},

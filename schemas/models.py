@@ -30,6 +30,12 @@ STATUSES: tuple[str, ...] = (
 )
 
 MESSAGE_ID_MAX = 128
+# Longest accepted text per field (characters). They bound the state a message can hold in a
+# Kafka record (a table changelog entry), so no valid input can make the worker fail to save it.
+TEXT_MAX: dict[str, int] = {
+    "event_id": 256, "provider_message_id": 256, "provider": 64, "customer_id": 256, "recipient": 512,
+    "flow_id": 256, "campaign_id": 256, "step_id": 256, "reason_code": 256, "reason": 2048, "url": 4096,
+}
 
 
 @dataclass(slots=True)

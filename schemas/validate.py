@@ -9,7 +9,7 @@ from typing import Any, Callable, Union
 
 import orjson
 
-from schemas.models import ACTIONS, MESSAGE_ID_MAX, STATUSES, Callback, Invalid, SendRequest
+from schemas.models import ACTIONS, MESSAGE_ID_MAX, STATUSES, TEXT_MAX, Callback, Invalid, SendRequest
 
 
 class ErrorType(StrEnum):
@@ -30,6 +30,7 @@ class ErrorType(StrEnum):
     INVALID_WEBHOOK = "invalid_webhook"
     PROVIDER_ERROR = "provider_error"
     UNKNOWN_EVENT = "unknown_event"
+    TOO_MANY_HELD = "too_many_held"  # more callbacks wait for one message's request than it can hold
     PROCESSING_ERROR = "processing_error"  # a bug: the record is kept so nothing is lost
 
 
@@ -92,6 +93,9 @@ def _check_fields(doc: dict[str, Any], specs: tuple[FieldSpec, ...], names: froz
                 ErrorType.WRONG_TYPE,
                 f"'{spec.name}' must be {spec.json_type}, got {_json_type_of(value)}",
             )
+        limit = TEXT_MAX.get(spec.name)
+        if limit is not None and len(value) > limit:
+            return Invalid(ErrorType.INVALID_VALUE, f"'{spec.name}' is longer than {limit} characters")
     return None
 
 
@@ -101,6 +105,12 @@ def _json_type_of(value: Any) -> str:
     if isinstance(value, (int, float)):
         return "number"
     return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _clip(value: Any, limit: int = 64) -> str:
+    """A value quoted in an error message, cut so a hostile value cannot bloat the dead letter."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
 def _check_time(doc: dict[str, Any], name: str) -> Invalid | None:
@@ -159,7 +169,7 @@ def parse_send_request(raw: bytes, max_bytes: int = 1_000_000) -> SendRequest | 
     if doc["action"] not in ACTIONS:
         return Invalid(
             ErrorType.UNKNOWN_ACTION,
-            f"unknown action {doc['action']!r}; expected one of {', '.join(ACTIONS)}",
+            f"unknown action {_clip(doc['action'])}; expected one of {', '.join(ACTIONS)}",
         )
     if not doc["customer_id"]:
         return Invalid(ErrorType.INVALID_VALUE, "'customer_id' must not be empty")
@@ -192,7 +202,7 @@ def callback_from_dict(doc: dict[str, Any]) -> Callback | Invalid:
         return Invalid(ErrorType.MISSING_FIELD, "one of 'status' or 'http_status' is required")
     if status is not None and status not in _STATUS_SET:
         return Invalid(
-            ErrorType.UNKNOWN_STATUS, f"unknown status {status!r}; expected one of {', '.join(STATUSES)}"
+            ErrorType.UNKNOWN_STATUS, f"unknown status {_clip(status)}; expected one of {', '.join(STATUSES)}"
         )
     if http_status is not None and not 100 <= http_status <= 599:
         return Invalid(ErrorType.INVALID_VALUE, f"'http_status' must be 100-599, got {http_status}")
@@ -202,7 +212,7 @@ def callback_from_dict(doc: dict[str, Any]) -> Callback | Invalid:
             "either 'message_id' or both 'provider' and 'provider_message_id' are required",
         )
     if doc.get("bounce_type") not in (None, "hard", "soft"):
-        return Invalid(ErrorType.INVALID_VALUE, f"'bounce_type' must be 'hard' or 'soft', got {doc['bounce_type']!r}")
+        return Invalid(ErrorType.INVALID_VALUE, f"'bounce_type' must be 'hard' or 'soft', got {_clip(doc['bounce_type'])}")
     return Callback(**doc)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+
+import orjson
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -36,6 +38,11 @@ CURRENT_RANK: dict[str, int] = {
     "answered": 7,
     "clicked": 8,
 }
+
+# Bounds on one message's state, so it always fits in one Kafka record of its table's changelog.
+MAX_HELD = 64  # callbacks waiting for their request
+MAX_EVENT_IDS = 20_000  # digests of applied event ids kept for idempotence (oldest dropped)
+MAX_ENGAGEMENT_KEPT = 64  # engagement events kept for re-production after a crash
 
 ENGAGEMENT = frozenset({"opened", "clicked"})
 FAILURE = frozenset({"failed", "bounced"})
@@ -74,7 +81,7 @@ def new_state() -> dict[str, Any]:
     """The state of a message nothing is known about yet.
 
     req: the send request (dict) or None; ms: status -> [occurred_at, inferred, source event_id]
-    in the order reached; ev: applied callback event_ids; held: callbacks waiting for the request,
+    in the order reached; ev: digests of applied callback event_ids; held: callbacks waiting for the request,
     each {"cb": callback, "origin": where it was read (opaque to this module)}.
     """
     return {"req": None, "ms": {}, "ev": [], "held": []}
@@ -186,14 +193,18 @@ def _record_failure(state: dict[str, Any], cb: Callback) -> bool:
 def apply_request(state: dict[str, Any], req: SendRequest, now: int) -> Outcome:
     """Apply a send request (§2.1), then any callbacks held for it (§2.6)."""
     doc = {k: v for k, v in _asdict(req).items() if v is not None}
+    content = _digest(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+    # Attributes can be large; the state keeps the dimensions and a digest of the whole request.
+    doc.pop("attributes", None)
     if state["req"] is not None:
-        if state["req"] == doc:
+        if state.get("rh") == content:
             return Outcome(duplicate=True)
         return Outcome(invalid=Invalid(
             ErrorType.CONFLICTING_REQUEST,
             f"message {req.message_id!r} was already requested with different content; the first stands",
         ))
     state["req"] = doc
+    state["rh"] = content
     out = Outcome()
     if "sent" in ACTIONS[req.action]:
         out.changes.extend(_reach(state, "sent", req.requested_at, REQUEST_SOURCE, now, None))
@@ -210,18 +221,26 @@ def apply_request(state: dict[str, Any], req: SendRequest, now: int) -> Outcome:
 
 def apply_callback(state: dict[str, Any], cb: Callback, now: int, origin: Any = None) -> Outcome:
     """Apply one canonical callback (§2.2-§2.8). Held if the request is not known yet."""
-    if cb.event_id in state["ev"]:
+    seen = _digest(cb.event_id.encode())
+    if seen in state["ev"]:
         return Outcome(duplicate=True)
     if state["req"] is None:
-        if all(h["cb"]["event_id"] != cb.event_id for h in state["held"]):
-            doc = {k: v for k, v in _asdict(cb).items() if v is not None}
-            state["held"].append({"cb": doc, "origin": origin})
-            return Outcome(held=True)
-        return Outcome(duplicate=True)
+        if any(h["cb"]["event_id"] == cb.event_id for h in state["held"]):
+            return Outcome(duplicate=True)
+        if len(state["held"]) >= MAX_HELD:
+            return Outcome(invalid=Invalid(
+                ErrorType.TOO_MANY_HELD,
+                f"{MAX_HELD} callbacks already wait for the request of message {cb.message_id!r}",
+            ))
+        doc = {k: v for k, v in _asdict(cb).items() if v is not None}
+        state["held"].append({"cb": doc, "origin": origin})
+        return Outcome(held=True)
     status = _resolve_status(cb, state["req"]["action"])
     if isinstance(status, Invalid):
         return Outcome(invalid=status)
-    state["ev"].append(cb.event_id)
+    state["ev"].append(seen)
+    if len(state["ev"]) > MAX_EVENT_IDS:
+        del state["ev"][: len(state["ev"]) - MAX_EVENT_IDS]
     reached_before = set(state["ms"])
     reason_changed = status in FAILURE and _record_failure(state, cb)
     already = status in reached_before
@@ -236,7 +255,10 @@ def apply_callback(state: dict[str, Any], cb: Callback, now: int, origin: Any = 
         # §2.4: a repeated open/click with a new event_id reaches nothing but is an engagement event.
         # Kept in the state so a re-read after a crash can produce it again.
         event = [cb.event_id, cb.occurred_at, cb.url or "", bool(cb.is_machine)]
-        state.setdefault("eng", {})[cb.event_id] = [status, *event[1:]]
+        kept = state.setdefault("eng", {})
+        kept[cb.event_id] = [status, *event[1:]]
+        if len(kept) > MAX_ENGAGEMENT_KEPT:
+            del kept[next(iter(kept))]
         current = current_status(state["ms"])
         changes.append(_change(state, status, current, now, current=current, kind="engagement", event=event))
     return Outcome(changes=changes)
@@ -277,6 +299,10 @@ def replay_changes(state: dict[str, Any], source: str, now: int) -> list[StatusC
         out.append(_change(state, status, current, now, current=current, kind="engagement",
                            event=[source, occurred_at, url, is_machine]))
     return out
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def _asdict(record: Any) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from sendtrack.settings import Settings
 
 CONTRACT = ("send-requests", "provider-callbacks", "status-changes", "dead-letters", "provider-webhooks")
 INTERNAL = ("sendtrack-routed", "sendtrack-by-provider-id")
+# Raw webhook requests (base64 bodies up to SENDTRACK_MAX_PAYLOAD_BYTES) exceed Kafka's 1 MB default.
+TOPIC_CONFIGS = {"provider-webhooks": {"max.message.bytes": str(4 * 1024 * 1024)}}
 
 
 class TopicMismatch(RuntimeError):
@@ -35,9 +37,11 @@ async def ensure_topics(settings: Settings) -> list[str]:
         missing = [t for t in names if t not in existing]
         if missing:
             try:
-                await admin.create_topics(
-                    [NewTopic(t, settings.partitions, 1) for t in missing]
-                )
+                await admin.create_topics([
+                    NewTopic(t, settings.partitions, 1,
+                             topic_configs=TOPIC_CONFIGS.get(t[len(settings.topic_prefix):], {}))
+                    for t in missing
+                ])
             except TopicAlreadyExistsError:
                 pass
         return missing

@@ -1,0 +1,387 @@
+"""`make bench`: end-to-end throughput, freshness, CPU, memory, storage, inserts, and a same-run baseline.
+
+Every figure is measured in this run on this machine against the real broker:
+  1. a realistic workload (all twelve actions, ~30% requests / 70% callbacks, duplicates,
+     reordering, provider-id-only callbacks) is published to fresh topics;
+  2. baseline: a plain aiokafka consumer -> producer passthrough of the same input topics;
+  3. sendtrack: a worker (embedded ClickHouse) processes the backlog; throughput counts input
+     records fully reflected in the ClickHouse views;
+  4. freshness: callbacks published at about half that throughput; p50/p99 from publication to
+     the status being visible in ClickHouse;
+  5. funnel query: `funnel_daily` for one campaign over 30 days, on a synthetic table of
+     --funnel-messages messages in embedded ClickHouse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sendtrack import simulate  # noqa: E402
+from sendtrack.settings import Settings  # noqa: E402
+from sendtrack.topics import ensure_topics  # noqa: E402
+
+BROKER = os.environ.get("SENDTRACK_KAFKA_BROKER", "localhost:9092")
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- workload
+
+async def publish_workload(settings: Settings, messages: int, chunk: int = 50_000) -> dict:
+    """Publish `messages` simulated sends in chunks; returns counts the pipeline must reach."""
+    producer = AIOKafkaProducer(bootstrap_servers=BROKER, linger_ms=20, max_batch_size=1024 * 1024,
+                                acks="all")
+    await producer.start()
+    records = milestones = 0
+    started = time.monotonic()
+    try:
+        for i, start in enumerate(range(0, messages, chunk)):
+            n = min(chunk, messages - start)
+            traffic = simulate.generate(n, seed=1000 + i, run_id=f"b{i}", orphan_rate=0, malformed_rate=0)
+            futures = [await producer.send(settings.topic(kind), key=key, value=value)
+                       for kind, key, value in traffic.records]
+            await asyncio.gather(*futures)
+            records += len(traffic.records)
+            milestones += sum(len(m.expected) for m in traffic.messages)
+            log(f"published {start + n:,}/{messages:,} messages ({records:,} records, "
+                f"{records / (time.monotonic() - started):,.0f} rec/s)")
+    finally:
+        await producer.stop()
+    return {"messages": messages, "records": records, "milestones": milestones}
+
+
+# --------------------------------------------------------------------------------------------- baseline
+
+async def baseline(settings: Settings, records: int) -> dict:
+    """A plain aiokafka consumer -> producer passthrough of the same input topics."""
+    out_topic = settings.topic("bench-passthrough")
+    admin = AIOKafkaAdminClient(bootstrap_servers=BROKER)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(out_topic, settings.partitions, 1)])
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(settings.topic("send-requests"), settings.topic("provider-callbacks"),
+                                bootstrap_servers=BROKER, group_id=f"bench-baseline-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=BROKER, linger_ms=5, max_batch_size=1024 * 1024)
+    await consumer.start()
+    await producer.start()
+    cpu0 = time.process_time()
+    seen, started = 0, None
+    try:
+        while seen < records:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if started is None and batch:
+                started = time.monotonic()
+            futures = []
+            for tp, recs in batch.items():
+                for r in recs:
+                    futures.append(await producer.send(out_topic, key=r.key, value=r.value))
+                seen += len(recs)
+            await asyncio.gather(*futures)
+            if batch:
+                await consumer.commit()
+        elapsed = time.monotonic() - started
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return {"records": seen, "seconds": round(elapsed, 2), "records_per_s": round(seen / elapsed),
+            "cpu_s_per_million": round((time.process_time() - cpu0) / seen * 1e6, 1)}
+
+
+# --------------------------------------------------------------------------------------------- worker
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    def __init__(self, settings_env: dict[str, str], data_dir: Path) -> None:
+        self.env = {**os.environ, **settings_env}
+        self.port = int(settings_env["SENDTRACK_WEB_PORT"])
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen | None = None
+        self.peak_rss = 0
+
+    def start(self) -> None:
+        self.log = open(self.data_dir / "worker.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "sendtrack.cli", "worker"], env=self.env, cwd=ROOT,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def get(self, path: str, **params) -> dict:
+        url = f"http://127.0.0.1:{self.port}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return json.loads(resp.read())
+
+    def sql(self, q: str):
+        return self.get("/query", q=q)["rows"]
+
+    def metrics(self) -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30).read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def sample(self) -> None:
+        """Peak RSS (VmHWM) and CPU seconds of the worker process."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                self.peak_rss = max(self.peak_rss, int(line.split()[1]) * 1024)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_healthy(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bench: the worker exited; see {self.data_dir / 'worker.log'}")
+            try:
+                if self.get("/health").get("status") == "ok":
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise SystemExit("bench: the worker did not become healthy")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
+    """Throughput: from the worker's start until every milestone is in the ClickHouse views."""
+    started = time.monotonic()
+    cpu_start = 0.0
+    worker.start()
+    worker.wait_healthy()
+    ready = time.monotonic()
+    cpu_start = worker.cpu_seconds()
+    last_report, rows = 0.0, 0
+    while True:
+        rows = worker.sql("SELECT count() FROM sendtrack.status_changes")[0][0]
+        worker.sample()
+        now = time.monotonic()
+        if now - last_report > 5:
+            log(f"pipeline: {rows:,}/{expect['milestones']:,} milestones in ClickHouse "
+                f"({rows / max(now - ready, 1e-9):,.0f}/s)")
+            last_report = now
+        if rows >= expect["milestones"]:
+            break
+        if now - ready > timeout:
+            raise SystemExit(f"bench: pipeline did not finish within {timeout} s ({rows:,} rows)")
+        time.sleep(0.5)
+    elapsed = time.monotonic() - ready
+    cpu = worker.cpu_seconds() - cpu_start
+    funnel = worker.sql("SELECT toUInt64(sum(messages)) FROM sendtrack.funnel_daily")[0][0]
+    assert funnel == expect["milestones"], (funnel, expect["milestones"])
+    metrics = worker.metrics()
+    inserts = {k.split('table="')[1].rstrip('"}'): v for k, v in metrics.items()
+               if k.startswith("sendtrack_clickhouse_inserts_total")}
+    return {
+        "input_records": expect["records"], "seconds": round(elapsed, 2),
+        "startup_seconds": round(ready - started, 2),
+        "records_per_s": round(expect["records"] / elapsed),
+        "cpu_s_per_million": round(cpu / expect["records"] * 1e6, 1),
+        "cpu_utilisation_cores": round(cpu / elapsed, 2),
+        "inserts_per_s": {t: round(n / elapsed, 2) for t, n in inserts.items()},
+        "rows_per_insert": {t: round(metrics.get(f'sendtrack_clickhouse_rows_total{{table="{t}"}}', 0) / n)
+                            for t, n in inserts.items() if n},
+    }
+
+
+async def freshness(worker: Worker, settings: Settings, rate: float, seconds: float) -> dict:
+    """Publish requests then callbacks at `rate` records/s; publication -> visible in ClickHouse."""
+    n = int(rate * seconds / 2)
+    producer = AIOKafkaProducer(bootstrap_servers=BROKER, linger_ms=5, acks="all")
+    await producer.start()
+    run = uuid.uuid4().hex[:6]
+    published: dict[str, float] = {}
+    now_ms = int(time.time() * 1000)
+    started = time.monotonic()
+    try:
+        for i in range(2 * n):
+            mid = f"fresh-{run}-{i % n}"
+            if i < n:
+                value = {"message_id": mid, "action": "sms", "customer_id": "c", "requested_at": now_ms,
+                         "provider": "esms", "campaign_id": "fresh"}
+                await producer.send(settings.topic("send-requests"), key=mid.encode(), value=orjson.dumps(value))
+            else:
+                published[mid] = time.time()
+                value = {"event_id": f"{mid}-d", "status": "delivered", "occurred_at": now_ms + 1000,
+                         "message_id": mid}
+                await producer.send(settings.topic("provider-callbacks"), key=mid.encode(), value=orjson.dumps(value))
+            ahead = (i + 1) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        got = worker.sql(f"SELECT count() FROM sendtrack.status_changes_raw WHERE message_id LIKE 'fresh-{run}-%' "
+                         "AND status = 'delivered'")[0][0]
+        if got >= n:
+            break
+        time.sleep(1)
+    rows = worker.sql(f"SELECT message_id, toUnixTimestamp64Milli(min(_inserted_at)) FROM sendtrack.status_changes_raw "
+                      f"WHERE message_id LIKE 'fresh-{run}-%' AND status = 'delivered' GROUP BY message_id")
+    lat = sorted(ms / 1000 - published[mid] for mid, ms in rows)
+    q = statistics.quantiles(lat, n=100)
+    return {"rate_records_per_s": round(rate), "callbacks": len(lat), "p50_s": round(q[49], 3),
+            "p99_s": round(q[98], 3), "max_s": round(lat[-1], 3)}
+
+
+def funnel_query(messages: int, path: Path) -> dict:
+    """funnel_daily for one campaign over 30 days, on `messages` synthetic messages (embedded)."""
+    from sinks.clickhouse import ClickHouse
+    from sinks.migrate import migrate
+
+    ch = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{path}"), database="bench_funnel")
+    migrate(ch, log=lambda *_: None)
+    log(f"funnel query: generating {messages:,} synthetic messages (30 days, 20 campaigns)")
+    started = time.monotonic()
+    per = 2_000_000
+    for offset in range(0, messages, per):
+        n = min(per, messages - offset)
+        # Each message reaches sent, then delivered with 80%, opened with 40%, clicked with 10%.
+        ch.command(
+            f"INSERT INTO `{ch.database}`.status_changes_raw (change_id, message_id, status, previous_status, "
+            "current_status, inferred, occurred_at, recorded_at, action, provider, customer_id, recipient, "
+            "flow_id, campaign_id, step_id, requested_at, reason_code, reason, bounce_type, reason_at, event_id) "
+            "SELECT hex(sipHash128(mid, st)), mid, st, '', st, false, t, t, 'email', 'sendgrid', "
+            "concat('c', toString(n % 100000)), '', concat('flow-', toString(n % 7)), "
+            "concat('camp-', toString(n % 20)), concat('step-', toString(n % 5)), t, '', '', '', "
+            "toDateTime64(0, 3, 'UTC'), '' "
+            f"FROM (SELECT number + {offset} AS n, concat('m', toString(n)) AS mid, "
+            "toDateTime64('2026-10-01 00:00:00', 3, 'UTC') + toIntervalSecond(n % (30 * 86400)) AS t, "
+            "arrayFilter(s -> (s.2), [('sent', true), ('delivered', n % 10 < 8), ('opened', n % 10 < 4), "
+            "('clicked', n % 10 < 1)]) AS reached "
+            f"FROM numbers({n})) ARRAY JOIN arrayMap(x -> x.1, reached) AS st"
+        )
+        log(f"funnel query: {offset + n:,}/{messages:,} messages")
+    ch.command(f"OPTIMIZE TABLE `{ch.database}`.funnel_daily_agg FINAL")
+    gen = time.monotonic() - started
+    sql = (f"SELECT day, status, messages FROM `{ch.database}`.funnel_daily WHERE campaign_id = 'camp-3' "
+           "AND day BETWEEN '2026-10-01' AND '2026-10-30' ORDER BY day, status")
+    times = []
+    for _ in range(7):
+        t = time.monotonic()
+        _, rows = ch.query(sql)
+        times.append(time.monotonic() - t)
+    total = sum(r[2] for r in rows if r[1] == "sent")
+    assert total == messages // 20, (total, messages // 20)
+    return {"messages": messages, "generate_seconds": round(gen, 1), "query_ms_median": round(statistics.median(times) * 1000, 1),
+            "query_ms_max": round(max(times) * 1000, 1), "rows": len(rows)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a run of under two minutes")
+    parser.add_argument("--messages", type=int, help="simulated sends (default 2,000,000; --quick 20,000)")
+    parser.add_argument("--funnel-messages", type=int, help="synthetic messages for the funnel query "
+                        "(default 10,000,000; --quick 1,000,000)")
+    parser.add_argument("--freshness-seconds", type=float, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    args = parser.parse_args()
+    messages = args.messages or (20_000 if args.quick else 2_000_000)
+    funnel_messages = args.funnel_messages or (1_000_000 if args.quick else 10_000_000)
+    fresh_seconds = args.freshness_seconds or (15 if args.quick else 60)
+
+    run = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    data = Path(tempfile.mkdtemp(prefix=f"{run}-"))
+    env = {"SENDTRACK_KAFKA_BROKER": BROKER, "SENDTRACK_TOPIC_PREFIX": f"{run}.", "SENDTRACK_APP_ID": run,
+           "SENDTRACK_DATA_DIR": str(data), "SENDTRACK_WEB_PORT": str(free_port())}
+    settings = Settings(kafka_broker=BROKER, topic_prefix=f"{run}.", partitions=Settings().partitions)
+    result: dict = {"run": run, "quick": args.quick, "machine": {"cpus": os.cpu_count(),
+                    "python": platform.python_version(), "platform": platform.platform()}}
+    try:
+        asyncio.run(ensure_topics(settings))
+        log(f"workload: {messages:,} messages into fresh topics ({run}.*)")
+        expect = asyncio.run(publish_workload(settings, messages))
+        result["workload"] = expect
+        log("baseline: aiokafka consumer -> producer passthrough of the same topics")
+        result["baseline"] = asyncio.run(baseline(settings, expect["records"]))
+        log(f"baseline: {result['baseline']['records_per_s']:,} records/s")
+        worker = Worker(env, data)
+        try:
+            log("pipeline: worker with embedded ClickHouse on the backlog")
+            result["pipeline"] = pipeline(worker, expect, timeout=6 * 3600)
+            result["ratio_pipeline_to_baseline"] = round(
+                result["pipeline"]["records_per_s"] / result["baseline"]["records_per_s"], 3)
+            rate = result["pipeline"]["records_per_s"] / 2
+            log(f"freshness: callbacks at {rate:,.0f} records/s for {fresh_seconds:.0f} s")
+            result["freshness"] = asyncio.run(freshness(worker, settings, rate, fresh_seconds))
+            worker.sample()
+            result["pipeline"]["peak_rss_mb"] = round(worker.peak_rss / 2**20)
+        finally:
+            worker.stop()
+        result["storage"] = {
+            "rocksdb_mb_per_million_messages": round(du(data / "faust") / 2**20 / messages * 1e6, 1),
+            "clickhouse_mb_per_million_messages": round(du(data / "clickhouse") / 2**20 / messages * 1e6, 1),
+            "tracked_messages": messages,
+        }
+        result["funnel_query"] = funnel_query(funnel_messages, data / "funnel-chdb")
+    finally:
+        if not args.keep:
+            shutil.rmtree(data, ignore_errors=True)
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2)
+    (out_dir / f"{run}.json").write_text(text + "\n")
+    (out_dir / ("latest-quick.json" if args.quick else "latest.json")).write_text(text + "\n")
+    print(text)
+    p, b = result["pipeline"], result["baseline"]
+    print(f"\nsendtrack: {p['records_per_s']:,} input records/s end to end "
+          f"(baseline passthrough {b['records_per_s']:,}/s, ratio {result['ratio_pipeline_to_baseline']}); "
+          f"freshness p50 {result['freshness']['p50_s']} s, p99 {result['freshness']['p99_s']} s at "
+          f"{result['freshness']['rate_records_per_s']:,}/s; peak RSS {p['peak_rss_mb']} MB; "
+          f"funnel query {result['funnel_query']['query_ms_median']} ms over "
+          f"{result['funnel_query']['messages']:,} messages")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
