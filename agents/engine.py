@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+from contextvars import ContextVar
 import time
 from typing import Any, Optional
 
@@ -39,9 +41,11 @@ CALLBACKS = callbacks_topic.get_topic_name()
 ROUTED = routed_topic.get_topic_name()
 BY_PID = by_provider_id_topic.get_topic_name()
 DEAD_LETTERS = dead_letters_topic.get_topic_name()
+STATUS_CHANGES = status_changes_topic.get_topic_name()
 ORPHAN_TTL_MS = settings.orphan_ttl_seconds * 1000
 RETENTION_MS = int(settings.state_retention_days * 86_400_000)
 SWEEP_BATCH = 20_000
+TICK_KEY = b"\x00tick"
 FAUST_KEY_PREFIX = b"__faust"  # Faust keeps its changelog offset in the same RocksDB
 
 
@@ -64,16 +68,51 @@ def recipient_key(psid: str) -> str:
 
 def send_by_provider_id(key: str, doc: dict[str, Any]) -> None:
     """Send to the partition of the provider-id side that owns `key`."""
-    by_provider_id_topic.send_soon(key=key.encode(), partition=partition_for(key), value=orjson.dumps(doc))
+    outbox().add(BY_PID, key.encode(), orjson.dumps(doc), partition_for(key))
 
 
 # ---------------------------------------------------------------------------------------------
 # Output
 
 
+class Outbox:
+    """Records one agent produces while applying a batch. They are sent together and awaited
+    before the batch's input offsets are acknowledged (at-least-once), straight to the producer
+    rather than one by one through Faust's producer buffer."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, Optional[bytes], bytes, Optional[int]]] = []
+
+    def add(self, topic: str, key: Optional[bytes], value: bytes, partition: Optional[int] = None) -> None:
+        self.records.append((topic, key, value, partition))
+
+    async def flush(self) -> None:
+        if not self.records:
+            return
+        records, self.records = self.records, []
+        send = app.producer.send
+        pending = [await send(topic, key, value, partition, None, None) for topic, key, value, partition in records]
+        await asyncio.gather(*pending)
+
+
+# Each agent runs in its own task, so each has its own outbox.
+_outbox: ContextVar[Outbox] = ContextVar("sendtrack_outbox")
+
+
+def outbox() -> Outbox:
+    return _outbox.get()
+
+
+def new_outbox() -> Outbox:
+    box = Outbox()
+    _outbox.set(box)
+    return box
+
+
 def emit_changes(changes: list) -> None:
+    box = outbox()
     for change in changes:
-        status_changes_topic.send_soon(key=change.message_id.encode(), value=orjson.dumps(change))
+        box.add(STATUS_CHANGES, change.message_id.encode(), orjson.dumps(change))
     metrics.inc("status_changes_total", len(changes))
 
 
@@ -108,14 +147,13 @@ def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload
         payload=text, payload_encoding=encoding, error_type=str(invalid.error_type),
         error=error, failed_at=now_ms(),
     )
-    dead_letters_topic.send_soon(key=key, value=orjson.dumps(letter))
+    outbox().add(DEAD_LETTERS, key, orjson.dumps(letter))
     metrics.inc("dead_letters_total", 1, error_type=str(invalid.error_type))
 
 
 def route(message_id: str, envelope: dict[str, Any]) -> None:
     """Send an envelope to the partition that owns `message_id` (through Kafka, never a lookup)."""
-    routed_topic.send_soon(key=message_id.encode(), value=orjson.dumps(envelope),
-                           partition=partition_for(message_id))
+    outbox().add(ROUTED, message_id.encode(), orjson.dumps(envelope), partition_for(message_id))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,8 +165,26 @@ def _origin(event: EventT) -> tuple[str, int, int]:
     return (m.topic, m.partition, m.offset)
 
 
+# States changed in the current batch, written to the table once per message at the batch's end
+# (one changelog record per message instead of one per input), each in the context of the last
+# event that changed it, so it lands in that event's changelog partition.
+_batch_states: dict[str, tuple[dict[str, Any], EventT]] = {}
+_batch_event: Optional[EventT] = None
+
+
 def _state_of(message_id: str) -> dict[str, Any]:
+    cached = _batch_states.get(message_id)
+    if cached is not None:
+        return cached[0]
     return messages_table.get(message_id) or status.new_state()
+
+
+def write_states(stream) -> None:
+    """Write the batch's changed states to the messages table."""
+    for message_id, (state, event) in _batch_states.items():
+        stream._set_current_event(event)
+        messages_table[message_id] = state
+    _batch_states.clear()
 
 
 def _replayed(state: dict[str, Any], position: tuple[str, int, int]) -> bool:
@@ -144,7 +200,7 @@ def _replayed(state: dict[str, Any], position: tuple[str, int, int]) -> bool:
 def _save(message_id: str, state: dict[str, Any], position: tuple[str, int, int], now: int) -> None:
     state.setdefault("off", {})[position[0]] = position[2]
     state["t"] = now
-    messages_table[message_id] = state
+    _batch_states[message_id] = (state, _batch_event)
 
 
 def _after_apply(message_id: str, state: dict[str, Any], outcome: status.Outcome, origin: tuple[str, int, int],
@@ -309,19 +365,28 @@ def _evict(table: Any, partition: int, now: int, touched) -> int:
                      key_serializer="raw", value_serializer="raw"), name="status-engine")
 async def status_engine(stream):
     """Apply requests and callbacks in batches; each record is processed in its own event context."""
+    global _batch_event
+    box = new_outbox()
     async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
         now = now_ms()
         for event in events:
             # Table writes go to the changelog partition of the current event (faust Table
             # semantics); inside a batch we point the context at each event in turn.
+            if event.message.topic == ROUTED and event.key == TICK_KEY:
+                write_states(stream)  # the sweep reads and deletes table entries directly
             stream._set_current_event(event)
+            _batch_event = event
             try:
                 process(event, now)
             except Exception as exc:  # the one boundary that turns a failure into a dead letter
                 log.exception("record %s failed", _origin(event))
                 emit_dead_letter(_origin(event), event.key, event.value or b"",
                                  Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
+        write_states(stream)
         stream._set_current_event(None)
+        _batch_event = None
+        # Outputs are acknowledged by the broker before take_events acks this batch's inputs.
+        await box.flush()
         metrics.inc("engine_events_total", len(events))
 
 
@@ -405,6 +470,7 @@ def sweep_provider_ids(partition: int, now: int) -> None:
 @app.agent(by_provider_id_topic, name="provider-id-resolver")
 async def provider_id_resolver(stream):
     """Keep provider id -> message id, and re-key callbacks that name only the provider id."""
+    box = new_outbox()
     async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
         now = now_ms()
         for event in events:
@@ -416,6 +482,7 @@ async def provider_id_resolver(stream):
                 emit_dead_letter(_origin(event), event.key, event.value or b"",
                                  Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
         stream._set_current_event(None)
+        await box.flush()
 
 
 @app.timer(settings.sweep_interval_seconds)
@@ -424,5 +491,5 @@ async def send_sweep_ticks() -> None:
     now = now_ms()
     tick = orjson.dumps({"kind": "tick", "op": "tick", "now": now})
     for partition in range(N):
-        await routed_topic.send(key=b"\x00tick", value=tick, partition=partition)
-        await by_provider_id_topic.send(key=b"\x00tick", value=tick, partition=partition)
+        await routed_topic.send(key=TICK_KEY, value=tick, partition=partition)
+        await by_provider_id_topic.send(key=TICK_KEY, value=tick, partition=partition)

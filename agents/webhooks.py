@@ -14,7 +14,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from agents.app import app, callbacks_topic, settings, webhooks_topic
-from agents.engine import emit_dead_letter, recipient_key, send_by_provider_id
+from agents.engine import emit_dead_letter, new_outbox, recipient_key, send_by_provider_id
 from schemas.models import Invalid
 from schemas.validate import callback_from_dict
 from sendtrack import providers
@@ -22,6 +22,7 @@ from sendtrack.metrics import metrics
 from sendtrack.providers import ProviderSecrets, RawWebhook
 
 log = logging.getLogger(__name__)
+CALLBACKS = callbacks_topic.get_topic_name()
 
 # Headers the adapters need (signatures are checked at the ingress; these carry event metadata).
 KEPT_HEADERS = frozenset({
@@ -156,6 +157,7 @@ def adapt(record: bytes) -> tuple[list[dict[str, Any]], list[Invalid], list[dict
 @app.agent(webhooks_topic, name="webhook-adapter")
 async def webhook_adapter(stream):
     """Turn raw provider webhooks into canonical provider-callbacks (or dead letters)."""
+    box = new_outbox()
     async for event in stream.events():
         msg = event.message
         origin = (msg.topic, msg.partition, msg.offset)
@@ -164,10 +166,11 @@ async def webhook_adapter(stream):
         except Exception as exc:  # the boundary that turns an unreadable record into a dead letter
             emit_dead_letter(origin, event.key, event.value or b"",
                              Invalid("invalid_webhook", f"unreadable webhook record: {exc!r}"))
+            await box.flush()
             continue
         for cb in callbacks:
             key = cb["message_id"].encode() if cb.get("message_id") else None
-            await callbacks_topic.send(key=key, value=orjson.dumps(cb))
+            box.add(CALLBACKS, key, orjson.dumps(cb))
         for invalid in refused:
             emit_dead_letter(origin, event.key, event.value or b"", invalid)
         for mark in watermarks:
@@ -176,3 +179,4 @@ async def webhook_adapter(stream):
                 "event_id": mark["event_id"], "occurred_at": mark["occurred_at"], "origin": list(origin)})
             metrics.inc("messenger_watermarks_total", 1, status=mark["status"])
         metrics.inc("webhook_callbacks_total", len(callbacks), provider=orjson.loads(event.value)["provider"])
+        await box.flush()
