@@ -244,6 +244,13 @@ def handle_callback(cb: Callback, origin: tuple[str, int, int], position: tuple[
         _save(message_id, state, position, now)
         return
     outcome = status.apply_callback(state, cb, now, origin=list(origin))
+    if cb.provider and cb.provider_message_id:
+        # A callback with both ids registers the mapping, once per message and provider id.
+        pkey = provider_key(cb.provider, cb.provider_message_id)
+        registered = state.setdefault("pm", [])
+        if pkey not in registered:
+            registered.append(pkey)
+            send_by_provider_id(pkey, {"op": "map", "message_id": message_id})
     _after_apply(message_id, state, outcome, origin, position, key, payload, now)
 
 
@@ -284,14 +291,11 @@ def process(event: EventT, now: int) -> None:
     if isinstance(cb, Invalid):
         emit_dead_letter(origin, key, payload, cb)
         return
-    if cb.provider and cb.provider_message_id:
+    if cb.message_id is None:
+        # Only the provider's id: resolve it on the partition that owns that id.
         pkey = provider_key(cb.provider, cb.provider_message_id)
-        if cb.message_id is None:
-            # Only the provider's id: resolve it on the partition that owns that id.
-            send_by_provider_id(pkey, {"op": "resolve", "origin": origin, "body": _plain(cb)})
-            return
-        send_by_provider_id(pkey, {"op": "map", "message_id": cb.message_id})
-    assert cb.message_id is not None
+        send_by_provider_id(pkey, {"op": "resolve", "origin": origin, "body": _plain(cb)})
+        return
     if _misrouted(cb.message_id, event):
         route(cb.message_id, {"kind": "callback", "origin": origin, "body": _plain(cb)})
     else:
