@@ -223,7 +223,11 @@ def handle_request(req: SendRequest, origin: tuple[str, int, int], position: tup
                    key: Optional[bytes], payload: bytes, now: int) -> None:
     state = _state_of(req.message_id)
     if _replayed(state, position):
-        emit_changes(status.replay_changes(state, status.REQUEST_SOURCE, now))
+        conflict = status.request_conflict(state, req)
+        if conflict is not None:  # its dead letter may not have been written before the crash
+            emit_dead_letter(origin, key, payload, conflict)
+        else:
+            emit_changes(status.replay_changes(state, status.REQUEST_SOURCE, now))
         _save(req.message_id, state, position, now)
         return
     outcome = status.apply_request(state, req, now)

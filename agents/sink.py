@@ -126,4 +126,5 @@ class ClickHouseSink(Service):
 
 
 sink = ClickHouseSink()
-app.service(sink)
+if settings.sink_enabled:
+    app.service(sink)

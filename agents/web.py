@@ -23,7 +23,7 @@ def engine_ready() -> bool:
 
 @app.page("/health")
 async def health(web, request):
-    sink_ready = sink.ch is not None and sink.ready.is_set()
+    sink_ready = (sink.ch is not None and sink.ready.is_set()) or not settings.sink_enabled
     engine = engine_ready()
     ok = sink_ready and engine
     return web.json({"status": "ok" if ok else "starting", "engine": "ready" if engine else "starting",

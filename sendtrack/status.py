@@ -190,19 +190,31 @@ def _record_failure(state: dict[str, Any], cb: Callback) -> bool:
     return False
 
 
-def apply_request(state: dict[str, Any], req: SendRequest, now: int) -> Outcome:
-    """Apply a send request (§2.1), then any callbacks held for it (§2.6)."""
+def _request_doc(req: SendRequest) -> tuple[dict[str, Any], str]:
+    """The request as kept in the state (without attributes, which can be large) and a digest of
+    its whole content, for telling a repeat from a conflicting request."""
     doc = {k: v for k, v in _asdict(req).items() if v is not None}
     content = _digest(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
-    # Attributes can be large; the state keeps the dimensions and a digest of the whole request.
     doc.pop("attributes", None)
+    return doc, content
+
+
+def request_conflict(state: dict[str, Any], req: SendRequest) -> Optional[Invalid]:
+    """Why `req` is refused if the message was already requested with other content (§2.1)."""
+    if state["req"] is None or state.get("rh") == _request_doc(req)[1]:
+        return None
+    return Invalid(
+        ErrorType.CONFLICTING_REQUEST,
+        f"message {req.message_id!r} was already requested with different content; the first stands",
+    )
+
+
+def apply_request(state: dict[str, Any], req: SendRequest, now: int) -> Outcome:
+    """Apply a send request (§2.1), then any callbacks held for it (§2.6)."""
+    doc, content = _request_doc(req)
     if state["req"] is not None:
-        if state.get("rh") == content:
-            return Outcome(duplicate=True)
-        return Outcome(invalid=Invalid(
-            ErrorType.CONFLICTING_REQUEST,
-            f"message {req.message_id!r} was already requested with different content; the first stands",
-        ))
+        conflict = request_conflict(state, req)
+        return Outcome(invalid=conflict) if conflict else Outcome(duplicate=True)
     state["req"] = doc
     state["rh"] = content
     out = Outcome()
