@@ -29,7 +29,7 @@ from agents.app import (
     status_changes_topic,
 )
 from schemas.models import Callback, DeadLetter, Invalid, SendRequest
-from schemas.validate import ErrorType, callback_from_dict, parse_callback, parse_send_request
+from schemas.validate import ErrorType, parse_callback, parse_send_request
 from sendtrack import status
 from sendtrack.metrics import metrics
 

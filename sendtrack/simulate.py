@@ -141,7 +141,7 @@ def generate(n_messages: int, seed: int = 7, start_ms: Optional[int] = None, run
                    "flow_id": msg.flow_id, "campaign_id": msg.campaign_id, "step_id": msg.step_id}
         timed.append((requested_at, "send-requests", mid.encode(), orjson.dumps(request)))
         t = requested_at
-        pmid = f"{provider}-{i:08d}"
+        pmid = f"{provider}-{run_id}-{i:08d}"
         for n, (status, reported) in enumerate(path):
             t += rnd.randrange(*DELAYS_MS.get(status, (100, 1000)))
             if not reported:

@@ -80,7 +80,7 @@ def test_migrations_are_recorded_and_applied_once(ch):
 
 def test_ddl_columns_match_the_records(ch):
     def columns(table: str) -> list[str]:
-        _, rows = ch.query(f"SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s "
+        _, rows = ch.query("SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s "
                            "AND NOT startsWith(name, '_') ORDER BY position", {"db": ch.database, "t": table})
         return [r[0] for r in rows]
 
@@ -120,7 +120,7 @@ def test_messages_view_folds_milestones_and_the_current_status(ch):
                  "reason_code": "550", "reason": "mailbox unavailable", "bounce_type": "hard"}):
         out += status.apply_callback(st, parse_callback(orjson.dumps({**doc, "message_id": "m1"})), 2).changes
     batch_of(out, []).write(ch)
-    cols, rows = ch.query(f"SELECT current_status, reason_code, reason, bounce_type, processing_at IS NOT NULL, "
+    cols, rows = ch.query("SELECT current_status, reason_code, reason, bounce_type, processing_at IS NOT NULL, "
                           f"opened_at IS NULL FROM `{ch.database}`.messages")
     assert rows == [("bounced", "550", "mailbox unavailable", "hard", True, True)]
 

@@ -1,0 +1,462 @@
+"""Reliability under crashes, rebalances and a broker bounce, checked against a model.
+
+In the style of the Kafka Streams system tests (shared/reference/peers-and-limits.md §(c)): a driver
+publishes known traffic (`sendtrack.simulate.generate`), worker processes are SIGKILLed while they
+apply batches, write changelogs and insert into ClickHouse, a member of the group dies and comes
+back, or the broker goes away and returns; then a verifier recomputes what every view must show
+from the simulator's truth and requires it exactly. Kafka delivery is at-least-once, so the raw
+change log may hold MORE than was generated (duplicates are counted and printed) but never less,
+and no view may show a duplicate.
+
+The workers get BROKER_SESSION_TIMEOUT=10 (a Faust setting read from the environment): with
+Faust's default of 60 s, a worker restarted after SIGKILL waits for the dead member's session to
+expire before it gets partitions (measured: ~60 s per restart), which would put three kills far
+over the time budget. Nothing else about the worker is changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from sendtrack import simulate
+from sendtrack.settings import Settings
+from tests.integration.conftest import BROKER, ROOT, Worker, free_port
+from tests.integration.test_clickhouse import expected_current
+
+PARTITIONS = 4
+SESSION_TIMEOUT = {"BROKER_SESSION_TIMEOUT": "10"}
+WORKER_SETTINGS = dict(partitions=PARTITIONS, orphan_ttl_seconds=3600)
+KAFKA_SH = ROOT / "scripts" / "kafka" / "kafka.sh"
+
+
+# ---------------------------------------------------------------------------------------------
+# The model and the verifier
+
+
+@dataclass
+class Model:
+    """What the views must show for a simulated run, computed from the simulator's truth only."""
+
+    n_messages: int
+    funnel: list[list[Any]]  # [action, status, messages], sorted
+    current: list[list[Any]]  # [action, current_status, messages], sorted
+    milestones: set[tuple[str, str]]  # (message_id, status)
+    engagement: set[str]  # event ids of applied opened/clicked callbacks
+
+
+def build_model(traffic: simulate.Traffic) -> Model:
+    funnel = Counter((m.action, s) for m in traffic.messages for s in m.expected)
+    current = Counter((m.action, expected_current(m.expected)) for m in traffic.messages)
+    # Every reported open/click is one engagement row (the first open of a message included);
+    # an open reached only by implication (a click without a tracked open) has no event id.
+    engagement = set()
+    for kind, _, value in traffic.records:
+        if kind == "provider-callbacks":
+            doc = orjson.loads(value)
+            if doc.get("status") in ("opened", "clicked"):
+                engagement.add(doc["event_id"])
+    return Model(
+        n_messages=len(traffic.messages),
+        funnel=sorted([a, s, n] for (a, s), n in funnel.items()),
+        current=sorted([a, s, n] for (a, s), n in current.items()),
+        milestones={(m.message_id, s) for m in traffic.messages for s in m.expected},
+        engagement=engagement,
+    )
+
+
+def alive(w: Worker) -> None:
+    """The worker process must still run: report its exit code and log tail if not."""
+    assert w.proc is not None, "the worker is not started"
+    code = w.proc.poll()
+    if code is not None:
+        raise AssertionError(f"the worker {w.prefix} exited with code {code} "
+                             f"({'signal ' + signal.Signals(-code).name if code < 0 else 'status'}):\n{w.tail(60)}")
+
+
+def wait_equal(w: Worker, q: str, expected: Any, timeout: float) -> None:
+    """Poll `q` until it returns `expected`; fail with the last value, or at once if the worker died."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        alive(w)
+        try:
+            last = w.sql(q)
+        except OSError as exc:
+            last = exc
+        if last == expected:
+            return
+        time.sleep(0.5)
+    alive(w)
+    raise AssertionError(f"{q}\nexpected {expected!r}\nlast     {last!r}")
+
+
+def diagnose(w: Worker, model: Model) -> str:
+    """Which milestones are missing from the raw table and from the views (for the failure message)."""
+    try:
+        alive(w)
+        raw = {tuple(r) for r in w.sql("SELECT DISTINCT message_id, status FROM sendtrack.status_changes_raw "
+                                       "WHERE status != ''")}
+        view = {tuple(r) for r in w.sql("SELECT message_id, status FROM sendtrack.status_changes")}
+    except (AssertionError, OSError) as exc:
+        return f"(no diagnosis: {exc})"
+    return (f"missing from status_changes_raw: {len(model.milestones - raw)} {sorted(model.milestones - raw)[:20]}; "
+            f"missing from the status_changes view: {len(model.milestones - view)} "
+            f"{sorted(model.milestones - view)[:20]}; not in the model: {sorted((raw | view) - model.milestones)[:20]}")
+
+
+def verify_views(w: Worker, model: Model, timeout: float = 90) -> None:
+    """Every view equals the model exactly (waiting up to `timeout` for the sink to catch up)."""
+    try:
+        _verify_views(w, model, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(w, model)}\n--- worker log tail ---\n{w.tail(30)}") from None
+
+
+def _verify_views(w: Worker, model: Model, timeout: float) -> None:
+    total = len(model.milestones)
+    wait_equal(w, "SELECT action, status, toUInt64(sum(messages)) FROM sendtrack.funnel_daily "
+               "GROUP BY action, status ORDER BY action, status", model.funnel, timeout)
+    wait_equal(w, "SELECT action, current_status, toUInt64(sum(messages)) FROM sendtrack.current_status_daily "
+               "GROUP BY action, current_status ORDER BY action, current_status", model.current, 30)
+    wait_equal(w, "SELECT count(), uniqExact(message_id) FROM sendtrack.messages",
+               [[model.n_messages, model.n_messages]], 30)
+    wait_equal(w, "SELECT count(), uniqExact(message_id, status) FROM sendtrack.status_changes",
+               [[total, total]], 30)
+    got = {(mid, s) for mid, s in w.sql("SELECT message_id, status FROM sendtrack.status_changes")}
+    assert got == model.milestones, (sorted(model.milestones - got)[:20], sorted(got - model.milestones)[:20])
+    n_eng = len(model.engagement)
+    wait_equal(w, "SELECT count(), uniqExact(event_id) FROM sendtrack.engagement_events", [[n_eng, n_eng]], 30)
+    got_eng = {r[0] for r in w.sql("SELECT event_id FROM sendtrack.engagement_events")}
+    assert got_eng == model.engagement, (sorted(model.engagement - got_eng)[:20], sorted(got_eng - model.engagement)[:20])
+
+
+def raw_duplicates(w: Worker) -> dict[str, int]:
+    """Rows of the raw tables beyond one per change (allowed there, never in a view). A lower
+    bound: ReplacingMergeTree may already have merged some of them away."""
+    (rows, changes), = w.sql("SELECT count(), uniqExact(change_id) FROM sendtrack.status_changes_raw")
+    (erows, events), = w.sql("SELECT count(), uniqExact(message_id, event_id) FROM sendtrack.engagement_events_raw")
+    return {"status_changes_raw_rows": rows, "status_changes_raw_duplicates": rows - changes,
+            "engagement_events_raw_duplicates": erows - events}
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> list[dict[str, Any]]:
+    """Every record of `topic`, from the beginning to the end offsets taken when reading starts."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            assert time.monotonic() < deadline, f"could not read {topic} to its end offsets {end}"
+            batch = await consumer.getmany(*tps, timeout_ms=500)
+            out.extend(orjson.loads(r.value) for recs in batch.values() for r in recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def verify_change_log(bootstrap: str, w: Worker, model: Model) -> dict[str, int]:
+    """PROCESSED-MORE-THAN-GENERATED is fine, fewer is a failure: every expected (message_id,
+    status) is on the status-changes topic at least once, and nothing the model never reached."""
+    records = asyncio.run(read_topic(bootstrap, w.topic("status-changes")))
+    milestones = [r for r in records if r["kind"] == "milestone"]
+    got = {(r["message_id"], r["status"]) for r in milestones}
+    missing = model.milestones - got
+    assert not missing, f"{len(missing)} expected status changes never produced, e.g. {sorted(missing)[:20]}"
+    extra = got - model.milestones
+    assert not extra, f"status changes the model never reached: {sorted(extra)[:20]}"
+    return {"topic_records": len(records), "topic_milestone_records": len(milestones),
+            "topic_duplicate_records": len(records) - len({r["change_id"] for r in records}),
+            "topic_duplicate_milestones": len(milestones) - len(got)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving: publishing in the background, killing, restarting
+
+
+class Publisher(threading.Thread):
+    """Publishes records (at `rate` records/s) while the test kills and restarts workers."""
+
+    def __init__(self, settings: Settings, records: list, rate: Optional[float] = None,
+                 retry_until: Optional[float] = None) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.records, self.rate, self.retry_until = settings, records, rate, retry_until
+        self.error: Optional[BaseException] = None
+        self.attempts = 0
+
+    def run(self) -> None:
+        while True:
+            self.attempts += 1
+            try:
+                asyncio.run(simulate.publish(self.settings, simulate.Traffic(records=self.records),
+                                             rate=self.rate, progress=False))
+                return
+            except Exception as exc:  # noqa: BLE001 - reported by finish()
+                if self.retry_until is None or time.monotonic() > self.retry_until:
+                    self.error = exc
+                    return
+                # The broker is not answering yet: publish the whole chunk again (duplicates are
+                # part of the traffic the engine must fold anyway).
+                time.sleep(1)
+
+    def finish(self, timeout: float = 120) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "publishing did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def chunks(records: list, n: int) -> list[list]:
+    size = -(-len(records) // n)
+    return [records[i:i + size] for i in range(0, len(records), size)]
+
+
+def engine_counters(w: Worker) -> dict[str, float]:
+    """This incarnation's engine and sink counters (evidence of where a kill landed)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=3) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for name in ("engine_events_total", "status_changes_total", "clickhouse_rows_total"):
+        full = f"sendtrack_{name}"
+        out[name] = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith(full + "{") or line.startswith(full + " "))
+    return out
+
+
+def sigkill(w: Worker) -> None:
+    alive(w)
+    w.stop(signal.SIGKILL)
+    w.log.close()
+
+
+def new_worker(tmp: Path, name: str, **settings: Any) -> Worker:
+    w = Worker(tmp, name, **{**WORKER_SETTINGS, **settings})
+    w.env.update(SESSION_TIMEOUT)
+    return w
+
+
+def wait_healthy(w: Worker, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    doc: Any = None
+    while time.monotonic() < deadline:
+        alive(w)
+        try:
+            doc = w.get("/health")
+            if doc.get("status") == "ok":
+                return
+        except OSError as exc:
+            doc = exc
+        time.sleep(0.5)
+    raise AssertionError(f"worker not healthy within {timeout} s (last {doc!r}): {w.tail()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. SIGKILL during traffic
+
+
+def test_sigkill_during_traffic_loses_and_double_counts_nothing(tmp_data):
+    started = time.monotonic()
+    rnd = random.Random(20260501)
+    traffic = simulate.generate(3000, seed=41, run_id=f"kill-{os.getpid()}", malformed_rate=0, orphan_rate=0)
+    model = build_model(traffic)
+    w = new_worker(tmp_data, "kill")
+    settings = Settings(kafka_broker=BROKER, topic_prefix=w.prefix, partitions=PARTITIONS)
+    parts = chunks(traffic.records, 6)
+    kill_in = {0, 1, 2, 3, 4}  # every chunk but the last has a kill
+    kills: list[dict[str, Any]] = []
+    w.start()
+    try:
+        for i, part in enumerate(parts):
+            # ~2.5 s per chunk, so a kill 0-2 s after publishing starts lands while records arrive,
+            # batches are applied, changelogs written and the sink inserts.
+            pub = Publisher(settings, part, rate=len(part) / 2.5)
+            pub.start()
+            if i in kill_in:
+                delay = rnd.uniform(0, 2)
+                time.sleep(delay)
+                counters = engine_counters(w)
+                sigkill(w)
+                kills.append({"chunk": i, "after_s": round(delay, 2), **counters})
+                print(f"\nkill {len(kills)} in chunk {i}, {delay:.2f} s after publishing started; "
+                      f"this incarnation had {counters}")
+                t = time.monotonic()
+                w.start()
+                print(f"restarted and healthy in {time.monotonic() - t:.1f} s")
+            pub.finish()
+        assert len(kills) >= 3
+        verify_views(w, model, timeout=120)
+        dups = raw_duplicates(w)
+        log = verify_change_log(BROKER, w, model)
+        print(f"\nkills: {len(kills)}; {len(traffic.records)} records, {model.n_messages} messages, "
+              f"{len(model.milestones)} milestones, {len(model.engagement)} engagement events")
+        print(f"raw duplicates: {dups}")
+        print(f"status-changes topic: {log}")
+        print(f"test 1 took {time.monotonic() - started:.1f} s")
+    finally:
+        w.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. A rebalance: two workers in one group, one killed and restarted
+
+
+def test_rebalance_two_workers_one_killed_and_restarted(tmp_data):
+    started = time.monotonic()
+    rnd = random.Random(20260502)
+    traffic = simulate.generate(3000, seed=42, run_id=f"reb-{os.getpid()}", malformed_rate=0, orphan_rate=0)
+    model = build_model(traffic)
+    a = new_worker(tmp_data, "rebA")
+    b = new_worker(tmp_data, "rebB", sink_enabled=False)
+    # The same group and topics, its own data dir and web port; no sink (embedded ClickHouse is
+    # one per process: A's holds the views).
+    b.env["SENDTRACK_TOPIC_PREFIX"] = a.prefix
+    b.env["SENDTRACK_APP_ID"] = a.env["SENDTRACK_APP_ID"]
+    b.prefix = a.prefix
+    settings = Settings(kafka_broker=BROKER, topic_prefix=a.prefix, partitions=PARTITIONS)
+    parts = chunks(traffic.records, 5)
+    a.start()
+    try:
+        b.start()
+        wait_healthy(a)
+        # Chunk 0 with both members.
+        pub = Publisher(settings, parts[0], rate=len(parts[0]) / 2.5)
+        pub.start()
+        pub.finish()
+        # Chunk 1: B is killed while it applies its share.
+        pub = Publisher(settings, parts[1], rate=len(parts[1]) / 2.5)
+        pub.start()
+        delay = rnd.uniform(0.3, 2)
+        time.sleep(delay)
+        counters = engine_counters(b)
+        sigkill(b)
+        print(f"\nB killed {delay:.2f} s into chunk 1; B's incarnation had {counters}")
+        pub.finish()
+        # Chunk 2 while B is dead: A takes B's partitions once B's session expires.
+        pub = Publisher(settings, parts[2], rate=len(parts[2]) / 2.5)
+        pub.start()
+        pub.finish()
+        t = time.monotonic()
+        wait_healthy(a, timeout=60)
+        b.start()
+        wait_healthy(a, timeout=60)
+        print(f"B restarted, both healthy in {time.monotonic() - t:.1f} s")
+        for part in parts[3:]:
+            pub = Publisher(settings, part, rate=len(part) / 2.5)
+            pub.start()
+            pub.finish()
+        verify_views(a, model, timeout=120)
+        alive(a)
+        alive(b)
+        dups = raw_duplicates(a)
+        log = verify_change_log(BROKER, a, model)
+        print(f"raw duplicates: {dups}")
+        print(f"status-changes topic: {log}")
+        print(f"test 2 took {time.monotonic() - started:.1f} s")
+    finally:
+        b.stop()
+        a.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The broker restarts mid-stream
+
+
+def free_port_pair() -> int:
+    """A port whose successor is free too (kafka.sh puts the controller on port + 1)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def kafka_sh(command: str, env: dict[str, str]) -> str:
+    out = subprocess.run(["bash", str(KAFKA_SH), command], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, f"kafka.sh {command} failed: {out.stdout}{out.stderr}"
+    return out.stdout.strip()
+
+
+def test_broker_restart_mid_stream(tmp_data):
+    started = time.monotonic()
+    port = free_port_pair()
+    broker = f"localhost:{port}"
+    kafka_home = tmp_data / "kafka"
+    env = {**os.environ, "SENDTRACK_KAFKA_BROKER": broker, "KAFKA_HOME_DIR": str(kafka_home)}
+    traffic = simulate.generate(2000, seed=43, run_id=f"bounce-{os.getpid()}", malformed_rate=0, orphan_rate=0)
+    model = build_model(traffic)
+    first, second = chunks(traffic.records, 2)
+    w: Optional[Worker] = None
+    try:
+        t = time.monotonic()
+        print("\n" + kafka_sh("up", env))
+        print(f"private broker up in {time.monotonic() - t:.1f} s")
+        w = new_worker(tmp_data, "bounce", kafka_broker=broker)
+        settings = Settings(kafka_broker=broker, topic_prefix=w.prefix, partitions=PARTITIONS)
+        w.start()
+        pub = Publisher(settings, first, rate=len(first) / 2)
+        pub.start()
+        pub.finish()
+        time.sleep(0.5)  # the worker is still applying and the sink inserting
+        print(f"before the bounce the worker had {engine_counters(w)}")
+        t = time.monotonic()
+        print(kafka_sh("down", env))
+        print(f"broker stopped in {time.monotonic() - t:.1f} s")
+        time.sleep(5)
+        alive(w)  # it may log errors while the broker is away; it must not exit
+        t = time.monotonic()
+        print(kafka_sh("up", env))
+        print(f"broker up again in {time.monotonic() - t:.1f} s")
+        pub = Publisher(settings, second, retry_until=time.monotonic() + 60)
+        pub.start()
+        pub.finish(timeout=120)
+        print(f"second half published after {pub.attempts} attempt(s)")
+        t = time.monotonic()
+        verify_views(w, model, timeout=120)
+        print(f"views equal the model {time.monotonic() - t:.1f} s after the second half was published")
+        alive(w)  # it recovered by itself, without a restart
+        dups = raw_duplicates(w)
+        log = verify_change_log(broker, w, model)
+        print(f"raw duplicates: {dups}")
+        print(f"status-changes topic: {log}")
+        print(f"test 3 took {time.monotonic() - started:.1f} s")
+    except BaseException:
+        if w is not None:
+            print(f"--- worker log tail ---\n{w.tail(60)}")
+        server_log = kafka_home / str(port) / "logs" / "server.log"
+        if server_log.exists():
+            print("--- broker server.log tail ---\n" + "\n".join(
+                server_log.read_text(errors="replace").splitlines()[-20:]))
+        raise
+    finally:
+        if w is not None:
+            w.stop()
+        subprocess.run(["bash", str(KAFKA_SH), "down"], env=env, cwd=ROOT, capture_output=True, timeout=120)
