@@ -59,6 +59,9 @@ app = SendtrackApp(
     consumer_auto_offset_reset="earliest",
     # One worker per group member: standbys would double the changelog reads on 2 cores.
     table_standby_replicas=0,
+    # A member that died (SIGKILL) is noticed after this, and its partitions move to the others.
+    broker_session_timeout=10,
+    broker_heartbeat_interval=3,
     producer_linger_ms=5,
     producer_max_batch_size=1024 * 1024,
     producer_acks=-1,

@@ -33,6 +33,7 @@ from typing import Any, Optional
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from sendtrack import simulate
 from sendtrack.settings import Settings
@@ -274,6 +275,72 @@ def wait_healthy(w: Worker, timeout: float = 60) -> None:
     raise AssertionError(f"worker not healthy within {timeout} s (last {doc!r}): {w.tail()}")
 
 
+async def _group_state(bootstrap: str, group: str) -> tuple[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (resp,) = await admin.describe_consumer_groups([group])
+        (desc,) = resp.to_object()["groups"]
+        return desc["state"], len(desc["members"])
+    finally:
+        await admin.close()
+
+
+def wait_group(bootstrap: str, group: str, members: int, timeout: float = 60) -> float:
+    """Wait until the consumer group is Stable with `members` members; returns the seconds waited."""
+    started = time.monotonic()
+    last: Any = None
+    while time.monotonic() - started < timeout:
+        last = asyncio.run(_group_state(bootstrap, group))
+        if last == ("Stable", members):
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"group {group} not Stable with {members} member(s) within {timeout} s: {last}")
+
+
+async def _lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        end = await consumer.end_offsets(tps)
+        return {f"{tp.topic}/{tp.partition}": end[tp] - (committed[tp].offset if tp in committed else 0)
+                for tp in tps}
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def wait_committed(bootstrap: str, group: str, topics: list[str], timeout: float = 60) -> float:
+    """Wait until the group has committed every input record of `topics` (processed, outputs acked)."""
+    started = time.monotonic()
+    lag: Any = None
+    while time.monotonic() - started < timeout:
+        lag = asyncio.run(_lag(bootstrap, group, topics))
+        if not any(lag.values()):
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"group {group} still has uncommitted input after {timeout} s: {lag}")
+
+
+def wait_idle(w: Worker, quiet: float = 3, timeout: float = 60) -> float:
+    """Wait until the worker's engine has applied nothing new for `quiet` s (it drained its input)."""
+    started = time.monotonic()
+    last, since = None, time.monotonic()
+    while time.monotonic() - started < timeout:
+        alive(w)
+        now = engine_counters(w).get("engine_events_total")
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"the worker never went idle within {timeout} s: {w.tail()}")
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. SIGKILL during traffic
 
@@ -315,6 +382,9 @@ def test_sigkill_during_traffic_loses_and_double_counts_nothing(tmp_data):
               f"{len(model.milestones)} milestones, {len(model.engagement)} engagement events")
         print(f"raw duplicates: {dups}")
         print(f"status-changes topic: {log}")
+        inputs = [w.topic("send-requests"), w.topic("provider-callbacks")]
+        print(f"group committed all input {wait_committed(BROKER, w.env['SENDTRACK_APP_ID'], inputs, timeout=30):.1f} s "
+              "after the check")
         print(f"test 1 took {time.monotonic() - started:.1f} s")
     finally:
         w.stop()
@@ -338,9 +408,12 @@ def test_rebalance_two_workers_one_killed_and_restarted(tmp_data):
     b.prefix = a.prefix
     settings = Settings(kafka_broker=BROKER, topic_prefix=a.prefix, partitions=PARTITIONS)
     parts = chunks(traffic.records, 5)
+    group = a.env["SENDTRACK_APP_ID"]
+    inputs = [a.topic("send-requests"), a.topic("provider-callbacks")]
     a.start()
     try:
         b.start()
+        print(f"\ngroup Stable with A and B after {wait_group(BROKER, group, 2):.1f} s more")
         wait_healthy(a)
         # Chunk 0 with both members.
         pub = Publisher(settings, parts[0], rate=len(parts[0]) / 2.5)
@@ -353,17 +426,21 @@ def test_rebalance_two_workers_one_killed_and_restarted(tmp_data):
         time.sleep(delay)
         counters = engine_counters(b)
         sigkill(b)
-        print(f"\nB killed {delay:.2f} s into chunk 1; B's incarnation had {counters}")
+        print(f"B killed {delay:.2f} s into chunk 1; B's incarnation had {counters}")
         pub.finish()
-        # Chunk 2 while B is dead: A takes B's partitions once B's session expires.
+        # Chunk 2 while B is dead: A takes B's partitions once B's session expires, and
+        # processes B's unacknowledged records again.
         pub = Publisher(settings, parts[2], rate=len(parts[2]) / 2.5)
         pub.start()
         pub.finish()
+        print(f"A alone in the group {wait_group(BROKER, group, 1):.1f} s after chunk 2 was published")
+        print(f"A drained its input {wait_idle(a):.1f} s later; uncommitted input records: "
+              f"{asyncio.run(_lag(BROKER, group, inputs))}")
         t = time.monotonic()
-        wait_healthy(a, timeout=60)
         b.start()
+        wait_group(BROKER, group, 2)
         wait_healthy(a, timeout=60)
-        print(f"B restarted, both healthy in {time.monotonic() - t:.1f} s")
+        print(f"B restarted, group Stable with both and A healthy in {time.monotonic() - t:.1f} s")
         for part in parts[3:]:
             pub = Publisher(settings, part, rate=len(part) / 2.5)
             pub.start()
@@ -375,6 +452,9 @@ def test_rebalance_two_workers_one_killed_and_restarted(tmp_data):
         log = verify_change_log(BROKER, a, model)
         print(f"raw duplicates: {dups}")
         print(f"status-changes topic: {log}")
+        # Liveness of at-least-once: everything processed is eventually committed (else every
+        # restart re-reads from a stuck offset and the consumer lag never drains).
+        print(f"group committed all input {wait_committed(BROKER, group, inputs, timeout=30):.1f} s after the check")
         print(f"test 2 took {time.monotonic() - started:.1f} s")
     finally:
         b.stop()
@@ -447,6 +527,9 @@ def test_broker_restart_mid_stream(tmp_data):
         log = verify_change_log(broker, w, model)
         print(f"raw duplicates: {dups}")
         print(f"status-changes topic: {log}")
+        inputs = [w.topic("send-requests"), w.topic("provider-callbacks")]
+        print(f"group committed all input {wait_committed(broker, w.env['SENDTRACK_APP_ID'], inputs, timeout=30):.1f} s "
+              "after the check")
         print(f"test 3 took {time.monotonic() - started:.1f} s")
     except BaseException:
         if w is not None:
