@@ -8,10 +8,9 @@ from the simulator's truth and requires it exactly. Kafka delivery is at-least-o
 change log may hold MORE than was generated (duplicates are counted and printed) but never less,
 and no view may show a duplicate.
 
-The workers get BROKER_SESSION_TIMEOUT=10 (a Faust setting read from the environment): with
-Faust's default of 60 s, a worker restarted after SIGKILL waits for the dead member's session to
-expire before it gets partitions (measured: ~60 s per restart), which would put three kills far
-over the time budget. Nothing else about the worker is changed.
+The worker's session timeout is 10 s (agents/app.py): with Faust's default of 60 s, a worker
+restarted after SIGKILL waited for the dead member's session to expire before it got partitions
+(measured: ~60 s per restart).
 """
 
 from __future__ import annotations
