@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from contextvars import ContextVar
 import time
+import weakref
+from contextvars import ContextVar
 from typing import Any, Optional
 
 import orjson
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from faust.exceptions import ProducerSendError
+from faust.streams import _current_event as _faust_current_event
 from faust.types import EventT
 
 from agents.app import (
@@ -45,8 +49,9 @@ STATUS_CHANGES = status_changes_topic.get_topic_name()
 ORPHAN_TTL_MS = settings.orphan_ttl_seconds * 1000
 RETENTION_MS = int(settings.state_retention_days * 86_400_000)
 SWEEP_BATCH = 20_000
+MAX_WATCHED = 256  # Messenger messages tracked per recipient for delivery/read watermarks
 TICK_KEY = b"\x00tick"
-FAUST_KEY_PREFIX = b"__faust"  # Faust keeps its changelog offset in the same RocksDB
+FAUST_OFFSET_KEY = b"__faust\0offset__"  # Faust keeps its changelog offset in the same RocksDB
 
 
 def now_ms() -> int:
@@ -75,24 +80,89 @@ def send_by_provider_id(key: str, doc: dict[str, Any]) -> None:
 # Output
 
 
+_DELETED = object()
+
+
 class Outbox:
-    """Records one agent produces while applying a batch. They are sent together and awaited
-    before the batch's input offsets are acknowledged (at-least-once), straight to the producer
-    rather than one by one through Faust's producer buffer."""
+    """Everything one agent's batch changes: records to produce and table writes.
+
+    Commit order is what makes a crash lose nothing: the records are produced and acknowledged by
+    the broker first (retried until they are), then the table writes are applied (their changelog is
+    flushed by Faust before it commits offsets), and only then are the batch's inputs released for
+    acknowledgement. A crash before the end leaves the inputs unacknowledged and the tables as they
+    were, so the batch is simply applied again. Reads within the batch see its own staged writes.
+    """
 
     def __init__(self) -> None:
         self.records: list[tuple[str, Optional[bytes], bytes, Optional[int]]] = []
+        self.writes: dict[tuple[str, str], tuple[Any, Any, Optional[EventT]]] = {}
+        self.event: Optional[EventT] = None  # the event being applied: table writes belong to its partition
 
     def add(self, topic: str, key: Optional[bytes], value: bytes, partition: Optional[int] = None) -> None:
         self.records.append((topic, key, value, partition))
 
-    async def flush(self) -> None:
-        if not self.records:
-            return
-        records, self.records = self.records, []
-        send = app.producer.send
-        pending = [await send(topic, key, value, partition, None, None) for topic, key, value, partition in records]
-        await asyncio.gather(*pending)
+    def get(self, table: Any, key: str) -> Any:
+        staged = self.writes.get((table.name, key))
+        if staged is not None:
+            return None if staged[1] is _DELETED else staged[1]
+        return table.get(key)
+
+    def put(self, table: Any, key: str, value: Any) -> None:
+        self.writes[(table.name, key)] = (table, value, self.event)
+
+    def delete(self, table: Any, key: str) -> None:
+        self.writes[(table.name, key)] = (table, _DELETED, self.event)
+
+    def staged(self, table: Any, key: str) -> bool:
+        return (table.name, key) in self.writes
+
+    async def commit(self, events) -> None:
+        """Produce, then write the tables, then release the inputs (see the class docstring)."""
+        await self._produce()
+        for (_, key), (table, value, event) in self.writes.items():
+            use_event(event)
+            if value is _DELETED:
+                try:
+                    del table[key]
+                except KeyError:
+                    pass
+            else:
+                table[key] = value
+        self.writes.clear()
+        use_event(None)
+        for event in events:
+            event.ack()  # the reference hold() took: the input may now be committed
+
+    async def _produce(self) -> None:
+        delay = 0.2
+        while self.records:
+            try:
+                send = app.producer.send
+                pending = [await send(topic, key, value, partition, None, None)
+                           for topic, key, value, partition in self.records]
+                await asyncio.gather(*pending)
+                self.records = []
+            except (KafkaError, ProducerSendError, OSError) as exc:
+                # The broker is away: retry the whole batch (duplicates are folded downstream).
+                log.warning("producing %d records failed (%r); retrying in %.1f s", len(self.records), exc, delay)
+                metrics.inc("produce_retries_total", 1)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def use_event(event: Optional[EventT]) -> None:
+    """Make `event` the current event of this task, as Faust tables read it (`faust.streams.
+    current_event()`, a context variable), so a table write lands in that event's changelog
+    partition. Only this agent's task is affected: the stream's own attribute, which take_events'
+    background drainer reads, is left alone."""
+    _faust_current_event.set(weakref.ref(event) if event is not None else None)
+
+
+def hold(events) -> None:
+    """Keep the batch's inputs from being committed until Outbox.commit releases them (Faust acks a
+    take_events batch in a `finally`, even when the agent fails mid-batch)."""
+    for event in events:
+        event.message.incref()
 
 
 # Each agent runs in its own task, so each has its own outbox.
@@ -165,26 +235,8 @@ def _origin(event: EventT) -> tuple[str, int, int]:
     return (m.topic, m.partition, m.offset)
 
 
-# States changed in the current batch, written to the table once per message at the batch's end
-# (one changelog record per message instead of one per input), each in the context of the last
-# event that changed it, so it lands in that event's changelog partition.
-_batch_states: dict[str, tuple[dict[str, Any], EventT]] = {}
-_batch_event: Optional[EventT] = None
-
-
 def _state_of(message_id: str) -> dict[str, Any]:
-    cached = _batch_states.get(message_id)
-    if cached is not None:
-        return cached[0]
-    return messages_table.get(message_id) or status.new_state()
-
-
-def write_states(stream) -> None:
-    """Write the batch's changed states to the messages table."""
-    for message_id, (state, event) in _batch_states.items():
-        stream._set_current_event(event)
-        messages_table[message_id] = state
-    _batch_states.clear()
+    return outbox().get(messages_table, message_id) or status.new_state()
 
 
 def _replayed(state: dict[str, Any], position: tuple[str, int, int]) -> bool:
@@ -200,7 +252,7 @@ def _replayed(state: dict[str, Any], position: tuple[str, int, int]) -> bool:
 def _save(message_id: str, state: dict[str, Any], position: tuple[str, int, int], now: int) -> None:
     state.setdefault("off", {})[position[0]] = position[2]
     state["t"] = now
-    _batch_states[message_id] = (state, _batch_event)
+    outbox().put(messages_table, message_id, state)
 
 
 def _after_apply(message_id: str, state: dict[str, Any], outcome: status.Outcome, origin: tuple[str, int, int],
@@ -212,10 +264,10 @@ def _after_apply(message_id: str, state: dict[str, Any], outcome: status.Outcome
     emit_changes(outcome.changes)
     # The held index lists messages with held callbacks, so the orphan sweep never walks all state.
     if state["held"] and not state.get("hi"):
-        held_index[message_id] = now
+        outbox().put(held_index, message_id, now)
         state["hi"] = True
     elif not state["held"] and state.pop("hi", False):
-        del held_index[message_id]
+        outbox().delete(held_index, message_id)
     _save(message_id, state, position, now)
 
 
@@ -253,7 +305,8 @@ def handle_callback(cb: Callback, origin: tuple[str, int, int], position: tuple[
         pkey = provider_key(cb.provider, cb.provider_message_id)
         registered = state.setdefault("pm", [])
         if pkey not in registered:
-            registered.append(pkey)
+            if len(registered) < 8:  # a message has one or two provider ids; past that, just send
+                registered.append(pkey)
             send_by_provider_id(pkey, {"op": "map", "message_id": message_id})
     _after_apply(message_id, state, outcome, origin, position, key, payload, now)
 
@@ -315,7 +368,7 @@ def sweep(partition: int, now: int) -> None:
     for message_id, held_since in list(_items_of_partition(held_index, partition)):
         if now - held_since < ORPHAN_TTL_MS:
             continue
-        state = messages_table.get(message_id)
+        state = outbox().get(messages_table, message_id)
         if state is not None and state["req"] is None:
             for entry in state["held"]:
                 emit_dead_letter(tuple(entry["origin"]), message_id.encode(), orjson.dumps(entry["cb"]), Invalid(
@@ -323,8 +376,8 @@ def sweep(partition: int, now: int) -> None:
                     f"no send request for message {message_id!r} arrived within "
                     f"{settings.orphan_ttl_seconds} s",
                 ))
-            del messages_table[message_id]
-        del held_index[message_id]
+            outbox().delete(messages_table, message_id)
+        outbox().delete(held_index, message_id)
     evicted = _evict(messages_table, partition, now, lambda s: s.get("t", 0))
     if evicted:
         metrics.inc("state_evicted_total", evicted, table="messages")
@@ -338,7 +391,7 @@ def _items_of_partition(table: Any, partition: int):
     if db is None:
         return
     for k, v in db.items():
-        if not k.startswith(FAUST_KEY_PREFIX):
+        if k != FAUST_OFFSET_KEY:
             yield k.decode(), orjson.loads(v)
 
 
@@ -359,13 +412,15 @@ def _evict(table: Any, partition: int, now: int, touched) -> int:
     it.seek(start) if start else it.seek_to_first()
     stale, seen = [], 0
     while it.valid() and seen < SWEEP_BATCH:
-        if not it.key().startswith(FAUST_KEY_PREFIX) and now - touched(orjson.loads(it.value())) > RETENTION_MS:
-            stale.append(it.key().decode())
+        key = it.key()
+        if key != FAUST_OFFSET_KEY and now - touched(orjson.loads(it.value())) > RETENTION_MS \
+                and not outbox().staged(table, key.decode()):
+            stale.append(key.decode())
         seen += 1
         it.next()
     _cursors[cursor_key] = it.key() if it.valid() else None
     for key in stale:
-        del table[key]
+        outbox().delete(table, key)
     return len(stale)
 
 
@@ -373,28 +428,22 @@ def _evict(table: Any, partition: int, now: int, touched) -> int:
                      key_serializer="raw", value_serializer="raw"), name="status-engine")
 async def status_engine(stream):
     """Apply requests and callbacks in batches; each record is processed in its own event context."""
-    global _batch_event
     box = new_outbox()
     async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
+        hold(events)
         now = now_ms()
         for event in events:
-            # Table writes go to the changelog partition of the current event (faust Table
-            # semantics); inside a batch we point the context at each event in turn.
-            if event.message.topic == ROUTED and event.key == TICK_KEY:
-                write_states(stream)  # the sweep reads and deletes table entries directly
-            stream._set_current_event(event)
-            _batch_event = event
+            # Table writes go to the changelog partition of the event that made them.
+            use_event(event)
+            box.event = event
             try:
                 process(event, now)
             except Exception as exc:  # the one boundary that turns a failure into a dead letter
                 log.exception("record %s failed", _origin(event))
                 emit_dead_letter(_origin(event), event.key, event.value or b"",
                                  Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
-        write_states(stream)
-        stream._set_current_event(None)
-        _batch_event = None
-        # Outputs are acknowledged by the broker before take_events acks this batch's inputs.
-        await box.flush()
+        box.event = None
+        await box.commit(events)
         metrics.inc("engine_events_total", len(events))
 
 
@@ -412,34 +461,40 @@ def handle_by_provider_id(event: EventT, now: int) -> None:
     if op in ("watch", "watermark"):
         apply_watermarks(pkey, doc, now)
         return
-    mapping = provider_ids_table.get(pkey)
+    box = outbox()
+    mapping = box.get(provider_ids_table, pkey)
     if op == "map":
         if mapping is None or mapping[0] != doc["message_id"] or now - mapping[1] > 3_600_000:
-            provider_ids_table[pkey] = [mapping[0] if mapping else doc["message_id"], now]
+            box.put(provider_ids_table, pkey, [mapping[0] if mapping else doc["message_id"], now])
         message_id = (mapping or [doc["message_id"]])[0]
-        held = provider_held_table.get(pkey)
+        held = box.get(provider_held_table, pkey)
         if held:
             for item in held["cbs"]:
                 body = dict(item["body"], message_id=message_id)
                 route(message_id, {"kind": "callback", "origin": item["origin"], "body": body})
-            del provider_held_table[pkey]
+            box.delete(provider_held_table, pkey)
         return
     # op == "resolve"
     if mapping is not None:
         body = dict(doc["body"], message_id=mapping[0])
         route(mapping[0], {"kind": "callback", "origin": doc["origin"], "body": body})
         return
-    held = provider_held_table.get(pkey) or {"since": now, "cbs": []}
-    if all(item["body"]["event_id"] != doc["body"]["event_id"] for item in held["cbs"]):
-        held["cbs"].append({"origin": doc["origin"], "body": doc["body"]})
-        provider_held_table[pkey] = held
+    held = box.get(provider_held_table, pkey) or {"since": now, "cbs": []}
+    if any(item["body"]["event_id"] == doc["body"]["event_id"] for item in held["cbs"]):
+        return
+    if len(held["cbs"]) >= status.MAX_HELD:
+        emit_dead_letter(tuple(doc["origin"]), event.key, orjson.dumps(doc["body"]), Invalid(
+            ErrorType.TOO_MANY_HELD, f"{status.MAX_HELD} callbacks already wait for provider id {_shown(pkey)}"))
+        return
+    held["cbs"].append({"origin": doc["origin"], "body": doc["body"]})
+    box.put(provider_held_table, pkey, held)
 
 
 def apply_watermarks(rkey: str, doc: dict[str, Any], now: int) -> None:
     """A Messenger delivery/read watermark covers every message to that recipient requested at or
     before it, including messages whose request is seen after the watermark. The index is per
     recipient, so a receipt touches only that recipient's messages."""
-    entry = messenger_recipients.get(rkey) or {"msgs": [], "marks": {}, "t": now}
+    entry = outbox().get(messenger_recipients, rkey) or {"msgs": [], "marks": {}, "t": now}
     if doc["op"] == "watch":
         if all(m[0] != doc["message_id"] for m in entry["msgs"]):
             entry["msgs"].append([doc["message_id"], doc["requested_at"], []])
@@ -454,10 +509,16 @@ def apply_watermarks(rkey: str, doc: dict[str, Any], now: int) -> None:
                 body = {"event_id": f"{event_id}:{msg[0]}", "status": status_name, "occurred_at": occurred_at,
                         "message_id": msg[0], "provider": "messenger"}
                 route(msg[0], {"kind": "callback", "origin": doc.get("origin", [BY_PID, -1, -1]), "body": body})
-    # A message that every kind of receipt has covered needs no more tracking.
-    entry["msgs"] = [m for m in entry["msgs"] if len(m[2]) < 2]
+    # A message that every kind of receipt has covered needs no more tracking; nor does one older
+    # than the retention, and the index keeps at most the newest MAX_WATCHED messages.
+    horizon = now - RETENTION_MS
+    entry["msgs"] = [m for m in entry["msgs"] if len(m[2]) < 2 and m[1] >= horizon][-MAX_WATCHED:]
     entry["t"] = now
-    messenger_recipients[rkey] = entry
+    outbox().put(messenger_recipients, rkey, entry)
+
+
+def _shown(pkey: str) -> str:
+    return repr(pkey.replace("\x1f", ":")[:200])
 
 
 def sweep_provider_ids(partition: int, now: int) -> None:
@@ -467,10 +528,9 @@ def sweep_provider_ids(partition: int, now: int) -> None:
         for item in held["cbs"]:
             emit_dead_letter(tuple(item["origin"]), pkey.encode(), orjson.dumps(item["body"]), Invalid(
                 ErrorType.ORPHAN,
-                f"no message is known for provider id {pkey.replace(chr(31), ':')!r} after "
-                f"{settings.orphan_ttl_seconds} s",
+                f"no message is known for provider id {_shown(pkey)} after {settings.orphan_ttl_seconds} s",
             ))
-        del provider_held_table[pkey]
+        outbox().delete(provider_held_table, pkey)
     _evict(provider_ids_table, partition, now, lambda m: m[1])
     _evict(messenger_recipients, partition, now, lambda e: e["t"])
 
@@ -480,17 +540,19 @@ async def provider_id_resolver(stream):
     """Keep provider id -> message id, and re-key callbacks that name only the provider id."""
     box = new_outbox()
     async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
+        hold(events)
         now = now_ms()
         for event in events:
-            stream._set_current_event(event)
+            use_event(event)
+            box.event = event
             try:
                 handle_by_provider_id(event, now)
             except Exception as exc:  # as in the engine: a failure becomes a dead letter
                 log.exception("provider-id record %s failed", _origin(event))
                 emit_dead_letter(_origin(event), event.key, event.value or b"",
                                  Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
-        stream._set_current_event(None)
-        await box.flush()
+        box.event = None
+        await box.commit(events)
 
 
 @app.timer(settings.sweep_interval_seconds)

@@ -11,10 +11,12 @@ from typing import Any, Optional
 
 import aiohttp
 import orjson
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 from faust.web import Request, Response, View
 
 from agents.app import app, callbacks_topic, settings, webhooks_topic
-from agents.engine import emit_dead_letter, new_outbox, recipient_key, send_by_provider_id
+from agents.engine import emit_dead_letter, hold, new_outbox, recipient_key, send_by_provider_id
 from schemas.models import Invalid
 from schemas.validate import callback_from_dict
 from sendtrack import providers
@@ -23,6 +25,7 @@ from sendtrack.providers import ProviderSecrets, RawWebhook
 
 log = logging.getLogger(__name__)
 CALLBACKS = callbacks_topic.get_topic_name()
+WEBHOOKS = webhooks_topic.get_topic_name()
 
 # Headers the adapters need (signatures are checked at the ingress; these carry event metadata).
 KEPT_HEADERS = frozenset({
@@ -107,8 +110,14 @@ async def receive(request: Request, provider: str) -> Response:
         "headers": {k: v for k, v in raw.headers.items() if k in KEPT_HEADERS},
         "body": base64.b64encode(body).decode(), "received_at": received_at, "url": raw.url.split("?")[0],
     }
-    # Answer only once Kafka has the request: if it is down, the provider retries later.
-    await webhooks_topic.send(key=provider.encode(), value=orjson.dumps(record))
+    # Answer only once the broker has acknowledged the request: if Kafka is down, the provider
+    # gets a 503 and retries later.
+    try:
+        await app.producer.send_and_wait(WEBHOOKS, provider.encode(), orjson.dumps(record), None, None, None)
+    except (KafkaError, ProducerSendError, OSError) as exc:
+        log.error("could not publish a %s webhook: %r", provider, exc)
+        metrics.inc("webhooks_unpublished_total", 1, provider=provider)
+        return aiohttp.web.json_response({"error": "temporarily unavailable"}, status=503)
     if verdict.response_body is not None:
         return aiohttp.web.Response(body=verdict.response_body, content_type=verdict.content_type or "text/plain")
     return aiohttp.web.json_response({"status": "accepted"})
@@ -159,6 +168,7 @@ async def webhook_adapter(stream):
     """Turn raw provider webhooks into canonical provider-callbacks (or dead letters)."""
     box = new_outbox()
     async for event in stream.events():
+        hold([event])
         msg = event.message
         origin = (msg.topic, msg.partition, msg.offset)
         try:
@@ -166,7 +176,7 @@ async def webhook_adapter(stream):
         except Exception as exc:  # the boundary that turns an unreadable record into a dead letter
             emit_dead_letter(origin, event.key, event.value or b"",
                              Invalid("invalid_webhook", f"unreadable webhook record: {exc!r}"))
-            await box.flush()
+            await box.commit([event])
             continue
         for cb in callbacks:
             key = cb["message_id"].encode() if cb.get("message_id") else None
@@ -179,4 +189,4 @@ async def webhook_adapter(stream):
                 "event_id": mark["event_id"], "occurred_at": mark["occurred_at"], "origin": list(origin)})
             metrics.inc("messenger_watermarks_total", 1, status=mark["status"])
         metrics.inc("webhook_callbacks_total", len(callbacks), provider=orjson.loads(event.value)["provider"])
-        await box.flush()
+        await box.commit([event])

@@ -106,7 +106,8 @@ def test_dead_letters_are_queryable(run):
         time.sleep(1)
     assert rows.get("orphan") == traffic.orphans
     malformed = sum(n for t, n in rows.items() if t != "orphan")
-    assert malformed == traffic.malformed
+    assert malformed == traffic.malformed, (rows, w.sql(
+        "SELECT error_type, error, payload FROM sendtrack.dead_letters WHERE error_type != 'orphan' LIMIT 5"))
     assert set(rows) - {"orphan"} <= {"undecodable", "not_an_object", "missing_field", "unknown_action"}
 
 
