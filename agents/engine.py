@@ -88,9 +88,10 @@ class Outbox:
 
     Commit order is what makes a crash lose nothing: the records are produced and acknowledged by
     the broker first (retried until they are), then the table writes are applied (their changelog is
-    flushed by Faust before it commits offsets), and only then are the batch's inputs released for
-    acknowledgement. A crash before the end leaves the inputs unacknowledged and the tables as they
-    were, so the batch is simply applied again. Reads within the batch see its own staged writes.
+    flushed by Faust before it commits offsets); take_events acknowledges the batch's inputs only
+    after the agent's loop body, i.e. after the commit. A crash before that leaves the inputs
+    uncommitted and the tables as they were, so the batch is simply applied again. Reads within the
+    batch see its own staged writes.
     """
 
     def __init__(self) -> None:
@@ -116,8 +117,12 @@ class Outbox:
     def staged(self, table: Any, key: str) -> bool:
         return (table.name, key) in self.writes
 
-    async def commit(self, events) -> None:
-        """Produce, then write the tables, then release the inputs (see the class docstring)."""
+    async def commit(self) -> None:
+        """Produce, then write the tables (see the class docstring). Shielded: an agent cancelled
+        mid-commit (shutdown, rebalance) still finishes producing before it writes its tables."""
+        await asyncio.shield(self._commit())
+
+    async def _commit(self) -> None:
         await self._produce()
         for (_, key), (table, value, event) in self.writes.items():
             use_event(event)
@@ -130,8 +135,6 @@ class Outbox:
                 table[key] = value
         self.writes.clear()
         use_event(None)
-        for event in events:
-            event.ack()  # the reference hold() took: the input may now be committed
 
     async def _produce(self) -> None:
         delay = 0.2
@@ -158,13 +161,6 @@ def use_event(event: Optional[EventT]) -> None:
     _faust_current_event.set(weakref.ref(event) if event is not None else None)
 
 
-def hold(events) -> None:
-    """Keep the batch's inputs from being committed until Outbox.commit releases them (Faust acks a
-    take_events batch in a `finally`, even when the agent fails mid-batch)."""
-    for event in events:
-        event.message.incref()
-
-
 # Each agent runs in its own task, so each has its own outbox.
 _outbox: ContextVar[Outbox] = ContextVar("sendtrack_outbox")
 
@@ -189,6 +185,7 @@ def emit_changes(changes: list) -> None:
 DEAD_LETTER_PAYLOAD_MAX = 512 * 1024  # original bytes kept per dead letter (fits a 1 MB record)
 DEAD_LETTER_ERROR_MAX = 2000
 DEAD_LETTER_KEY_MAX = 64 * 1024
+DEAD_LETTER_RECORD_MAX = 900_000  # under Kafka's default 1 MB record limit
 
 
 def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload: bytes,
@@ -217,7 +214,13 @@ def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload
         payload=text, payload_encoding=encoding, error_type=str(invalid.error_type),
         error=error, failed_at=now_ms(),
     )
-    outbox().add(DEAD_LETTERS, key, orjson.dumps(letter))
+    value = orjson.dumps(letter)
+    while len(value) > DEAD_LETTER_RECORD_MAX:
+        # JSON escaping can make a payload several times longer: keep cutting until it fits.
+        letter.payload = letter.payload[: len(letter.payload) // 2]
+        letter.error = error + f" (payload truncated to fit a {DEAD_LETTER_RECORD_MAX}-byte record)"
+        value = orjson.dumps(letter)
+    outbox().add(DEAD_LETTERS, key, value)
     metrics.inc("dead_letters_total", 1, error_type=str(invalid.error_type))
 
 
@@ -430,7 +433,6 @@ async def status_engine(stream):
     """Apply requests and callbacks in batches; each record is processed in its own event context."""
     box = new_outbox()
     async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
-        hold(events)
         now = now_ms()
         for event in events:
             # Table writes go to the changelog partition of the event that made them.
@@ -443,7 +445,7 @@ async def status_engine(stream):
                 emit_dead_letter(_origin(event), event.key, event.value or b"",
                                  Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
         box.event = None
-        await box.commit(events)
+        await box.commit()
         metrics.inc("engine_events_total", len(events))
 
 
@@ -540,7 +542,6 @@ async def provider_id_resolver(stream):
     """Keep provider id -> message id, and re-key callbacks that name only the provider id."""
     box = new_outbox()
     async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
-        hold(events)
         now = now_ms()
         for event in events:
             use_event(event)
@@ -552,7 +553,7 @@ async def provider_id_resolver(stream):
                 emit_dead_letter(_origin(event), event.key, event.value or b"",
                                  Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
         box.event = None
-        await box.commit(events)
+        await box.commit()
 
 
 @app.timer(settings.sweep_interval_seconds)

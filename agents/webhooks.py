@@ -16,7 +16,7 @@ from faust.exceptions import ProducerSendError
 from faust.web import Request, Response, View
 
 from agents.app import app, callbacks_topic, settings, webhooks_topic
-from agents.engine import emit_dead_letter, hold, new_outbox, recipient_key, send_by_provider_id
+from agents.engine import emit_dead_letter, new_outbox, recipient_key, send_by_provider_id
 from schemas.models import Invalid
 from schemas.validate import callback_from_dict
 from sendtrack import providers
@@ -168,7 +168,6 @@ async def webhook_adapter(stream):
     """Turn raw provider webhooks into canonical provider-callbacks (or dead letters)."""
     box = new_outbox()
     async for event in stream.events():
-        hold([event])
         msg = event.message
         origin = (msg.topic, msg.partition, msg.offset)
         try:
@@ -176,7 +175,7 @@ async def webhook_adapter(stream):
         except Exception as exc:  # the boundary that turns an unreadable record into a dead letter
             emit_dead_letter(origin, event.key, event.value or b"",
                              Invalid("invalid_webhook", f"unreadable webhook record: {exc!r}"))
-            await box.commit([event])
+            await box.commit()
             continue
         for cb in callbacks:
             key = cb["message_id"].encode() if cb.get("message_id") else None
@@ -189,4 +188,4 @@ async def webhook_adapter(stream):
                 "event_id": mark["event_id"], "occurred_at": mark["occurred_at"], "origin": list(origin)})
             metrics.inc("messenger_watermarks_total", 1, status=mark["status"])
         metrics.inc("webhook_callbacks_total", len(callbacks), provider=orjson.loads(event.value)["provider"])
-        await box.commit([event])
+        await box.commit()
