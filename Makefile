@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export SENDTRACK_KAFKA_BROKER ?= localhost:9092
 
-.PHONY: all install kafka-up kafka-down kafka-status test test-unit test-integration demo bench bench-quick migrate worker clean
+.PHONY: all install kafka-up kafka-down kafka-status test test-soak test-unit test-integration demo bench bench-quick migrate worker clean
 
 all: install
 
@@ -35,7 +35,15 @@ test-unit: install
 test: install
 	@started=0; \
 	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
-	$(PY) -m pytest tests -q -p no:cacheprovider -ra; rc=$$?; \
+	$(PY) -m pytest tests -q -p no:cacheprovider -ra -m "not soak"; rc=$$?; \
+	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
+	exit $$rc
+
+# The SIGKILL-loop and two-worker rebalance runs (a few minutes); see docs/reliability.md.
+test-soak: install
+	@started=0; \
+	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
+	$(PY) -m pytest tests -q -p no:cacheprovider -ra -s -m soak; rc=$$?; \
 	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
 	exit $$rc
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -325,13 +326,17 @@ async def _lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
 def wait_committed(bootstrap: str, group: str, topics: list[str], timeout: float = 60) -> float:
     """Wait until the group has committed every input record of `topics` (processed, outputs acked)."""
     started = time.monotonic()
+    first: Any = None
     lag: Any = None
     while time.monotonic() - started < timeout:
         lag = asyncio.run(_lag(bootstrap, group, topics))
+        first = first or lag
         if not any(lag.values()):
             return time.monotonic() - started
         time.sleep(0.5)
-    raise AssertionError(f"group {group} still has uncommitted input after {timeout} s: {lag}")
+    stuck = {tp: (first[tp], n) for tp, n in lag.items() if n}
+    raise AssertionError(f"group {group} still has uncommitted input after {timeout} s "
+                         f"(partition: (uncommitted at the start, at the end)): {stuck}")
 
 
 def wait_idle(w: Worker, quiet: float = 3, timeout: float = 60) -> float:
@@ -353,6 +358,7 @@ def wait_idle(w: Worker, quiet: float = 3, timeout: float = 60) -> float:
 # 1. SIGKILL during traffic
 
 
+@pytest.mark.soak
 def test_sigkill_during_traffic_loses_and_double_counts_nothing(tmp_data):
     started = time.monotonic()
     rnd = random.Random(20260501)
@@ -402,6 +408,7 @@ def test_sigkill_during_traffic_loses_and_double_counts_nothing(tmp_data):
 # 2. A rebalance: two workers in one group, one killed and restarted
 
 
+@pytest.mark.soak
 def test_rebalance_two_workers_one_killed_and_restarted(tmp_data):
     started = time.monotonic()
     rnd = random.Random(20260502)
@@ -460,15 +467,9 @@ def test_rebalance_two_workers_one_killed_and_restarted(tmp_data):
         log = verify_change_log(BROKER, a, model)
         print(f"raw duplicates: {dups}")
         print(f"status-changes topic: {log}")
-        # Liveness of at-least-once: everything processed should eventually be committed. After
-        # this rebalance some partitions' committed offsets have been seen to stay behind the
-        # processed input (open defect, docs/reliability.md: no record is lost or double-counted,
-        # but a restart re-reads from the stale offset). Measured and reported, not asserted,
-        # until it is fixed; the exactness checks above are the test's verdict.
-        try:
-            print(f"group committed all input {wait_committed(BROKER, group, inputs, timeout=60):.1f} s after the check")
-        except AssertionError as stuck:
-            print(f"OPEN DEFECT (committed offsets behind processed input): {stuck}")
+        # Liveness of at-least-once: everything processed must eventually be committed, else every
+        # restart or rebalance re-reads from the stale offset and the consumer lag never drains.
+        print(f"group committed all input {wait_committed(BROKER, group, inputs, timeout=60):.1f} s after the check")
         print(f"test 2 took {time.monotonic() - started:.1f} s")
     finally:
         b.stop()
