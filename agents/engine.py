@@ -253,7 +253,9 @@ def _replayed(state: dict[str, Any], position: tuple[str, int, int]) -> bool:
 
 
 def _save(message_id: str, state: dict[str, Any], position: tuple[str, int, int], now: int) -> None:
-    state.setdefault("off", {})[position[0]] = position[2]
+    # Only forward: a re-read of an earlier record must not hide that later ones were applied.
+    seen = state.setdefault("off", {})
+    seen[position[0]] = max(seen.get(position[0], -1), position[2])
     state["t"] = now
     outbox().put(messages_table, message_id, state)
 
