@@ -8,6 +8,7 @@ import faust
 import orjson
 from faust.serializers import codecs
 
+from agents.fastpath import BatchTransport
 from sendtrack.settings import get_settings
 from sendtrack.topics import ensure_topics
 
@@ -34,9 +35,14 @@ for _name in ("aiokafka", "faust", "mode"):
 class SendtrackApp(faust.App):
     """The Faust app; creates the topics (co-partitioned) before any agent subscribes."""
 
+    def _new_transport(self):
+        # Faust's aiokafka transport, with a consumer that hands sendtrack's handlers whole fetches
+        # (agents/fastpath.py).
+        return BatchTransport(self.conf.broker_consumer, self)
+
     async def on_first_start(self) -> None:
         (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-        await ensure_topics(settings)
+        await ensure_topics(settings, [t.changelog_topic.get_topic_name() for t in self.tables.values()])
         await super().on_first_start()
 
 
@@ -53,7 +59,8 @@ app = SendtrackApp(
     web_port=settings.web_port,
     web_bind=settings.web_host,
     web_host=settings.web_host,
-    broker_max_poll_records=5000,
+    # Records per fetch: the batch the engine applies with one round of produce, then table writes.
+    broker_max_poll_records=settings.engine_batch_events,
     stream_buffer_maxsize=32768,
     consumer_max_fetch_size=16 * 1024 * 1024,
     consumer_auto_offset_reset="earliest",

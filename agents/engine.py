@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import random
 import time
 import weakref
 from contextvars import ContextVar
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import orjson
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from rocksdict import WriteBatch
 from faust.exceptions import ProducerSendError
 from faust.streams import _current_event as _faust_current_event
 from faust.types import EventT
 
+from agents.fastpath import batch_agent
 from agents.app import (
     app,
     by_provider_id_topic,
@@ -51,6 +54,8 @@ RETENTION_MS = int(settings.state_retention_days * 86_400_000)
 SWEEP_BATCH = 20_000
 MAX_WATCHED = 256  # Messenger messages tracked per recipient for delivery/read watermarks
 TICK_KEY = b"\x00tick"
+BATCH_KEY = b"\x00batch"  # key of an internal record carrying a batch of items for one partition
+BATCH_RECORD_MAX = 512 * 1024  # bytes of items per internal record (the producer takes up to 4 MiB)
 FAUST_OFFSET_KEY = b"__faust\0offset__"  # Faust keeps its changelog offset in the same RocksDB
 
 
@@ -73,7 +78,7 @@ def recipient_key(psid: str) -> str:
 
 def send_by_provider_id(key: str, doc: dict[str, Any]) -> None:
     """Send to the partition of the provider-id side that owns `key`."""
-    outbox().add(BY_PID, key.encode(), orjson.dumps(doc), partition_for(key))
+    outbox().add_internal(BY_PID, partition_for(key), dict(doc, k=key))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,23 +89,50 @@ _DELETED = object()
 
 
 class Outbox:
-    """Everything one agent's batch changes: records to produce and table writes.
+    """Everything one batch changes: records to produce and table writes.
 
-    Commit order is what makes a crash lose nothing: the records are produced and acknowledged by
-    the broker first (retried until they are), then the table writes are applied (their changelog is
-    flushed by Faust before it commits offsets); take_events acknowledges the batch's inputs only
-    after the agent's loop body, i.e. after the commit. A crash before that leaves the inputs
-    uncommitted and the tables as they were, so the batch is simply applied again. Reads within the
-    batch see its own staged writes.
+    Commit order is what makes a crash lose nothing. First every record is produced and
+    acknowledged by the broker (retried until it is): the outputs (status changes, dead letters,
+    internal records) and the tables' changelog records for this batch's writes. Then the writes are
+    applied to the tables' local RocksDB, each partition in one atomic write batch that also records
+    the changelog offset it now includes (what Faust reads at start-up to know where recovery
+    resumes). Only after that are the inputs' offsets committable (agents/fastpath.py). A crash
+    before then leaves the inputs uncommitted and re-read; a crash between the changelog and the
+    RocksDB write is repaired by Faust's recovery from the changelog. Reads within the batch see its
+    own staged writes.
+
+    The table writes are those Faust makes on `table[key] = value` (a changelog record to the
+    partition of the current event, then the store), batched: one produce round for the whole
+    batch instead of a buffered send and an acknowledgement callback per key.
     """
 
     def __init__(self) -> None:
-        self.records: list[tuple[str, Optional[bytes], bytes, Optional[int]]] = []
-        self.writes: dict[tuple[str, str], tuple[Any, Any, Optional[EventT]]] = {}
+        self.records: list[tuple[str, Optional[bytes], Optional[bytes], Optional[int]]] = []
+        # Internal items (routed envelopes, provider-id operations) per (topic, partition): a batch
+        # sends one record per partition holding all of them, not one record per item.
+        self.internal: dict[tuple[str, int], list[bytes]] = {}
+        self.writes: dict[tuple[str, str], tuple[Any, Any, int]] = {}
         self.event: Optional[EventT] = None  # the event being applied: table writes belong to its partition
 
     def add(self, topic: str, key: Optional[bytes], value: bytes, partition: Optional[int] = None) -> None:
         self.records.append((topic, key, value, partition))
+
+    def add_internal(self, topic: str, partition: int, item: dict[str, Any]) -> None:
+        self.internal.setdefault((topic, partition), []).append(orjson.dumps(item))
+
+    def _pack_internal(self) -> None:
+        """Turn the internal items into records `{"batch": [item, ...]}`, each under BATCH_RECORD_MAX."""
+        for (topic, partition), items in self.internal.items():
+            chunk: list[bytes] = []
+            size = 0
+            for item in items:
+                if chunk and size + len(item) > BATCH_RECORD_MAX:
+                    self.add(topic, BATCH_KEY, b'{"batch":[' + b",".join(chunk) + b"]}", partition)
+                    chunk, size = [], 0
+                chunk.append(item)
+                size += len(item) + 1
+            self.add(topic, BATCH_KEY, b'{"batch":[' + b",".join(chunk) + b"]}", partition)
+        self.internal.clear()
 
     def get(self, table: Any, key: str) -> Any:
         staged = self.writes.get((table.name, key))
@@ -109,42 +141,55 @@ class Outbox:
         return table.get(key)
 
     def put(self, table: Any, key: str, value: Any) -> None:
-        self.writes[(table.name, key)] = (table, value, self.event)
+        self.writes[(table.name, key)] = (table, value, self._partition())
 
     def delete(self, table: Any, key: str) -> None:
-        self.writes[(table.name, key)] = (table, _DELETED, self.event)
+        self.writes[(table.name, key)] = (table, _DELETED, self._partition())
+
+    def _partition(self) -> int:
+        if self.event is None:
+            raise RuntimeError("a table write outside of a record's context has no partition")
+        return self.event.message.partition
 
     def staged(self, table: Any, key: str) -> bool:
         return (table.name, key) in self.writes
 
     async def commit(self) -> None:
-        """Produce, then write the tables (see the class docstring). Shielded: an agent cancelled
+        """Produce, then write the tables (see the class docstring). Shielded: a batch cancelled
         mid-commit (shutdown, rebalance) still finishes producing before it writes its tables."""
         await asyncio.shield(self._commit())
 
     async def _commit(self) -> None:
-        await self._produce()
-        for (_, key), (table, value, event) in self.writes.items():
-            use_event(event)
-            if value is _DELETED:
-                try:
-                    del table[key]
-                except KeyError:
-                    pass
-            else:
-                table[key] = value
+        self._pack_internal()
+        # The changelog records of this batch's writes, in write order per partition.
+        stores: dict[tuple[Any, int], list[tuple[bytes, Optional[bytes]]]] = {}
+        for (_, key), (table, value, partition) in self.writes.items():
+            k = key.encode()
+            v = None if value is _DELETED else orjson.dumps(value)
+            stores.setdefault((table, partition), []).append((k, v))
+            self.records.append((_changelog(table), k, v, partition))
         self.writes.clear()
-        use_event(None)
+        last = await self._produce()
+        for (table, partition), items in stores.items():
+            db = table.data._db_for_partition(partition)
+            batch = WriteBatch(raw_mode=True)
+            for k, v in items:
+                if v is None:
+                    batch.delete(k)
+                else:
+                    batch.put(k, v)
+            offset = last.get((_changelog(table), partition))
+            if offset is not None:
+                batch.put(table.data.offset_key, str(offset).encode())
+            db.write(batch)
 
-    async def _produce(self) -> None:
+    async def _produce(self) -> dict[tuple[str, int], int]:
+        """Produce every record, one producer batch per (topic, partition); returns the offset of
+        the last record per (topic, partition)."""
         delay = 0.2
-        while self.records:
+        while True:
             try:
-                send = app.producer.send
-                pending = [await send(topic, key, value, partition, None, None)
-                           for topic, key, value, partition in self.records]
-                await asyncio.gather(*pending)
-                self.records = []
+                return await self._produce_once()
             except (KafkaError, ProducerSendError, OSError) as exc:
                 # The broker is away: retry the whole batch (duplicates are folded downstream).
                 log.warning("producing %d records failed (%r); retrying in %.1f s", len(self.records), exc, delay)
@@ -152,16 +197,59 @@ class Outbox:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    async def _produce_once(self) -> dict[tuple[str, int], int]:
+        if not self.records:
+            return {}
+        producer = app.producer._ensure_producer()
+        groups: dict[tuple[str, int], list[tuple[Optional[bytes], Optional[bytes]]]] = {}
+        for topic, key, value, partition in self.records:
+            if partition is None:  # keyed by message id, as Kafka's default partitioner would place it
+                partition = _key_partition(key)
+            groups.setdefault((topic, partition), []).append((key, value))
+        sent: list[tuple[str, int, int, Any]] = []
+        for (topic, partition), items in groups.items():
+            batch, n = producer.create_batch(), 0
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    sent.append((topic, partition, n, await producer.send_batch(batch, topic, partition=partition)))
+                    batch, n = producer.create_batch(), 0
+                    batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+                n += 1
+            sent.append((topic, partition, n, await producer.send_batch(batch, topic, partition=partition)))
+        results = await asyncio.gather(*(fut for *_, fut in sent))
+        last: dict[tuple[str, int], int] = {}
+        for (topic, partition, n, _), meta in zip(sent, results):
+            end = meta.offset + n - 1
+            if end > last.get((topic, partition), -1):
+                last[(topic, partition)] = end
+        self.records = []
+        return last
+
+
+_changelogs: dict[str, str] = {}
+
+
+def _changelog(table: Any) -> str:
+    name = _changelogs.get(table.name)
+    if name is None:
+        name = _changelogs[table.name] = table.changelog_topic.get_topic_name()
+    return name
+
+
+def _key_partition(key: Optional[bytes]) -> int:
+    if key is None:
+        return random.randrange(N)
+    return (murmur2(key) & 0x7FFFFFFF) % N
+
 
 def use_event(event: Optional[EventT]) -> None:
     """Make `event` the current event of this task, as Faust tables read it (`faust.streams.
-    current_event()`, a context variable), so a table write lands in that event's changelog
-    partition. Only this agent's task is affected: the stream's own attribute, which take_events'
-    background drainer reads, is left alone."""
+    current_event()`, a context variable): a table read then looks in that event's partition.
+    Only this task is affected."""
     _faust_current_event.set(weakref.ref(event) if event is not None else None)
 
 
-# Each agent runs in its own task, so each has its own outbox.
+# Each batch gets its own outbox (a context variable: batches of different tasks never share one).
 _outbox: ContextVar[Outbox] = ContextVar("sendtrack_outbox")
 
 
@@ -226,7 +314,7 @@ def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload
 
 def route(message_id: str, envelope: dict[str, Any]) -> None:
     """Send an envelope to the partition that owns `message_id` (through Kafka, never a lookup)."""
-    outbox().add(ROUTED, message_id.encode(), orjson.dumps(envelope), partition_for(message_id))
+    outbox().add_internal(ROUTED, partition_for(message_id), envelope)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,11 +330,14 @@ def _state_of(message_id: str) -> dict[str, Any]:
     return outbox().get(messages_table, message_id) or status.new_state()
 
 
-def _replayed(state: dict[str, Any], position: tuple[str, int, int]) -> bool:
-    """True when the record at `position` was already applied to this state (a re-read after a crash).
+def _reread(state: dict[str, Any], position: tuple[str, int, int]) -> bool:
+    """True when the record at `position` may be a re-read after a crash: some record of this message
+    at or after it on the same topic was applied before.
 
-    `position` is where the engine read the record; all of a message's records are read from the
-    partition that owns it, so the last offset applied per topic identifies a re-read.
+    Only a hint, used to produce an applied record's changes again (same change_id). Whether a record
+    is applied is decided by its identity (the event id, the request's content), never by its offset:
+    Faust can hand the engine a later record without an earlier one (the earlier one is then re-read
+    after a restart), so "below the highest applied offset" does not mean "applied".
     """
     seen = state.get("off", {}).get(position[0])
     return seen is not None and position[2] <= seen
@@ -279,15 +370,12 @@ def _after_apply(message_id: str, state: dict[str, Any], outcome: status.Outcome
 def handle_request(req: SendRequest, origin: tuple[str, int, int], position: tuple[str, int, int],
                    key: Optional[bytes], payload: bytes, now: int) -> None:
     state = _state_of(req.message_id)
-    if _replayed(state, position):
-        conflict = status.request_conflict(state, req)
-        if conflict is not None:  # its dead letter may not have been written before the crash
-            emit_dead_letter(origin, key, payload, conflict)
-        else:
+    outcome = status.apply_request(state, req, now)
+    if outcome.duplicate:
+        if _reread(state, position):  # its changes may not have reached the topic before a crash
             emit_changes(status.replay_changes(state, status.REQUEST_SOURCE, now))
         _save(req.message_id, state, position, now)
         return
-    outcome = status.apply_request(state, req, now)
     if req.action == "messenger" and req.recipient and outcome.changes:
         # Messenger receipts are watermarks per recipient: register the message in that index.
         send_by_provider_id(recipient_key(req.recipient), {
@@ -300,11 +388,12 @@ def handle_callback(cb: Callback, origin: tuple[str, int, int], position: tuple[
     message_id = cb.message_id
     assert message_id is not None
     state = _state_of(message_id)
-    if _replayed(state, position):
-        emit_changes(status.replay_changes(state, cb.event_id, now))
+    outcome = status.apply_callback(state, cb, now, origin=list(origin))
+    if outcome.duplicate:
+        if _reread(state, position):
+            emit_changes(status.replay_changes(state, cb.event_id, now))
         _save(message_id, state, position, now)
         return
-    outcome = status.apply_callback(state, cb, now, origin=list(origin))
     if cb.provider and cb.provider_message_id:
         # A callback with both ids registers the mapping, once per message and provider id.
         pkey = provider_key(cb.provider, cb.provider_message_id)
@@ -328,16 +417,10 @@ def process(event: EventT, now: int) -> None:
     key = event.key
     if msg.topic == ROUTED:
         envelope = orjson.loads(payload)
-        kind = envelope["kind"]
-        if kind == "tick":
-            sweep(msg.partition, envelope["now"])
-            return
-        origin = tuple(envelope["origin"])
-        body = envelope["body"]
-        if kind == "request":
-            handle_request(SendRequest(**body), origin, position, key, orjson.dumps(body), now)
-        else:
-            handle_callback(Callback(**body), origin, position, key, orjson.dumps(body), now)
+        if "batch" in envelope:
+            for_each_item(event, envelope["batch"], lambda item: apply_routed(item, position, now))
+        else:  # one envelope per record (ticks, and records written before batching)
+            apply_routed(envelope, position, now)
         return
     metrics.inc("records_in_total", 1, topic=msg.topic)
     if msg.topic == REQUESTS:
@@ -362,6 +445,32 @@ def process(event: EventT, now: int) -> None:
         route(cb.message_id, {"kind": "callback", "origin": origin, "body": _plain(cb)})
     else:
         handle_callback(cb, origin, position, key, payload, now)
+
+
+def apply_routed(envelope: dict[str, Any], position: tuple[str, int, int], now: int) -> None:
+    kind = envelope["kind"]
+    if kind == "tick":
+        sweep(position[1], envelope["now"])
+        return
+    origin = tuple(envelope["origin"])
+    body = envelope["body"]
+    key = body["message_id"].encode()
+    if kind == "request":
+        handle_request(SendRequest(**body), origin, position, key, orjson.dumps(body), now)
+    else:
+        handle_callback(Callback(**body), origin, position, key, orjson.dumps(body), now)
+
+
+def for_each_item(event: EventT, items: list[dict[str, Any]], apply) -> None:
+    """Apply each item of an internal batch record; an item that fails becomes a dead letter with
+    the record's position, and the others are still applied."""
+    for item in items:
+        try:
+            apply(item)
+        except Exception as exc:
+            log.exception("an item of internal record %s failed", _origin(event))
+            emit_dead_letter(_origin(event), event.key, orjson.dumps(item),
+                             Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
 
 
 def _plain(record: Any) -> dict[str, Any]:
@@ -429,26 +538,30 @@ def _evict(table: Any, partition: int, now: int, touched) -> int:
     return len(stale)
 
 
-@app.agent(app.topic(REQUESTS, CALLBACKS, ROUTED, key_type=bytes, value_type=bytes,
-                     key_serializer="raw", value_serializer="raw"), name="status-engine")
-async def status_engine(stream):
-    """Apply requests and callbacks in batches; each record is processed in its own event context."""
+async def apply_batch(events: list, apply: Callable[[Any, int], None]) -> None:
+    """Apply each record in its own event context (its table writes belong to its partition), then
+    commit the batch's outputs and table writes (Outbox)."""
     box = new_outbox()
-    async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
-        now = now_ms()
-        for event in events:
-            # Table writes go to the changelog partition of the event that made them.
-            use_event(event)
-            box.event = event
-            try:
-                process(event, now)
-            except Exception as exc:  # the one boundary that turns a failure into a dead letter
-                log.exception("record %s failed", _origin(event))
-                emit_dead_letter(_origin(event), event.key, event.value or b"",
-                                 Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
-        box.event = None
-        await box.commit()
-        metrics.inc("engine_events_total", len(events))
+    now = now_ms()
+    for event in events:
+        use_event(event)
+        box.event = event
+        try:
+            apply(event, now)
+        except Exception as exc:  # the one boundary that turns a failure into a dead letter
+            log.exception("record %s failed", _origin(event))
+            emit_dead_letter(_origin(event), event.key, event.value or b"",
+                             Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
+    box.event = None
+    await box.commit()
+
+
+@batch_agent(app, app.topic(REQUESTS, CALLBACKS, ROUTED, key_type=bytes, value_type=bytes,
+                            key_serializer="raw", value_serializer="raw"), name="status-engine")
+async def status_engine(events: list) -> None:
+    """Apply a batch of requests, callbacks and routed records."""
+    await apply_batch(events, process)
+    metrics.inc("engine_events_total", len(events))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,8 +569,14 @@ async def status_engine(stream):
 
 
 def handle_by_provider_id(event: EventT, now: int) -> None:
-    pkey = event.key.decode()
     doc = orjson.loads(event.value)
+    if "batch" in doc:
+        for_each_item(event, doc["batch"], lambda item: apply_by_provider_id(item.pop("k"), item, event, now))
+    else:  # one operation per record (ticks, and records written before batching)
+        apply_by_provider_id(event.key.decode(), doc, event, now)
+
+
+def apply_by_provider_id(pkey: str, doc: dict[str, Any], event: EventT, now: int) -> None:
     op = doc["op"]
     if op == "tick":
         sweep_provider_ids(event.message.partition, doc["now"])
@@ -487,7 +606,7 @@ def handle_by_provider_id(event: EventT, now: int) -> None:
     if any(item["body"]["event_id"] == doc["body"]["event_id"] for item in held["cbs"]):
         return
     if len(held["cbs"]) >= status.MAX_HELD:
-        emit_dead_letter(tuple(doc["origin"]), event.key, orjson.dumps(doc["body"]), Invalid(
+        emit_dead_letter(tuple(doc["origin"]), pkey.encode(), orjson.dumps(doc["body"]), Invalid(
             ErrorType.TOO_MANY_HELD, f"{status.MAX_HELD} callbacks already wait for provider id {_shown(pkey)}"))
         return
     held["cbs"].append({"origin": doc["origin"], "body": doc["body"]})
@@ -539,23 +658,10 @@ def sweep_provider_ids(partition: int, now: int) -> None:
     _evict(messenger_recipients, partition, now, lambda e: e["t"])
 
 
-@app.agent(by_provider_id_topic, name="provider-id-resolver")
-async def provider_id_resolver(stream):
+@batch_agent(app, by_provider_id_topic, name="provider-id-resolver")
+async def provider_id_resolver(events: list) -> None:
     """Keep provider id -> message id, and re-key callbacks that name only the provider id."""
-    box = new_outbox()
-    async for events in stream.take_events(settings.engine_batch_events, within=settings.engine_batch_seconds):
-        now = now_ms()
-        for event in events:
-            use_event(event)
-            box.event = event
-            try:
-                handle_by_provider_id(event, now)
-            except Exception as exc:  # as in the engine: a failure becomes a dead letter
-                log.exception("provider-id record %s failed", _origin(event))
-                emit_dead_letter(_origin(event), event.key, event.value or b"",
-                                 Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
-        box.event = None
-        await box.commit()
+    await apply_batch(events, handle_by_provider_id)
 
 
 @app.timer(settings.sweep_interval_seconds)

@@ -16,6 +16,7 @@ from faust.exceptions import ProducerSendError
 from faust.web import Request, Response, View
 
 from agents.app import app, callbacks_topic, settings, webhooks_topic
+from agents.fastpath import batch_agent
 from agents.engine import emit_dead_letter, new_outbox, recipient_key, send_by_provider_id
 from schemas.models import Invalid
 from schemas.validate import callback_from_dict
@@ -163,11 +164,11 @@ def adapt(record: bytes) -> tuple[list[dict[str, Any]], list[Invalid], list[dict
     return callbacks, refused, result.watermarks
 
 
-@app.agent(webhooks_topic, name="webhook-adapter")
-async def webhook_adapter(stream):
+@batch_agent(app, webhooks_topic, name="webhook-adapter")
+async def webhook_adapter(events: list) -> None:
     """Turn raw provider webhooks into canonical provider-callbacks (or dead letters)."""
     box = new_outbox()
-    async for event in stream.events():
+    for event in events:
         msg = event.message
         origin = (msg.topic, msg.partition, msg.offset)
         try:
@@ -175,7 +176,6 @@ async def webhook_adapter(stream):
         except Exception as exc:  # the boundary that turns an unreadable record into a dead letter
             emit_dead_letter(origin, event.key, event.value or b"",
                              Invalid("invalid_webhook", f"unreadable webhook record: {exc!r}"))
-            await box.commit()
             continue
         for cb in callbacks:
             key = cb["message_id"].encode() if cb.get("message_id") else None
@@ -188,4 +188,4 @@ async def webhook_adapter(stream):
                 "event_id": mark["event_id"], "occurred_at": mark["occurred_at"], "origin": list(origin)})
             metrics.inc("messenger_watermarks_total", 1, status=mark["status"])
         metrics.inc("webhook_callbacks_total", len(callbacks), provider=orjson.loads(event.value)["provider"])
-        await box.commit()
+    await box.commit()

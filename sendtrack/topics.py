@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -17,9 +19,16 @@ class TopicMismatch(RuntimeError):
     """A topic exists with another partition count: the join per message id would be wrong."""
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create missing topics; returns the names created. Existing ones must match the partition count."""
-    names = [settings.topic(n) for n in CONTRACT + INTERNAL]
+async def ensure_topics(settings: Settings, changelogs: Sequence[str] = ()) -> list[str]:
+    """Create missing topics; returns the names created. Existing ones must match the partition count.
+
+    `changelogs` are the tables' changelog topics (compacted). Creating them here, before the Faust
+    consumer first fetches metadata, avoids a start-up race: a table first written while the
+    consumer still saw its new changelog with 0 partitions crashed its agent (PartitionsMismatch).
+    """
+    names = [settings.topic(n) for n in CONTRACT + INTERNAL] + list(changelogs)
+    configs = {t: {"cleanup.policy": "compact"} for t in changelogs}
+    configs.update({settings.topic(n): c for n, c in TOPIC_CONFIGS.items()})
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_broker, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -38,8 +47,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
         if missing:
             try:
                 await admin.create_topics([
-                    NewTopic(t, settings.partitions, 1,
-                             topic_configs=TOPIC_CONFIGS.get(t[len(settings.topic_prefix):], {}))
+                    NewTopic(t, settings.partitions, 1, topic_configs=configs.get(t, {}))
                     for t in missing
                 ])
             except TopicAlreadyExistsError:

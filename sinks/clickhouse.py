@@ -96,3 +96,10 @@ class ClickHouse:
         with self._lock:
             self._client.insert(f"{self.database}.{table}", list(columns), column_names=list(column_names),
                                 column_oriented=True, settings=settings)
+
+    def insert_json(self, table: str, column_names: Sequence[str], lines: bytes) -> None:
+        """Insert JSON lines (FORMAT JSONEachRow); fields that are not columns are ignored."""
+        with self._lock:
+            self._client.raw_insert(f"{self.database}.{table}", list(column_names), insert_block=lines,
+                                    fmt="JSONEachRow", settings={"input_format_skip_unknown_fields": 1})
+

@@ -28,49 +28,86 @@ DEAD_LETTER_COLUMNS = (
 PROVENANCE = ("_topic", "_partition", "_offset")
 
 
+_TIMES = {"occurred_at", "recorded_at", "requested_at", "reason_at", "failed_at"}
+_BOOLS = {"inferred", "is_machine"}
+_INTS = {"partition", "offset"}
+_NULLABLE = {"key"}
+
+
+def _types(columns: tuple[str, ...]) -> list[tuple[str, tuple[type, ...]]]:
+    """The JSON type each column's value must have (ints for epoch-millisecond times)."""
+    out = []
+    for c in columns:
+        if c in _TIMES or c in _INTS:
+            out.append((c, (int,)))
+        elif c in _BOOLS:
+            out.append((c, (bool,)))
+        elif c in _NULLABLE:
+            out.append((c, (str, type(None))))
+        else:
+            out.append((c, (str,)))
+    return out
+
+
+STATUS_TYPES = _types(STATUS_COLUMNS)
+ENGAGEMENT_TYPES = _types(ENGAGEMENT_COLUMNS)
+DEAD_LETTER_TYPES = _types(DEAD_LETTER_COLUMNS)
+
+
+def _check(doc: Any, types: list[tuple[str, tuple[type, ...]]]) -> None:
+    if not isinstance(doc, dict):
+        raise TypeError(f"a JSON object is required, not {type(doc).__name__}")
+    for column, allowed in types:
+        v = doc[column]
+        # bool is an int in Python: a time or offset must be a real integer.
+        if type(v) not in allowed:
+            raise TypeError(f"{column} must be {'/'.join(t.__name__ for t in allowed)}, not {type(v).__name__}")
+
+
 @dataclass
 class Batch:
-    """Rows bound for each table, column by column, plus the records that could not be read."""
+    """Rows bound for each table, as JSON lines: the records' own bytes, checked here.
 
-    status: list[list[Any]] = field(default_factory=lambda: [[] for _ in STATUS_COLUMNS + PROVENANCE])
-    engagement: list[list[Any]] = field(default_factory=lambda: [[] for _ in ENGAGEMENT_COLUMNS])
-    dead: list[list[Any]] = field(default_factory=lambda: [[] for _ in DEAD_LETTER_COLUMNS])
+    ClickHouse parses the lines (FORMAT JSONEachRow into the *_ingest tables, whose materialized
+    views convert the epoch-millisecond times). Python only checks each record and keeps its bytes.
+    """
+
+    status: list[bytes] = field(default_factory=list)
+    engagement: list[bytes] = field(default_factory=list)
+    dead: list[bytes] = field(default_factory=list)
     records: int = 0
 
     @property
     def rows(self) -> int:
-        return len(self.status[0]) + len(self.engagement[0]) + len(self.dead[0])
+        return len(self.status) + len(self.engagement) + len(self.dead)
 
     def add_status_change(self, value: bytes, topic: str, partition: int, offset: int) -> None:
         self.records += 1
         try:
             doc = orjson.loads(value)
-            if doc["kind"] != "engagement":
-                row = [doc[c] for c in STATUS_COLUMNS] + [topic, partition, offset]
-            else:
-                row = None
+            _check(doc, STATUS_TYPES)
+            kind = doc["kind"]
             engaged = doc["status"] in ("opened", "clicked") and doc["event_id"] and not doc["inferred"]
-            erow = [doc[c] for c in ENGAGEMENT_COLUMNS] if engaged else None
+            if engaged:
+                _check(doc, ENGAGEMENT_TYPES)
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self._unreadable(value, topic, partition, offset, f"unreadable status change: {exc!r}")
             return
-        if row is not None:
-            for col, v in zip(self.status, row):
-                col.append(v)
-        if erow is not None:
-            for col, v in zip(self.engagement, erow):
-                col.append(v)
+        body = value.rstrip()
+        if kind != "engagement":
+            self.status.append(body[:-1] + b',"_topic":' + orjson.dumps(topic)
+                               + b',"_partition":%d,"_offset":%d}' % (partition, offset))
+        if engaged:
+            self.engagement.append(body)
 
     def add_dead_letter(self, value: bytes, topic: str, partition: int, offset: int) -> None:
         self.records += 1
         try:
-            doc = orjson.loads(value)
-            row = [doc[c] for c in DEAD_LETTER_COLUMNS]
+            _check(orjson.loads(value), DEAD_LETTER_TYPES)
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self._unreadable(value, topic, partition, offset, f"unreadable dead letter: {exc!r}")
             return
-        for col, v in zip(self.dead, row):
-            col.append(v)
+        self.dead.append(value.rstrip())
 
     def _unreadable(self, value: bytes, topic: str, partition: int, offset: int, error: str) -> None:
         """A record the sink cannot read is kept as a dead letter row, never dropped."""
@@ -79,19 +116,18 @@ class Batch:
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(value).decode(), "base64"
         row = [topic, partition, offset, None, text, encoding, "undecodable", error, int(time.time() * 1000)]
-        for col, v in zip(self.dead, row):
-            col.append(v)
+        self.dead.append(orjson.dumps(dict(zip(DEAD_LETTER_COLUMNS, row))))
 
     def write(self, ch: ClickHouse) -> dict[str, int]:
-        """Insert every non-empty table of the batch; returns rows per table."""
+        """Insert every non-empty table of the batch; returns rows per (raw) table."""
         written = {}
-        if self.status[0]:
-            ch.insert("status_changes_raw", self.status, STATUS_COLUMNS + PROVENANCE)
-            written["status_changes_raw"] = len(self.status[0])
-        if self.engagement[0]:
-            ch.insert("engagement_events_raw", self.engagement, ENGAGEMENT_COLUMNS)
-            written["engagement_events_raw"] = len(self.engagement[0])
-        if self.dead[0]:
-            ch.insert("dead_letters_raw", self.dead, DEAD_LETTER_COLUMNS)
-            written["dead_letters_raw"] = len(self.dead[0])
+        if self.status:
+            ch.insert_json("status_changes_ingest", STATUS_COLUMNS + PROVENANCE, b"\n".join(self.status))
+            written["status_changes_raw"] = len(self.status)
+        if self.engagement:
+            ch.insert_json("engagement_events_ingest", ENGAGEMENT_COLUMNS, b"\n".join(self.engagement))
+            written["engagement_events_raw"] = len(self.engagement)
+        if self.dead:
+            ch.insert_json("dead_letters_ingest", DEAD_LETTER_COLUMNS, b"\n".join(self.dead))
+            written["dead_letters_raw"] = len(self.dead)
         return written
