@@ -35,15 +35,18 @@ test-unit: install
 test: install
 	@started=0; \
 	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
-	$(PY) -m pytest tests -q -p no:cacheprovider -ra -m "not soak"; rc=$$?; \
+	$(PY) -m pytest tests -q -p no:cacheprovider -ra; rc=$$?; \
 	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
 	exit $$rc
 
-# The SIGKILL-loop and two-worker rebalance runs (a few minutes); see docs/reliability.md.
+# The reliability tests (SIGKILL loop, two-worker rebalance, broker restart) SOAK_RUNS times over,
+# with their printed measurements; `make test` runs them once. See docs/reliability.md.
+SOAK_RUNS ?= 5
 test-soak: install
 	@started=0; \
 	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
-	$(PY) -m pytest tests -q -p no:cacheprovider -ra -s -m soak; rc=$$?; \
+	rc=0; for i in $$(seq 1 $(SOAK_RUNS)); do echo "== soak run $$i of $(SOAK_RUNS)"; \
+	  $(PY) -m pytest tests/integration/test_reliability.py -q -p no:cacheprovider -ra -s || { rc=1; break; }; done; \
 	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
 	exit $$rc
 

@@ -38,12 +38,32 @@ class ClickHouseSink(Service):
         """Make every insert fail as if ClickHouse were unreachable, for `seconds` (tests, chaos)."""
         self._outage_until = time.monotonic() + seconds
 
-    async def on_start(self) -> None:
-        self.ch = await asyncio.to_thread(ClickHouse.connect, settings)
-        await asyncio.to_thread(migrate, self.ch, log.info)
+    async def _open(self) -> None:
+        """Connect and apply the migrations, retrying while ClickHouse is unavailable (a server that
+        refuses connections, say): the engine runs meanwhile, and status changes wait in Kafka."""
+        delay = 0.5
+        while not self.should_stop:
+            try:
+                ch = await asyncio.to_thread(ClickHouse.connect, settings)
+                await asyncio.to_thread(migrate, ch, log.info)
+            except Exception as exc:
+                if not is_retriable(exc):
+                    log.error("ClickHouse refused the connection or a migration: %r", exc)
+                metrics.inc("clickhouse_connect_errors_total", 1, retriable=str(is_retriable(exc)).lower())
+                metrics.set("sink_retrying", 1)
+                log.warning("ClickHouse is not available (%s); retrying in %.1f s", exc, delay)
+                await self.sleep(delay)
+                delay = min(delay * 2, settings.sink_retry_max_seconds)
+                continue
+            metrics.set("sink_retrying", 0)
+            self.ch = ch
+            return
 
     @Service.task
     async def _run(self) -> None:
+        await self._open()
+        if self.should_stop:
+            return
         consumer = AIOKafkaConsumer(
             self.status_topic, self.dead_topic,
             bootstrap_servers=settings.kafka_broker,

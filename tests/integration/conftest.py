@@ -71,7 +71,8 @@ class Worker:
     def topic(self, name: str) -> str:
         return self.prefix + name
 
-    def start(self, timeout: float = 90) -> "Worker":
+    def start(self, timeout: float = 90, engine_only: bool = False) -> "Worker":
+        """Start and wait until healthy (with `engine_only`, until the engine is, whatever the sink)."""
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "sendtrack.cli", "worker"], env=self.env,
                                      cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
@@ -80,7 +81,8 @@ class Worker:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
             try:
-                if self.get("/health").get("status") == "ok":
+                health = self.get("/health")
+                if health.get("status") == "ok" or (engine_only and health.get("engine") == "ready"):
                     return self
             except OSError:
                 pass
@@ -109,6 +111,12 @@ class Worker:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read())
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        return {name: float(value) for name, _, value in
+                (line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#"))}
 
     def sql(self, q: str) -> list[list[Any]]:
         doc = self.get("/query", q=q)

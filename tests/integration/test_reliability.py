@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import orjson
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -358,7 +357,6 @@ def wait_idle(w: Worker, quiet: float = 3, timeout: float = 60) -> float:
 # 1. SIGKILL during traffic
 
 
-@pytest.mark.soak
 def test_sigkill_during_traffic_loses_and_double_counts_nothing(tmp_data):
     started = time.monotonic()
     rnd = random.Random(20260501)
@@ -408,7 +406,6 @@ def test_sigkill_during_traffic_loses_and_double_counts_nothing(tmp_data):
 # 2. A rebalance: two workers in one group, one killed and restarted
 
 
-@pytest.mark.soak
 def test_rebalance_two_workers_one_killed_and_restarted(tmp_data):
     started = time.monotonic()
     rnd = random.Random(20260502)
