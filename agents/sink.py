@@ -72,8 +72,8 @@ class ClickHouseSink(Service):
             auto_offset_reset="earliest",
             # The sink stops polling while ClickHouse is down; it must not be thrown out of the group.
             max_poll_interval_ms=7 * 86_400_000,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=2 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
         )
         await consumer.start()
         self.ready.set()

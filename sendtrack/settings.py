@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     # The ClickHouse sink runs in the worker; extra engine-only workers can turn it off (embedded
     # ClickHouse is one per process, so a second worker on one machine would write to another copy).
     sink_enabled: bool = True
-    sink_batch_rows: int = Field(default=50_000, ge=1)
+    sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_batch_seconds: float = Field(default=1.0, gt=0)
     sink_retry_max_seconds: float = Field(default=30.0, gt=0)
     # Engine batching (events per take() batch, seconds to wait for a batch to fill).
