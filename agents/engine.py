@@ -56,7 +56,6 @@ MAX_WATCHED = 256  # Messenger messages tracked per recipient for delivery/read 
 TICK_KEY = b"\x00tick"
 BATCH_KEY = b"\x00batch"  # key of an internal record carrying a batch of items for one partition
 BATCH_RECORD_MAX = 512 * 1024  # bytes of items per internal record (the producer takes up to 4 MiB)
-FAUST_OFFSET_KEY = b"__faust\0offset__"  # Faust keeps its changelog offset in the same RocksDB
 
 
 def now_ms() -> int:
@@ -505,7 +504,7 @@ def _items_of_partition(table: Any, partition: int):
     if db is None:
         return
     for k, v in db.items():
-        if k != FAUST_OFFSET_KEY:
+        if k != table.data.offset_key:  # Faust keeps its changelog offset in the same RocksDB
             yield k.decode(), orjson.loads(v)
 
 
@@ -527,7 +526,7 @@ def _evict(table: Any, partition: int, now: int, touched) -> int:
     stale, seen = [], 0
     while it.valid() and seen < SWEEP_BATCH:
         key = it.key()
-        if key != FAUST_OFFSET_KEY and now - touched(orjson.loads(it.value())) > RETENTION_MS \
+        if key != table.data.offset_key and now - touched(orjson.loads(it.value())) > RETENTION_MS \
                 and not outbox().staged(table, key.decode()):
             stale.append(key.decode())
         seen += 1

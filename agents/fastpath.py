@@ -76,10 +76,6 @@ def register(topics: Iterable[str], handler: BatchHandler) -> None:
         _handlers[topic] = handler
 
 
-def handler_for(topic: str) -> Optional[BatchHandler]:
-    return _handlers.get(topic)
-
-
 def batch_agent(app: Any, topic: Any, name: str) -> Callable[[BatchHandler], BatchHandler]:
     """Register `handler` for `topic`'s topics, with a Faust agent that subscribes to them."""
 
