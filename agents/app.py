@@ -8,11 +8,13 @@ import faust
 import orjson
 from faust.serializers import codecs
 
+from agents import store
 from agents.fastpath import BatchTransport
 from sendtrack.settings import get_settings
 from sendtrack.topics import ensure_topics
 
 settings = get_settings()
+store.configure(settings.state_memory_mb)
 
 
 class OrjsonCodec(codecs.Codec):
@@ -49,7 +51,7 @@ class SendtrackApp(faust.App):
 app = SendtrackApp(
     settings.app_id,
     broker=f"kafka://{settings.kafka_broker}",
-    store="rocksdb://",
+    store="sendtrack-rocksdb://",  # agents/store.py: one memory budget for all tables
     datadir=str((settings.data_dir / "faust").resolve()),
     topic_partitions=settings.partitions,
     topic_replication_factor=1,
@@ -79,10 +81,11 @@ app = SendtrackApp(
     autodiscover=["agents"],
     origin="agents",
 )
-# RocksDB through rocksdict (faust #469: far faster than python-rocksdb), sized for a 1 GB worker:
-# Faust's defaults (a 2 GB block cache, 64 MB write buffers) are per partition and per table, and
-# so are these: 5 tables x SENDTRACK_PARTITIONS (8) databases, at most 12 MB each. Reads that miss
-# the block cache are served from the OS page cache, which is not the worker's RSS.
+# RocksDB through rocksdict (faust #469: far faster than python-rocksdb). Faust's defaults (a 2 GB
+# block cache, 64 MB write buffers) are per table and partition; agents/store.py replaces the cache
+# and bounds the memtables with one budget for all of them (SENDTRACK_STATE_MEMORY_MB). A memtable is
+# flushed at 4 MB, or earlier when the budget is reached. Reads that miss the block cache are served
+# from the OS page cache, which is not the worker's RSS.
 ROCKSDB_OPTIONS = {
     "driver": "rocksdict",
     "write_buffer_size": 4 * 1024 * 1024,

@@ -558,7 +558,11 @@ async def apply_batch(events: list, apply: Callable[[Any, int], None]) -> None:
 @batch_agent(app, app.topic(REQUESTS, CALLBACKS, ROUTED, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw"), name="status-engine")
 async def status_engine(events: list) -> None:
-    """Apply a batch of requests, callbacks and routed records."""
+    """Apply a batch of requests, callbacks and routed records.
+
+    Requests first (a stable sort: each partition keeps its order): a callback fetched together
+    with its request then finds the request applied instead of being held for it."""
+    events.sort(key=lambda event: event.message.topic != REQUESTS)
     await apply_batch(events, process)
     metrics.inc("engine_events_total", len(events))
 

@@ -72,20 +72,37 @@ class ClickHouseSink(Service):
             auto_offset_reset="earliest",
             # The sink stops polling while ClickHouse is down; it must not be thrown out of the group.
             max_poll_interval_ms=7 * 86_400_000,
-            max_partition_fetch_bytes=2 * 1024 * 1024,
-            fetch_max_bytes=16 * 1024 * 1024,
+            # What one fetch may bring (and the fetcher holds until the batch takes it): 4 MiB is
+            # about 7,000 status changes, so a full batch is a few fetches.
+            max_partition_fetch_bytes=1024 * 1024,
+            fetch_max_bytes=4 * 1024 * 1024,
         )
         await consumer.start()
         self.ready.set()
+        # One insert in flight while the next batch gathers: a record that arrives during an insert
+        # waits for the batch time, not for the insert and then the batch time. Offsets are
+        # committed in order, each after its own insert.
+        writing: Optional[tuple[asyncio.Future, dict[TopicPartition, int]]] = None
         try:
             while not self.should_stop:
                 batch, offsets = await self._collect(consumer)
+                if writing is not None:
+                    await self._finish(consumer, *writing)
+                    writing = None
                 if batch.records:
-                    await self._write(batch)
-                    await self._commit(consumer, offsets)
-                    self._report_lag(consumer, offsets)
+                    writing = (asyncio.ensure_future(self._write(batch)), offsets)
+            if writing is not None:
+                await self._finish(consumer, *writing)
         finally:
+            if writing is not None:
+                writing[0].cancel()
             await consumer.stop()
+
+    async def _finish(self, consumer: AIOKafkaConsumer, write: asyncio.Future,
+                      offsets: dict[TopicPartition, int]) -> None:
+        await write
+        await self._commit(consumer, offsets)
+        self._report_lag(consumer, offsets)
 
     async def _collect(self, consumer: AIOKafkaConsumer) -> tuple[Batch, dict[TopicPartition, int]]:
         """Gather records until the batch is full or its time is up (about one insert per second)."""
@@ -110,7 +127,9 @@ class ClickHouseSink(Service):
             try:
                 if time.monotonic() < self._outage_until:
                     raise OperationalError("injected ClickHouse outage")
+                started = time.perf_counter()
                 written = await asyncio.to_thread(batch.write, self.ch)
+                metrics.observe("clickhouse_insert_seconds", time.perf_counter() - started)
             except Exception as exc:
                 if not is_retriable(exc):
                     # Not an outage: a schema mismatch or a bug. Rows are still never dropped; the

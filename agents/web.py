@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import date
 
+from agents import store
 from agents.app import app, settings
 from agents.sink import sink
+from sendtrack import memory
 from sendtrack.metrics import metrics
 from sinks import reports
 
@@ -32,8 +35,26 @@ async def health(web, request):
                     status=200 if ok else 503)
 
 
+def _memory_gauges() -> None:
+    """Where the worker's memory is: resident set, Python's small objects, RocksDB, glibc's heap."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    name = "process_resident_bytes" if line.startswith("VmRSS") else "process_peak_resident_bytes"
+                    metrics.set(name, int(line.split()[1]) * 1024)
+    except OSError:  # not Linux
+        pass
+    metrics.set("python_allocated_blocks", sys.getallocatedblocks())
+    for part, used in store.memory_usage().items():
+        metrics.set("rocksdb_memory_bytes", used, part=part)
+    for part, used in memory.allocator().items():
+        metrics.set("malloc_bytes", used, part=part)
+
+
 @app.page("/metrics")
 async def metrics_page(web, request):
+    _memory_gauges()
     return web.text(metrics.render(), content_type="text/plain; version=0.0.4")
 
 

@@ -19,6 +19,9 @@ from sendtrack.settings import get_settings
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = get_settings()
+    from sendtrack import memory
+
+    memory.tune_allocator()
     from agents.app import app
 
     sys.argv = ["sendtrack", "worker", "-l", args.loglevel or settings.log_level]

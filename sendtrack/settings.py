@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     sink_retry_max_seconds: float = Field(default=30.0, gt=0)
     # Engine batching (events per take() batch, seconds to wait for a batch to fill).
     engine_batch_events: int = Field(default=2000, ge=1)
+    # Memory for the tables' RocksDB databases together (half memtables, half block cache); reads
+    # beyond it come from the OS page cache, outside the worker's RSS.
+    state_memory_mb: int = Field(default=64, ge=16)
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
     log_level: str = "warn"
     # Enables /debug/clickhouse-outage on the web server, for the reliability tests.

@@ -177,3 +177,25 @@ def test_report_commands(run):
     latency = {r["action"]: r for r in json.loads(report(w, "latency", "--format", "json"))}
     assert latency["email"]["sent_to_delivered_n"] == delivered
     assert latency["email"]["sent_to_delivered_p50"] > 0
+
+
+def test_metrics_show_where_memory_and_time_go(run):
+    w, traffic = run
+    text = urlopen_text(f"http://127.0.0.1:{w.port}/metrics")
+    series = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    value = lambda name: float(series[name])  # noqa: E731
+    assert 50e6 < value("sendtrack_process_resident_bytes") <= value("sendtrack_process_peak_resident_bytes")
+    # One budget (SENDTRACK_STATE_MEMORY_MB, 64) for every table's RocksDB: the memtables and the
+    # shared cache each stay within their half.
+    half = 32 * 2**20
+    write_buffers = value('sendtrack_rocksdb_memory_bytes{part="write_buffers"}')
+    cache = value('sendtrack_rocksdb_memory_bytes{part="block_cache"}')
+    assert 0 < write_buffers <= half * 1.1 and 0 < cache <= half * 1.1, (write_buffers, cache)
+    assert value('sendtrack_malloc_bytes{part="in_use"}') > 0
+    assert value("sendtrack_malloc_trim_seconds_count") >= 1
+    # Every engine batch and every sink write is timed; the loop-lag probe runs.
+    assert value("sendtrack_engine_batch_seconds_count") >= 1
+    writes = value("sendtrack_clickhouse_insert_seconds_count")
+    assert 1 <= writes <= metric(text, "sendtrack_clickhouse_inserts_total")
+    assert value('sendtrack_event_loop_lag_seconds_bucket{le="+Inf"}') == value(
+        "sendtrack_event_loop_lag_seconds_count") > 0

@@ -144,3 +144,12 @@ def test_failure_reason_is_the_earliest_failure_whatever_the_order(ch, insert_or
     assert got == [("550",)]
     _, got = ch.query(f"SELECT reason_code, messages FROM `{ch.database}`.failure_reasons")
     assert got == [("550", 1)]
+
+
+def test_aggregating_tables_merge_few_parts_at_a_time(ch):
+    # Migration 0005: a merge of these wide tables holds buffers for every column of every part.
+    for table in ("messages_agg", "funnel_daily_agg"):
+        _, rows = ch.query("SELECT engine_full FROM system.tables WHERE database = %(db)s AND name = %(t)s",
+                           {"db": ch.database, "t": table})
+        assert "max_parts_to_merge_at_once = 4" in rows[0][0], rows
+        assert "max_compress_block_size = 131072" in rows[0][0], rows

@@ -1,0 +1,44 @@
+"""The allocator settings and the shared RocksDB budget (agents/store.py), on real RocksDB."""
+
+import platform
+
+import pytest
+import rocksdict
+
+from sendtrack import memory
+from sendtrack.settings import Settings
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc only")
+def test_allocator_maps_large_blocks_on_their_own():
+    memory.tune_allocator()  # the worker's setting: blocks of 512 KB and more are mmapped
+    before = memory.allocator()
+    blocks = [bytearray(2 * 1024 * 1024) for _ in range(4)]  # above the mmap threshold
+    after = memory.allocator()
+    assert set(after) == {"in_use", "free", "mmapped"}
+    assert after["mmapped"] >= before["mmapped"] + 4 * 2 * 1024 * 1024 - 1
+    del blocks
+    memory.trim()
+
+
+def test_every_database_shares_one_cache_and_one_write_buffer_budget(tmp_path):
+    from agents import store
+
+    store.configure(16)  # 8 MB of memtables, 8 MB of cache, for all databases together
+    options = store.SharedRocksDBOptions(write_buffer_size=4 * 1024 * 1024, use_rocksdict=True)
+    dbs = [rocksdict.Rdict(str(tmp_path / f"db{i}"), options.as_options()) for i in range(6)]
+    try:
+        value = b"x" * 200
+        for i in range(20_000):
+            for db in dbs:
+                db[f"key-{i:08d}".encode()] = value
+        usage = store.memory_usage()
+        # Six databases of 4 MB memtables would hold up to 24-48 MB; the shared manager flushes at 8.
+        assert 0 < usage["write_buffers"] <= 9 * 1024 * 1024, usage
+        for db in dbs:
+            assert db[b"key-00000007"] == value
+        assert 0 < store.memory_usage()["block_cache"] <= 9 * 1024 * 1024
+    finally:
+        for db in dbs:
+            db.close()
+        store.configure(Settings().state_memory_mb)
