@@ -457,7 +457,9 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2)
     (out_dir / f"{run}.json").write_text(text + "\n")
-    (out_dir / ("latest-quick.json" if args.quick else "latest.json")).write_text(text + "\n")
+    # latest.json is the latest full run (at least 2 million messages, as issue 7 defines it).
+    if args.quick or messages >= 2_000_000:
+        (out_dir / ("latest-quick.json" if args.quick else "latest.json")).write_text(text + "\n")
     print(text)
     p, b = result["pipeline"], result["baseline"]
     print(f"\nsendtrack: {p['records_per_s']:,} input records/s end to end "
