@@ -40,7 +40,7 @@ def tune_allocator() -> None:
     - A fixed mmap threshold: by default glibc raises it up to 32 MB each time a large block is
       freed, so the Kafka clients' fetch buffers and the sink's batches soon come from the heap, and
       the heap, fragmented by them, grew to twice what was in use. Blocks of 512 KB and more are now
-      mapped and unmapped on their own.
+      mapped and unmapped on their own (unless free space in the heap already fits them).
     """
     if _LIBC is not None:
         _LIBC.mallopt(M_ARENA_MAX, 2)
