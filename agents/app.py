@@ -91,8 +91,6 @@ ROCKSDB_OPTIONS = {
     "write_buffer_size": 4 * 1024 * 1024,
     "max_write_buffer_number": 2,
     "target_file_size_base": 16 * 1024 * 1024,
-    "block_cache_size": 4 * 1024 * 1024,
-    "block_cache_compressed_size": 0,
 }
 
 

@@ -25,7 +25,7 @@ async def loop_lag() -> None:
 @app.timer(TRIM_INTERVAL_SECONDS)
 async def trim_memory() -> None:
     """Give the kernel back the pages glibc holds free between allocations (it keeps them
-    otherwise: the free part of the worker's heap was a third of it). Timed, as it holds the
+    otherwise: half of the worker's heap was free). Timed, as it holds the
     allocator's lock while it runs."""
     started = time.perf_counter()
     memory.trim()
