@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     # Memory for the tables' RocksDB databases together (half memtables, half block cache); reads
     # beyond it come from the OS page cache, outside the worker's RSS.
     state_memory_mb: int = Field(default=64, ge=16)
+    # Memory one analyst query (/query, /reports, `sendtrack report`) may use; GROUP BY and ORDER BY
+    # spill to disk past half of it. 0 = no limit.
+    query_memory_mb: int = Field(default=256, ge=0)
+    # Embedded ClickHouse: no new merge starts while merges hold more than this.
+    merge_memory_mb: int = Field(default=256, ge=16)
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
     log_level: str = "warn"
     # Enables /debug/clickhouse-outage on the web server, for the reliability tests.

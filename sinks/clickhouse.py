@@ -38,18 +38,46 @@ def is_retriable(exc: BaseException) -> bool:
     return False
 
 
+MIB = 1 << 20
+
+
+def query_limits(memory_mb: int) -> dict[str, int]:
+    """Settings that bound one read: past half the budget GROUP BY and ORDER BY spill to disk, past
+    the budget the query fails (MEMORY_LIMIT_EXCEEDED) instead of growing the process. Embedded, the
+    process is the worker: a funnel over every message id merges millions of uniqExact states."""
+    if memory_mb <= 0:
+        return {}
+    return {"max_memory_usage": memory_mb * MIB,
+            "max_bytes_before_external_group_by": memory_mb * MIB // 2,
+            "max_bytes_before_external_sort": memory_mb * MIB // 2}
+
+
+def embedded_options(settings: Settings) -> dict[str, str]:
+    """Server settings of the embedded engine, sized for a worker that shares its process. ClickHouse
+    sizes its caches for a server that owns the machine (5 GiB each) and lets merges take half the
+    RAM; here they would grow the worker's RSS with the data."""
+    return {
+        "mark_cache_size": str(64 * MIB),
+        "index_mark_cache_size": str(16 * MIB),
+        "primary_index_cache_size": str(64 * MIB),
+        "merges_mutations_memory_usage_soft_limit": str(settings.merge_memory_mb * MIB),
+    }
+
+
 class ClickHouse:
     """A thread-safe handle on one ClickHouse database; the embedded engine is one per process."""
 
     _embedded: dict[str, Any] = {}
     _embedded_lock = threading.Lock()
 
-    def __init__(self, client: Any, database: str, embedded: bool, where: str) -> None:
+    def __init__(self, client: Any, database: str, embedded: bool, where: str,
+                 query_memory_mb: int = 0) -> None:
         self._client = client
         self.database = database
         self.embedded = embedded
         self.where = where
         self._lock = threading.Lock()
+        self.query_settings = query_limits(query_memory_mb)
 
     @classmethod
     def connect(cls, settings: Settings, database: Optional[str] = None) -> "ClickHouse":
@@ -61,9 +89,10 @@ class ClickHouse:
                 client = cls._embedded.get(path)
                 if client is None:
                     settings.embedded_clickhouse_path.mkdir(parents=True, exist_ok=True)
-                    client = clickhouse_connect.get_client(interface="chdb", path=path)
+                    client = clickhouse_connect.get_client(interface="chdb", path=path,
+                                                           chdb_options=embedded_options(settings))
                     cls._embedded[path] = client
-            return cls(client, database, True, f"embedded ClickHouse at {path}")
+            return cls(client, database, True, f"embedded ClickHouse at {path}", settings.query_memory_mb)
         url = urlparse(settings.clickhouse_url)
         if url.path.strip("/") and database == settings.clickhouse_database:
             database = url.path.strip("/")
@@ -77,16 +106,17 @@ class ClickHouse:
             send_receive_timeout=60,
             autogenerate_session_id=False,
         )
-        return cls(client, database, False, f"ClickHouse server at {url.hostname}:{url.port or 8123}")
+        return cls(client, database, False, f"ClickHouse server at {url.hostname}:{url.port or 8123}",
+                   settings.query_memory_mb)
 
     def command(self, sql: str, parameters: Optional[dict[str, Any]] = None) -> Any:
         with self._lock:
             return self._client.command(sql, parameters=parameters)
 
     def query(self, sql: str, parameters: Optional[dict[str, Any]] = None) -> tuple[list[str], list[tuple]]:
-        """Column names and rows of a SELECT."""
+        """Column names and rows of a SELECT, within the memory one query may use (`query_limits`)."""
         with self._lock:
-            result = self._client.query(sql, parameters=parameters)
+            result = self._client.query(sql, parameters=parameters, settings=self.query_settings)
         return list(result.column_names), result.result_rows
 
     def insert(self, table: str, columns: Sequence[Sequence[Any]], column_names: Sequence[str],
