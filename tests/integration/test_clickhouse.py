@@ -199,3 +199,21 @@ def test_metrics_show_where_memory_and_time_go(run):
     assert 1 <= writes <= metric(text, "sendtrack_clickhouse_inserts_total")
     assert value('sendtrack_event_loop_lag_seconds_bucket{le="+Inf"}') == value(
         "sendtrack_event_loop_lag_seconds_count") > 0
+
+
+def test_the_embedded_engine_and_analyst_queries_are_bounded(run):
+    w, _ = run
+    # ClickHouse's server defaults (5 GiB caches, merges up to half the RAM) are replaced by budgets
+    # for a worker's process.
+    server = dict(w.sql("SELECT name, value FROM system.server_settings WHERE name IN "
+                        "('mark_cache_size', 'merges_mutations_memory_usage_soft_limit')"))
+    assert server == {"mark_cache_size": str(64 * 2**20),
+                      "merges_mutations_memory_usage_soft_limit": str(256 * 2**20)}
+    # 20 M distinct GROUP BY keys need more than the 256 MiB one query may use: with the spill to
+    # disk past half of it the query answers, without the spill it fails with a precise error.
+    group_by = "SELECT count() FROM (SELECT number AS k, count() FROM numbers(20000000) GROUP BY k)"
+    assert w.sql(group_by) == [[20_000_000]]
+    failed = w.get("/query", q=group_by + " SETTINGS max_bytes_before_external_group_by = 0")
+    assert "MEMORY_LIMIT_EXCEEDED" in failed["error"] or "memory limit" in failed["error"].lower(), failed
+    # The worker survived it and still answers.
+    assert w.get("/health")["status"] == "ok"
