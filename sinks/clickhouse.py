@@ -113,6 +113,10 @@ class ClickHouse:
         with self._lock:
             return self._client.command(sql, parameters=parameters)
 
+    def purge_memory(self) -> None:
+        """Give the kernel back the pages the engine's allocator keeps free (embedded only)."""
+        self.command("SYSTEM JEMALLOC PURGE")
+
     def query(self, sql: str, parameters: Optional[dict[str, Any]] = None) -> tuple[list[str], list[tuple]]:
         """Column names and rows of a SELECT, within the memory one query may use (`query_limits`)."""
         with self._lock:

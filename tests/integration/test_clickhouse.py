@@ -193,6 +193,8 @@ def test_metrics_show_where_memory_and_time_go(run):
     assert 0 < write_buffers <= half * 1.1 and 0 < cache <= half * 1.1, (write_buffers, cache)
     assert value('sendtrack_malloc_bytes{part="in_use"}') > 0
     assert value("sendtrack_malloc_trim_seconds_count") >= 1
+    # ... and the embedded engine's allocator gives its free pages back too.
+    assert value("sendtrack_clickhouse_purge_seconds_count") >= 1
     # Every engine batch and every sink write is timed; the loop-lag probe runs.
     assert value("sendtrack_engine_batch_seconds_count") >= 1
     writes = value("sendtrack_clickhouse_insert_seconds_count")
