@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export SENDTRACK_KAFKA_BROKER ?= localhost:9092
 
-.PHONY: all install kafka-up kafka-down kafka-status test test-soak test-unit test-integration demo bench bench-quick migrate worker clean
+.PHONY: all install kafka-up kafka-down kafka-status test test-soak test-unit test-integration demo bench bench-quick bench-engine-memory migrate worker clean
 
 all: install
 
@@ -71,6 +71,10 @@ bench: install
 
 bench-quick:
 	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick
+
+# The embedded engine's own memory while it ingests, with ClickHouse's allocator settings and with sendtrack's.
+bench-engine-memory: install
+	$(PY) bench/engine_memory.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .kafka data

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 from agents.app import app
-from agents.sink import sink
 from sendtrack import memory
 from sendtrack.metrics import metrics
 
@@ -32,18 +31,3 @@ async def trim_memory() -> None:
     memory.trim()
     metrics.observe("malloc_trim_seconds", time.perf_counter() - started)
 
-
-@app.timer(TRIM_INTERVAL_SECONDS)
-async def purge_clickhouse_memory() -> None:
-    """The same for the embedded ClickHouse's own allocator (jemalloc, inside chDB), which glibc's
-    trim does not reach: it keeps freed pages for 5 s (57 of its 114 MB resident in a worker with
-    1 M messages). It has not lowered the 5 M run's peak (docs/performance.md)."""
-    ch = sink.ch
-    if ch is None or not ch.embedded:
-        return
-    started = time.perf_counter()
-    try:
-        await asyncio.to_thread(ch.purge_memory)
-    except Exception:  # an upkeep step; the sink reports ClickHouse's state
-        return
-    metrics.observe("clickhouse_purge_seconds", time.perf_counter() - started)

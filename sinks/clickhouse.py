@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import Any, Optional, Sequence
 from urllib.parse import unquote, urlparse
@@ -52,11 +54,28 @@ def query_limits(memory_mb: int) -> dict[str, int]:
             "max_bytes_before_external_sort": memory_mb * MIB // 2}
 
 
+# The embedded engine's allocator (chDB links its own jemalloc, which reads JE_MALLOC_CONF once, when
+# chDB loads). ClickHouse builds it to keep freed pages for 5 s and to return them only when the same
+# arena allocates again; merges free a few hundred MB at a time, so those pages stayed in the
+# worker's RSS. Here background threads return them within about a second (docs/performance.md).
+EMBEDDED_JEMALLOC_CONF = "dirty_decay_ms:1000,muzzy_decay_ms:0,background_thread:true"
+
+
+def configure_embedded_allocator() -> None:
+    """Set the embedded engine's allocator options, unless the user set JE_MALLOC_CONF or chDB is
+    already loaded (then it is too late, and the engine keeps what it has)."""
+    if "chdb" not in sys.modules:
+        os.environ.setdefault("JE_MALLOC_CONF", EMBEDDED_JEMALLOC_CONF)
+
+
 def embedded_options(settings: Settings) -> dict[str, str]:
     """Server settings of the embedded engine, sized for a worker that shares its process. ClickHouse
-    sizes its caches for a server that owns the machine (5 GiB each) and lets merges take half the
-    RAM; here they would grow the worker's RSS with the data."""
+    sizes its caches for a server that owns the machine (5 GiB each), lets merges take half the RAM
+    and runs two merges per background thread; here they would grow the worker's RSS with the data.
+    One merge per thread (two at a time): concurrent merges of the three aggregating and raw tables
+    were the engine's peaks."""
     return {
+        "background_merges_mutations_concurrency_ratio": "1",
         "mark_cache_size": str(64 * MIB),
         "index_mark_cache_size": str(16 * MIB),
         "primary_index_cache_size": str(64 * MIB),
@@ -89,6 +108,7 @@ class ClickHouse:
                 client = cls._embedded.get(path)
                 if client is None:
                     settings.embedded_clickhouse_path.mkdir(parents=True, exist_ok=True)
+                    configure_embedded_allocator()
                     client = clickhouse_connect.get_client(interface="chdb", path=path,
                                                            chdb_options=embedded_options(settings))
                     cls._embedded[path] = client
@@ -112,10 +132,6 @@ class ClickHouse:
     def command(self, sql: str, parameters: Optional[dict[str, Any]] = None) -> Any:
         with self._lock:
             return self._client.command(sql, parameters=parameters)
-
-    def purge_memory(self) -> None:
-        """Give the kernel back the pages the engine's allocator keeps free (embedded only)."""
-        self.command("SYSTEM JEMALLOC PURGE")
 
     def query(self, sql: str, parameters: Optional[dict[str, Any]] = None) -> tuple[list[str], list[tuple]]:
         """Column names and rows of a SELECT, within the memory one query may use (`query_limits`)."""

@@ -1,8 +1,13 @@
 """The memory budgets handed to ClickHouse: pure settings, checked on a live worker in
 tests/integration/test_clickhouse.py."""
 
+import os
+import sys
+import types
+
 from sendtrack.settings import Settings
-from sinks.clickhouse import embedded_options, query_limits
+from sinks.clickhouse import (EMBEDDED_JEMALLOC_CONF, configure_embedded_allocator, embedded_options,
+                              query_limits)
 
 MIB = 2**20
 
@@ -22,3 +27,28 @@ def test_the_embedded_engine_gets_small_caches_and_the_merge_budget():
     assert options["merges_mutations_memory_usage_soft_limit"] == str(128 * MIB)
     for cache in ("mark_cache_size", "index_mark_cache_size", "primary_index_cache_size"):
         assert int(options[cache]) <= 64 * MIB
+    # One merge per background thread: concurrent merges were the engine's peaks.
+    assert options["background_merges_mutations_concurrency_ratio"] == "1"
+
+
+def test_the_engine_allocator_is_configured_before_chdb_loads(monkeypatch):
+    monkeypatch.delenv("JE_MALLOC_CONF", raising=False)
+    monkeypatch.delitem(sys.modules, "chdb", raising=False)
+    configure_embedded_allocator()
+    assert os.environ["JE_MALLOC_CONF"] == EMBEDDED_JEMALLOC_CONF
+    assert "background_thread:true" in EMBEDDED_JEMALLOC_CONF
+
+
+def test_a_users_allocator_options_are_kept(monkeypatch):
+    monkeypatch.setenv("JE_MALLOC_CONF", "dirty_decay_ms:0")
+    monkeypatch.delitem(sys.modules, "chdb", raising=False)
+    configure_embedded_allocator()
+    assert os.environ["JE_MALLOC_CONF"] == "dirty_decay_ms:0"
+
+
+def test_once_chdb_is_loaded_the_environment_is_left_alone(monkeypatch):
+    # jemalloc read its options when chDB loaded: setting them now would claim what is not in force.
+    monkeypatch.delenv("JE_MALLOC_CONF", raising=False)
+    monkeypatch.setitem(sys.modules, "chdb", types.ModuleType("chdb"))
+    configure_embedded_allocator()
+    assert "JE_MALLOC_CONF" not in os.environ
