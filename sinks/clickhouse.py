@@ -72,8 +72,8 @@ def embedded_options(settings: Settings) -> dict[str, str]:
     """Server settings of the embedded engine, sized for a worker that shares its process. ClickHouse
     sizes its caches for a server that owns the machine (5 GiB each), lets merges take half the RAM
     and runs two merges per background thread; here they would grow the worker's RSS with the data.
-    One merge per thread (two at a time): concurrent merges of the three aggregating and raw tables
-    were the engine's peaks."""
+    One merge per thread (two at a time): concurrent merges of the raw and aggregating tables were
+    the engine's peaks (docs/performance.md)."""
     return {
         "background_merges_mutations_concurrency_ratio": "1",
         "mark_cache_size": str(64 * MIB),
