@@ -30,4 +30,3 @@ async def trim_memory() -> None:
     started = time.perf_counter()
     memory.trim()
     metrics.observe("malloc_trim_seconds", time.perf_counter() - started)
-

@@ -77,9 +77,9 @@ def measure(config: str, messages: int, batch: int, data_dir: str) -> dict:
 
     memory.tune_allocator()
     if config == "clickhouse-build":
-        options = clickhouse.embedded_options
+        options = clickhouse.embedded_options  # without the merge concurrency: the build's default
         clickhouse.embedded_options = lambda s: {
-            **options(s), "background_merges_mutations_concurrency_ratio": "2"}
+            k: v for k, v in options(s).items() if k != "background_merges_mutations_concurrency_ratio"}
     ch = clickhouse.ClickHouse.connect(Settings(data_dir=data_dir))
     migrate(ch, lambda *a: None)
     client, db = ch._client, ch.database
