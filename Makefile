@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export SENDTRACK_KAFKA_BROKER ?= localhost:9092
 
-.PHONY: all install kafka-up kafka-down kafka-status test test-soak test-unit test-integration demo bench bench-quick bench-engine-memory migrate worker clean
+.PHONY: all install kafka-up kafka-down kafka-status test test-soak test-unit test-integration demo bench bench-quick bench-engine-memory bench-funnel-merge migrate worker clean
 
 all: install
 
@@ -75,6 +75,9 @@ bench-quick:
 # The embedded engine's own memory while it ingests, with ClickHouse's allocator settings and with sendtrack's.
 bench-engine-memory: install
 	$(PY) bench/engine_memory.py $(BENCH_ARGS)
+
+bench-funnel-merge: install
+	$(PY) bench/funnel_merge.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .kafka data

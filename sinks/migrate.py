@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from sinks.clickhouse import ClickHouse
 
@@ -43,8 +44,9 @@ def applied(ch: ClickHouse) -> set[int]:
     return {r[0] for r in rows}
 
 
-def migrate(ch: ClickHouse, log=print) -> list[Migration]:
-    """Apply pending migrations to ch.database; returns what was applied now."""
+def migrate(ch: ClickHouse, log=print, up_to: Optional[int] = None) -> list[Migration]:
+    """Apply pending migrations to ch.database, all or those up to version `up_to`; returns what was
+    applied now."""
     ch.command(f"CREATE DATABASE IF NOT EXISTS `{ch.database}`")
     ch.command(
         f"CREATE TABLE IF NOT EXISTS `{ch.database}`.schema_migrations "
@@ -54,7 +56,7 @@ def migrate(ch: ClickHouse, log=print) -> list[Migration]:
     done = applied(ch)
     ran = []
     for migration in available():
-        if migration.version in done:
+        if migration.version in done or (up_to is not None and migration.version > up_to):
             continue
         log(f"migrate: applying {migration.path.name} to {ch.database} ({ch.where})")
         for statement in migration.statements(ch.database):
