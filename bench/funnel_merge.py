@@ -9,13 +9,14 @@ keys of `make bench-engine-memory`), then merges them into one and reports the p
 its RSS just before the merge. Each configuration runs in its own process (chDB allows one engine
 per process) on a fresh data directory, with the worker's engine settings:
   - `before-0006`: migrations up to 0005, so `funnel_daily_agg` (8,192-row granules and blocks);
-  - `sendtrack`: every migration, so `funnel_daily_states` (256-row granules, 64-row merge blocks).
+  - `sendtrack`: every migration, so `funnel_daily_states` (64-row granules, 8-row merge blocks).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -56,9 +57,9 @@ def measure(config: str, messages: int, parts: int, data_dir: str) -> dict:
     migrate(ch, lambda *a: None, up_to=up_to)
     table = f"`{ch.database}`.{name}"
     ch.command(f"SYSTEM STOP MERGES {table}")
-    share = messages // parts
+    bounds = [messages * p // parts for p in range(parts + 1)]
     for p in range(parts):
-        ch.command(STATES.format(table=table, start=p * share, count=share))
+        ch.command(STATES.format(table=table, start=bounds[p], count=bounds[p + 1] - bounds[p]))
         print(f"funnel-merge: {config}: part {p + 1}/{parts} written", file=sys.stderr, flush=True)
     where = f"database = '{ch.database}' AND table = '{name}' AND active"
     _, [(n_parts, rows, size)] = ch.query(f"SELECT count(), sum(rows), sum(bytes_on_disk) FROM system.parts WHERE {where}")
@@ -67,7 +68,7 @@ def measure(config: str, messages: int, parts: int, data_dir: str) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # the kernel's high-water mark starts again from RSS
     before, started = status()["VmRSS"], time.perf_counter()
     ch.command(f"SYSTEM START MERGES {table}")
-    ch.command(f"OPTIMIZE TABLE {table} FINAL")
+    ch.command(f"OPTIMIZE TABLE {table} FINAL")  # a background merge may have taken the parts first
     while ch.query(f"SELECT count() FROM system.parts WHERE {where}")[1][0][0] > 1:
         time.sleep(0.1)
     seconds, peak = time.perf_counter() - started, status()["VmHWM"]
@@ -89,11 +90,12 @@ def main() -> None:
         return
     results = {}
     for config in CONFIGS:
+        env = {k: v for k, v in os.environ.items() if k != "JE_MALLOC_CONF"}  # the worker's allocator options
         data_dir = tempfile.mkdtemp(prefix="sendtrack-funnel-merge-")
         try:
             out = subprocess.run([sys.executable, __file__, "--config", config, "--messages", str(args.messages),
                                   "--parts", str(args.parts), "--data-dir", data_dir],
-                                 stdout=subprocess.PIPE, text=True, check=True)
+                                 env=env, stdout=subprocess.PIPE, text=True, check=True)
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
         r = results[config] = json.loads(out.stdout)

@@ -39,6 +39,22 @@ def available() -> list[Migration]:
     return found
 
 
+# The oldest ClickHouse the migrations run on: 0006 uses ATTACH PARTITION ALL FROM (ClickHouse 24.4).
+MIN_SERVER_VERSION = (24, 4)
+
+
+def check_server_version(version: str) -> None:
+    """Refuse, with the reason, a server older than the migrations need (`version` as version() gives it)."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        raise ValueError(f"cannot read the ClickHouse server's version {version!r}") from None
+    if found < MIN_SERVER_VERSION:
+        need = ".".join(map(str, MIN_SERVER_VERSION))
+        raise RuntimeError(f"ClickHouse {version} is too old: sendtrack's migrations need {need} or later "
+                           "(migration 0006 uses ATTACH PARTITION ALL FROM)")
+
+
 def applied(ch: ClickHouse) -> set[int]:
     _, rows = ch.query(f"SELECT version FROM `{ch.database}`.schema_migrations")
     return {r[0] for r in rows}
@@ -54,6 +70,8 @@ def migrate(ch: ClickHouse, log=print, up_to: Optional[int] = None) -> list[Migr
         "ENGINE = ReplacingMergeTree ORDER BY version"
     )
     done = applied(ch)
+    if any(m.version not in done for m in available()):
+        check_server_version(ch.query("SELECT version()")[1][0][0])
     ran = []
     for migration in available():
         if migration.version in done or (up_to is not None and migration.version > up_to):

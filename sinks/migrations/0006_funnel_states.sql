@@ -9,10 +9,12 @@
 -- (`make bench-funnel-merge`, docs/performance.md). index_granularity is fixed when a table is
 -- created, hence a new table.
 --
--- Nothing is lost while a worker writes: the new view feeds the new table before the old parts are
--- attached to it (hard links, no copy), and a row that reaches both tables counts once, since
--- merging uniqExact states is idempotent. Rerunning this migration after a partial run is safe for
--- the same reason. 0007 drops the old table.
+-- Nothing is lost while a worker writes: the new view feeds the new table first; dropping the old
+-- view waits for the inserts that still write through it; only then are the old table's parts
+-- attached to the new one (hard links, no copy), so every part the old view wrote is among them. A
+-- row that reaches both tables counts once, since merging uniqExact states is idempotent; rerunning
+-- this migration after a partial run is safe for the same reason. 0007 drops the old table.
+-- ATTACH PARTITION ALL needs ClickHouse 24.4 or later (sinks/migrate.py checks the server).
 CREATE TABLE IF NOT EXISTS {db}.funnel_daily_states
 (
     day          Date,
@@ -36,9 +38,9 @@ FROM {db}.status_changes_raw
 WHERE status != ''
 GROUP BY day, action, flow_id, campaign_id, step_id, status;
 
-ALTER TABLE {db}.funnel_daily_states ATTACH PARTITION ALL FROM {db}.funnel_daily_agg;
-
 DROP VIEW IF EXISTS {db}.funnel_daily_mv;
+
+ALTER TABLE {db}.funnel_daily_states ATTACH PARTITION ALL FROM {db}.funnel_daily_agg;
 
 CREATE OR REPLACE VIEW {db}.funnel_daily AS
 SELECT day, action, flow_id, campaign_id, step_id, status, uniqExactMerge(messages) AS messages

@@ -147,7 +147,7 @@ def test_failure_reason_is_the_earliest_failure_whatever_the_order(ch, insert_or
 
 
 def test_aggregating_tables_merge_few_parts_at_a_time(ch):
-    # Migration 0005: a merge of these wide tables holds buffers for every column of every part.
+    # Migrations 0005 and 0006: a merge of these wide tables holds buffers for every column of every part.
     for table in ("messages_agg", "funnel_daily_states"):
         _, rows = ch.query("SELECT engine_full FROM system.tables WHERE database = %(db)s AND name = %(t)s",
                            {"db": ch.database, "t": table})

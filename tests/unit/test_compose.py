@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import pytest
 
 from sendtrack.settings import Settings
+from sinks.migrate import check_server_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -171,6 +172,11 @@ def test_worker_web_server_and_data_dir(compose: dict, services: dict) -> None:
 def test_images_are_pinned(services: dict) -> None:
     assert re.fullmatch(r"apache/kafka:4\.\d+\.\d+", services["kafka"]["image"])
     assert re.fullmatch(r"clickhouse/clickhouse-server:\d+\.\d+(\.\d+)*", services["clickhouse"]["image"])
+
+
+def test_the_clickhouse_image_runs_the_migrations(services: dict) -> None:
+    version = services["clickhouse"]["image"].split(":")[1]
+    check_server_version(version)  # raises for a server older than the migrations need
 
 
 def test_dockerfile_installs_the_project_and_runs_the_worker() -> None:
