@@ -101,6 +101,21 @@ def measure(config: str, messages: int, batch: int, data_dir: str) -> dict:
             "jemalloc_end_mb": jemalloc(client), "active_parts": parts}
 
 
+def measure_apart(script: str, config: str, args: list[str], prefix: str) -> dict:
+    """Run `script --config config *args` in its own process (chDB allows one engine per process) on
+    a fresh data directory, with the worker's allocator options; returns the JSON it prints."""
+    env = {k: v for k, v in os.environ.items() if k != "JE_MALLOC_CONF"}
+    # Removed by this process once the engine's process is gone (its background threads write to
+    # the directory until then).
+    data_dir = tempfile.mkdtemp(prefix=prefix)
+    try:
+        out = subprocess.run([sys.executable, script, "--config", config, *args, "--data-dir", data_dir],
+                             env=env, stdout=subprocess.PIPE, text=True, check=True)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return json.loads(out.stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2_000_000)
@@ -114,17 +129,8 @@ def main() -> None:
         return
     results = {}
     for config in CONFIGS:
-        env = {k: v for k, v in os.environ.items() if k != "JE_MALLOC_CONF"}
-        # Removed by this process once the engine's process is gone (its background threads write
-        # to the directory until then).
-        data_dir = tempfile.mkdtemp(prefix="sendtrack-engine-memory-")
-        try:
-            out = subprocess.run([sys.executable, __file__, "--config", config, "--messages", str(args.messages),
-                                  "--batch", str(args.batch), "--data-dir", data_dir],
-                                 env=env, stdout=subprocess.PIPE, text=True, check=True)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        results[config] = json.loads(out.stdout)
+        results[config] = measure_apart(__file__, config, ["--messages", str(args.messages), "--batch", str(args.batch)],
+                                        "sendtrack-engine-memory-")
         r = results[config]
         print(f"engine-memory: {config}: peak RSS {r['peak_rss_mb']} MiB (+{r['growth_mb']} MiB over "
               f"{r['idle_rss_mb']} MiB idle), jemalloc resident max {r['jemalloc_resident_max_mb']} MiB, "

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.engine_memory import status  # noqa: E402
+from bench.engine_memory import measure_apart, status  # noqa: E402
 
 CONFIGS = {"before-0006": (5, "funnel_daily_agg"), "sendtrack": (None, "funnel_daily_states")}
 
@@ -90,15 +87,8 @@ def main() -> None:
         return
     results = {}
     for config in CONFIGS:
-        env = {k: v for k, v in os.environ.items() if k != "JE_MALLOC_CONF"}  # the worker's allocator options
-        data_dir = tempfile.mkdtemp(prefix="sendtrack-funnel-merge-")
-        try:
-            out = subprocess.run([sys.executable, __file__, "--config", config, "--messages", str(args.messages),
-                                  "--parts", str(args.parts), "--data-dir", data_dir],
-                                 env=env, stdout=subprocess.PIPE, text=True, check=True)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        r = results[config] = json.loads(out.stdout)
+        r = results[config] = measure_apart(__file__, config, ["--messages", str(args.messages), "--parts", str(args.parts)],
+                                             "sendtrack-funnel-merge-")
         print(f"funnel-merge: {config}: merging {r['parts']} parts of {r['table']} ({r['rows']:,} rows, "
               f"{r['bytes_on_disk'] / 2**20:,.0f} MiB) took {r['merge_seconds']} s and +{r['growth_mb']} MiB "
               f"(peak RSS {r['peak_rss_mb']} MiB)", flush=True)
