@@ -3,6 +3,7 @@
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,14 @@ def test_every_database_shares_one_cache_and_one_write_buffer_budget(tmp_path):
         for i in range(20_000):
             for db in dbs:
                 db[f"key-{i:08d}".encode()] = value
-        usage = store.memory_usage()
         # Six databases of 4 MB memtables would hold up to 24-48 MB; the shared manager flushes at 8.
+        # Its flushes run in the background, so on a busy machine the usage can stand above the
+        # budget for a moment after the last write (CI saw 10.0 MB): it must come back under it.
+        deadline = time.monotonic() + 10
+        usage = store.memory_usage()
+        while usage["write_buffers"] > 9 * 1024 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            usage = store.memory_usage()
         assert 0 < usage["write_buffers"] <= 9 * 1024 * 1024, usage
         for db in dbs:
             assert db[b"key-00000007"] == value
