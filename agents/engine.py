@@ -42,6 +42,9 @@ from sendtrack.metrics import metrics
 
 log = logging.getLogger(__name__)
 
+# A batch that takes this long is logged with the time each of its phases took.
+SLOW_BATCH_SECONDS = 0.5
+
 N = settings.partitions
 REQUESTS = send_requests_topic.get_topic_name()
 CALLBACKS = callbacks_topic.get_topic_name()
@@ -112,6 +115,8 @@ class Outbox:
         self.internal: dict[tuple[str, int], list[bytes]] = {}
         self.writes: dict[tuple[str, str], tuple[Any, Any, int]] = {}
         self.event: Optional[EventT] = None  # the event being applied: table writes belong to its partition
+        self.produced = 0  # records acknowledged by the broker
+        self.timings: dict[str, float] = {}  # seconds per phase of the commit: produce, tables
 
     def add(self, topic: str, key: Optional[bytes], value: bytes, partition: Optional[int] = None) -> None:
         self.records.append((topic, key, value, partition))
@@ -168,7 +173,10 @@ class Outbox:
             stores.setdefault((table, partition), []).append((k, v))
             self.records.append((_changelog(table), k, v, partition))
         self.writes.clear()
+        started = time.perf_counter()
         last = await self._produce()
+        produced = time.perf_counter()
+        self.timings["produce"] = produced - started
         for (table, partition), items in stores.items():
             db = table.data._db_for_partition(partition)
             batch = WriteBatch(raw_mode=True)
@@ -181,6 +189,7 @@ class Outbox:
             if offset is not None:
                 batch.put(table.data.offset_key, str(offset).encode())
             db.write(batch)
+        self.timings["tables"] = time.perf_counter() - produced
 
     async def _produce(self) -> dict[tuple[str, int], int]:
         """Produce every record, one producer batch per (topic, partition); returns the offset of
@@ -216,6 +225,7 @@ class Outbox:
                 n += 1
             sent.append((topic, partition, n, await producer.send_batch(batch, topic, partition=partition)))
         results = await asyncio.gather(*(fut for *_, fut in sent))
+        self.produced += len(self.records)
         last: dict[tuple[str, int], int] = {}
         for (topic, partition, n, _), meta in zip(sent, results):
             end = meta.offset + n - 1
@@ -542,6 +552,7 @@ async def apply_batch(events: list, apply: Callable[[Any, int], None]) -> None:
     commit the batch's outputs and table writes (Outbox)."""
     box = new_outbox()
     now = now_ms()
+    started = time.perf_counter()
     for event in events:
         use_event(event)
         box.event = event
@@ -552,7 +563,18 @@ async def apply_batch(events: list, apply: Callable[[Any, int], None]) -> None:
             emit_dead_letter(_origin(event), event.key, event.value or b"",
                              Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
     box.event = None
+    applied = time.perf_counter() - started
     await box.commit()
+    produce, tables = box.timings.get("produce", 0.0), box.timings.get("tables", 0.0)
+    metrics.observe("engine_apply_seconds", applied)
+    metrics.observe("engine_produce_seconds", produce)
+    metrics.observe("engine_table_write_seconds", tables)
+    total = time.perf_counter() - started
+    if total >= SLOW_BATCH_SECONDS:
+        # What a slow batch spent its time on: applying (status rules, table reads; also any thread
+        # holding the GIL meanwhile), waiting for the broker's acknowledgements, or writing RocksDB.
+        log.warning("slow engine batch: %.3f s for %d records (apply %.3f s, produce %d records %.3f s, "
+                    "table writes %.3f s)", total, len(events), applied, box.produced, produce, tables)
 
 
 @batch_agent(app, app.topic(REQUESTS, CALLBACKS, ROUTED, key_type=bytes, value_type=bytes,

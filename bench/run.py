@@ -270,6 +270,7 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
     await producer.start()
     run = uuid.uuid4().hex[:6]
     before = worker.metrics()
+    log_from = (worker.data_dir / "worker.log").stat().st_size
     published: dict[str, float] = {}
     now_ms = int(time.time() * 1000)
     started = time.monotonic()
@@ -312,10 +313,20 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
             "to_engine": {"p50_s": round(qe[49], 3), "p99_s": round(qe[98], 3), "max_s": round(engine[-1], 3)},
             "engine_to_clickhouse": {"p50_s": round(qs[49], 3), "p99_s": round(qs[98], 3),
                                      "max_s": round(sink_[-1], 3)},
-            "worker_timings": timings(before, worker.metrics())}
+            "worker_timings": timings(before, worker.metrics()),
+            "slow_engine_batches": slow_batches(worker.data_dir / "worker.log", log_from)}
 
 
-TIMINGS = ("engine_batch_seconds", "clickhouse_insert_seconds", "event_loop_lag_seconds")
+def slow_batches(path: Path, offset: int, keep: int = 20) -> list[str]:
+    """The worker's "slow engine batch" lines (with their phases) written since `offset`."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        lines = [line.decode(errors="replace").strip() for line in f if b"slow engine batch" in line]
+    return lines[:keep]
+
+
+TIMINGS = ("engine_batch_seconds", "engine_apply_seconds", "engine_produce_seconds", "engine_table_write_seconds",
+           "clickhouse_insert_seconds", "event_loop_lag_seconds", "malloc_trim_seconds")
 
 
 def timings(before: dict[str, float], after: dict[str, float]) -> dict:
