@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import random
 import time
@@ -54,7 +55,12 @@ DEAD_LETTERS = dead_letters_topic.get_topic_name()
 STATUS_CHANGES = status_changes_topic.get_topic_name()
 ORPHAN_TTL_MS = settings.orphan_ttl_seconds * 1000
 RETENTION_MS = int(settings.state_retention_days * 86_400_000)
-SWEEP_BATCH = 20_000
+# The sweep scans each partition's tables for stale state, SWEEP_BATCH keys per table at a time,
+# SWEEP_TICKS times per SENDTRACK_SWEEP_INTERVAL_SECONDS: 20,000 keys per interval. The ticks go to
+# one partition at a time, spread evenly over the interval: a tick is a few milliseconds of work
+# in one engine batch, where a tick to every partition at once held a batch for over a second.
+SWEEP_BATCH = 5_000
+SWEEP_TICKS = 4
 MAX_WATCHED = 256  # Messenger messages tracked per recipient for delivery/read watermarks
 TICK_KEY = b"\x00tick"
 BATCH_KEY = b"\x00batch"  # key of an internal record carrying a batch of items for one partition
@@ -488,7 +494,7 @@ def _plain(record: Any) -> dict[str, Any]:
 
 def sweep(partition: int, now: int) -> None:
     """Expire held callbacks past the orphan TTL and evict state untouched past the retention."""
-    for message_id, held_since in list(_items_of_partition(held_index, partition)):
+    for message_id, held_since in _scan(held_index, partition):
         if now - held_since < ORPHAN_TTL_MS:
             continue
         state = outbox().get(messages_table, message_id)
@@ -509,13 +515,25 @@ def sweep(partition: int, now: int) -> None:
 _cursors: dict[tuple[str, int], Optional[bytes]] = {}
 
 
-def _items_of_partition(table: Any, partition: int):
+def _scan(table: Any, partition: int) -> list[tuple[str, Any]]:
+    """The next SWEEP_BATCH keys (and decoded values) of one partition of a table, in key order from
+    where its last scan stopped; after the last key the next scan starts over."""
     db = _db(table, partition)
     if db is None:
-        return
-    for k, v in db.items():
-        if k != table.data.offset_key:  # Faust keeps its changelog offset in the same RocksDB
-            yield k.decode(), orjson.loads(v)
+        return []
+    cursor_key = (table.name, partition)
+    it = db.iter()
+    start = _cursors.get(cursor_key)
+    it.seek(start) if start else it.seek_to_first()
+    items, seen = [], 0
+    while it.valid() and seen < SWEEP_BATCH:
+        key = it.key()
+        if key != table.data.offset_key:  # Faust keeps its changelog offset in the same RocksDB
+            items.append((key.decode(), orjson.loads(it.value())))
+        seen += 1
+        it.next()
+    _cursors[cursor_key] = it.key() if it.valid() else None
+    return items
 
 
 def _db(table: Any, partition: int) -> Any:
@@ -525,23 +543,9 @@ def _db(table: Any, partition: int) -> Any:
 
 
 def _evict(table: Any, partition: int, now: int, touched) -> int:
-    """Walk up to SWEEP_BATCH keys of one partition from where the last sweep stopped."""
-    db = _db(table, partition)
-    if db is None:
-        return 0
-    cursor_key = (table.name, partition)
-    it = db.iter()
-    start = _cursors.get(cursor_key)
-    it.seek(start) if start else it.seek_to_first()
-    stale, seen = [], 0
-    while it.valid() and seen < SWEEP_BATCH:
-        key = it.key()
-        if key != table.data.offset_key and now - touched(orjson.loads(it.value())) > RETENTION_MS \
-                and not outbox().staged(table, key.decode()):
-            stale.append(key.decode())
-        seen += 1
-        it.next()
-    _cursors[cursor_key] = it.key() if it.valid() else None
+    """Delete the stale entries among the next keys of one partition's scan (see _scan)."""
+    stale = [key for key, value in _scan(table, partition)
+             if now - touched(value) > RETENTION_MS and not outbox().staged(table, key)]
     for key in stale:
         outbox().delete(table, key)
     return len(stale)
@@ -670,7 +674,7 @@ def _shown(pkey: str) -> str:
 
 
 def sweep_provider_ids(partition: int, now: int) -> None:
-    for pkey, held in list(_items_of_partition(provider_held_table, partition)):
+    for pkey, held in _scan(provider_held_table, partition):
         if now - held["since"] < ORPHAN_TTL_MS:
             continue
         for item in held["cbs"]:
@@ -689,11 +693,14 @@ async def provider_id_resolver(events: list) -> None:
     await apply_batch(events, handle_by_provider_id)
 
 
-@app.timer(settings.sweep_interval_seconds)
+_tick_order = itertools.cycle(range(N))
+
+
+@app.timer(settings.sweep_interval_seconds / (N * SWEEP_TICKS))
 async def send_sweep_ticks() -> None:
-    """Ask every partition to sweep; the sweep runs in that partition's own event context."""
-    now = now_ms()
-    tick = orjson.dumps({"kind": "tick", "op": "tick", "now": now})
-    for partition in range(N):
-        await routed_topic.send(key=TICK_KEY, value=tick, partition=partition)
-        await by_provider_id_topic.send(key=TICK_KEY, value=tick, partition=partition)
+    """Ask the next partition, in turn, to sweep; the sweep runs in that partition's own event
+    context. Each partition is asked SWEEP_TICKS times per interval."""
+    partition = next(_tick_order)
+    tick = orjson.dumps({"kind": "tick", "op": "tick", "now": now_ms()})
+    await routed_topic.send(key=TICK_KEY, value=tick, partition=partition)
+    await by_provider_id_topic.send(key=TICK_KEY, value=tick, partition=partition)

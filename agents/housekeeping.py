@@ -1,4 +1,5 @@
-"""Background upkeep of the worker process: event-loop lag, and memory the allocator kept."""
+"""Background upkeep of the worker process: event-loop lag, Python's full collections, and
+the memory the allocator kept."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from sendtrack import memory
 from sendtrack.metrics import metrics
 
 TRIM_INTERVAL_SECONDS = 2.0
+
+memory.time_full_collections()
 
 
 @app.task

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
+import time
 from typing import Optional
 
 
@@ -59,3 +61,24 @@ def trim() -> None:
     """Return the free pages of every arena to the kernel (glibc keeps them otherwise)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+_collection_started = [0.0]
+
+
+def _time_full_collection(phase: str, info: dict) -> None:
+    if info.get("generation") != 2:
+        return
+    if phase == "start":
+        _collection_started[0] = time.perf_counter()
+    else:
+        from sendtrack.metrics import metrics
+        metrics.observe("gc_full_collection_seconds", time.perf_counter() - _collection_started[0])
+
+
+def time_full_collections() -> None:
+    """Time Python's full (generation 2) collections as `gc_full_collection_seconds`: one walks every
+    tracked object while the event loop waits, so it is the collection whose pause grows with the
+    heap. Idempotent."""
+    if _time_full_collection not in gc.callbacks:
+        gc.callbacks.append(_time_full_collection)

@@ -135,6 +135,31 @@ async def test_unresolved_callbacks_expire_as_orphans(worker):
     assert all(d["source_topic"] == worker.topic("provider-callbacks") for d in orphans)
 
 
+async def test_state_untouched_past_the_retention_is_evicted_and_forgotten(tmp_path_factory):
+    # Retention 0.0001 day (8.64 s), longer than the orphan TTL as the settings require; the sweep
+    # ticks each partition SWEEP_TICKS times per 1 s interval.
+    w = Worker(tmp_path_factory.mktemp("evict"), "evict", orphan_ttl_seconds=3, sweep_interval_seconds=1,
+               state_retention_days=0.0001).start()
+    try:
+        await produce(w.topic("send-requests"), [req("m-evicted")])
+        assert milestones(await consume(w.topic("status-changes"), 1), "m-evicted").keys() == {"sent"}
+        deadline = time.monotonic() + 60
+        evicted = 0.0
+        while time.monotonic() < deadline and evicted < 1:
+            time.sleep(1)
+            evicted = w.metrics().get('sendtrack_state_evicted_total{table="messages"}', 0.0)
+        assert evicted == 1
+        # Forgotten: a callback for it now waits for a request, and expires as an orphan.
+        await produce(w.topic("provider-callbacks"), [cb("m-evicted", "e-after-eviction", "delivered")])
+        orphans = []
+        while time.monotonic() < deadline + 30 and not orphans:
+            letters = await consume(w.topic("dead-letters"), 0, timeout=5, settle=1)
+            orphans = [d for d in letters if d["error_type"] == "orphan"]
+        assert [orjson.loads(d["payload"])["event_id"] for d in orphans] == ["e-after-eviction"]
+    finally:
+        w.stop()
+
+
 async def test_restart_with_wiped_state_rebuilds_from_changelog_without_duplicates(tmp_path_factory):
     w = Worker(tmp_path_factory.mktemp("restart"), "restart").start()
     try:

@@ -66,3 +66,18 @@ def test_every_database_shares_one_cache_and_one_write_buffer_budget(tmp_path):
         for db in dbs:
             db.close()
         store.configure(Settings().state_memory_mb)
+
+
+def test_full_collections_are_timed():
+    import gc
+
+    from sendtrack.metrics import metrics
+
+    memory.time_full_collections()
+    memory.time_full_collections()  # installed once
+    before = metrics.histogram("gc_full_collection_seconds")["count"]
+    gc.collect(1)  # not a full collection: not counted
+    gc.collect()
+    after = metrics.histogram("gc_full_collection_seconds")
+    assert after["count"] == before + 1, after
+    assert after["sum"] > 0
