@@ -122,7 +122,9 @@ class Outbox:
         self.writes: dict[tuple[str, str], tuple[Any, Any, int]] = {}
         self.event: Optional[EventT] = None  # the event being applied: table writes belong to its partition
         self.produced = 0  # records acknowledged by the broker
-        self.timings: dict[str, float] = {}  # seconds per phase of the commit: produce, tables
+        # Seconds per phase of the commit: produce (serializing, then the broker's acknowledgements)
+        # and tables (the RocksDB writes).
+        self.timings: dict[str, float] = {}
 
     def add(self, topic: str, key: Optional[bytes], value: bytes, partition: Optional[int] = None) -> None:
         self.records.append((topic, key, value, partition))
@@ -170,6 +172,7 @@ class Outbox:
         await asyncio.shield(self._commit())
 
     async def _commit(self) -> None:
+        started = time.perf_counter()
         self._pack_internal()
         # The changelog records of this batch's writes, in write order per partition.
         stores: dict[tuple[Any, int], list[tuple[bytes, Optional[bytes]]]] = {}
@@ -179,7 +182,6 @@ class Outbox:
             stores.setdefault((table, partition), []).append((k, v))
             self.records.append((_changelog(table), k, v, partition))
         self.writes.clear()
-        started = time.perf_counter()
         last = await self._produce()
         produced = time.perf_counter()
         self.timings["produce"] = produced - started
@@ -494,8 +496,9 @@ def _plain(record: Any) -> dict[str, Any]:
 
 def sweep(partition: int, now: int) -> None:
     """Expire held callbacks past the orphan TTL and evict state untouched past the retention."""
-    for message_id, held_since in _scan(held_index, partition):
-        if now - held_since < ORPHAN_TTL_MS:
+    for message_id, _ in _scan(held_index, partition):
+        held_since = outbox().get(held_index, message_id)  # a write staged in this batch wins
+        if held_since is None or now - held_since < ORPHAN_TTL_MS:
             continue
         state = outbox().get(messages_table, message_id)
         if state is not None and state["req"] is None:
@@ -507,7 +510,9 @@ def sweep(partition: int, now: int) -> None:
                 ))
             outbox().delete(messages_table, message_id)
         outbox().delete(held_index, message_id)
-    evicted = _evict(messages_table, partition, now, lambda s: s.get("t", 0))
+    # A state holding callbacks is the orphan sweep's, whatever its age: it ends as dead letters,
+    # never evicted silently (the two scans walk their tables independently).
+    evicted = _evict(messages_table, partition, now, lambda s: now if s.get("held") else s.get("t", 0))
     if evicted:
         metrics.inc("state_evicted_total", evicted, table="messages")
 
@@ -674,8 +679,9 @@ def _shown(pkey: str) -> str:
 
 
 def sweep_provider_ids(partition: int, now: int) -> None:
-    for pkey, held in _scan(provider_held_table, partition):
-        if now - held["since"] < ORPHAN_TTL_MS:
+    for pkey, _ in _scan(provider_held_table, partition):
+        held = outbox().get(provider_held_table, pkey)  # a write staged in this batch wins
+        if held is None or now - held["since"] < ORPHAN_TTL_MS:
             continue
         for item in held["cbs"]:
             emit_dead_letter(tuple(item["origin"]), pkey.encode(), orjson.dumps(item["body"]), Invalid(
@@ -702,5 +708,8 @@ async def send_sweep_ticks() -> None:
     context. Each partition is asked SWEEP_TICKS times per interval."""
     partition = next(_tick_order)
     tick = orjson.dumps({"kind": "tick", "op": "tick", "now": now_ms()})
-    await routed_topic.send(key=TICK_KEY, value=tick, partition=partition)
-    await by_provider_id_topic.send(key=TICK_KEY, value=tick, partition=partition)
+    try:
+        await routed_topic.send(key=TICK_KEY, value=tick, partition=partition)
+        await by_provider_id_topic.send(key=TICK_KEY, value=tick, partition=partition)
+    except (KafkaError, ProducerSendError, OSError) as exc:  # the broker is away: the next tick retries
+        log.warning("sending a sweep tick to partition %d failed: %r", partition, exc)

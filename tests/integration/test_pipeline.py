@@ -141,14 +141,17 @@ async def test_state_untouched_past_the_retention_is_evicted_and_forgotten(tmp_p
     w = Worker(tmp_path_factory.mktemp("evict"), "evict", orphan_ttl_seconds=3, sweep_interval_seconds=1,
                state_retention_days=0.0001).start()
     try:
+        published = time.monotonic()
         await produce(w.topic("send-requests"), [req("m-evicted")])
         assert milestones(await consume(w.topic("status-changes"), 1), "m-evicted").keys() == {"sent"}
         deadline = time.monotonic() + 60
         evicted = 0.0
         while time.monotonic() < deadline and evicted < 1:
-            time.sleep(1)
+            time.sleep(0.25)
             evicted = w.metrics().get('sendtrack_state_evicted_total{table="messages"}', 0.0)
         assert evicted == 1
+        # ...and not before its retention: the state was touched after its request was published.
+        assert time.monotonic() - published >= 0.0001 * 86_400
         # Forgotten: a callback for it now waits for a request, and expires as an orphan.
         await produce(w.topic("provider-callbacks"), [cb("m-evicted", "e-after-eviction", "delivered")])
         orphans = []

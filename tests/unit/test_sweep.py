@@ -3,6 +3,7 @@
 The sweep of a partition walks its tables a slice at a time (SWEEP_BATCH keys per tick), resuming
 where the last tick stopped, so no engine batch holds a walk of a whole partition."""
 
+import contextvars
 from types import SimpleNamespace
 
 import orjson
@@ -51,6 +52,11 @@ def test_a_partition_without_a_database_scans_nothing():
 
 
 def test_eviction_deletes_only_stale_unstaged_entries_of_its_slice(table):
+    # In a context of its own: the outbox it sets up does not leak into other tests.
+    contextvars.copy_context().run(evict_two_slices, table)
+
+
+def evict_two_slices(table):
     now = 100 * DAY_MS
     stale_at, fresh_at = now - engine.RETENTION_MS - 1, now - engine.RETENTION_MS + DAY_MS
     keys = fill(table, engine.SWEEP_BATCH + 10, lambda i: stale_at if i % 2 == 0 else fresh_at)
