@@ -4,13 +4,17 @@ the memory the allocator kept."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from agents.app import app
 from sendtrack import memory
 from sendtrack.metrics import metrics
 
+log = logging.getLogger(__name__)
+
 TRIM_INTERVAL_SECONDS = 2.0
+FREEZE_AFTER_SECONDS = 10.0
 
 memory.time_full_collections()
 
@@ -23,6 +27,17 @@ async def loop_lag() -> None:
         started = loop.time()
         await asyncio.sleep(0.1)
         metrics.observe("event_loop_lag_seconds", max(loop.time() - started - 0.1, 0.0))
+
+
+@app.task
+async def freeze_long_lived() -> None:
+    """Once the worker has started (its agents, the sink and the embedded engine are loaded), leave
+    what lives for good out of every later full collection."""
+    await asyncio.sleep(FREEZE_AFTER_SECONDS)
+    started = time.perf_counter()
+    frozen = memory.freeze_long_lived()
+    log.info("froze %d long-lived objects out of the garbage collector's full collections (%.3f s)",
+             frozen, time.perf_counter() - started)
 
 
 @app.timer(TRIM_INTERVAL_SECONDS)

@@ -82,3 +82,13 @@ def time_full_collections() -> None:
     heap. Idempotent."""
     if _time_full_collection not in gc.callbacks:
         gc.callbacks.append(_time_full_collection)
+
+
+def freeze_long_lived() -> int:
+    """Collect, then move every object alive now to the collector's permanent generation, which full
+    collections skip; returns how many were frozen. Called once the worker has started: what lives
+    then (modules, classes, the clients and their buffers) lives as long as the process, yet each full
+    collection walked all of it (about 90 ms each, several per second under load)."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -81,3 +81,18 @@ def test_full_collections_are_timed():
     after = metrics.histogram("gc_full_collection_seconds")
     assert after["count"] == before + 1, after
     assert after["sum"] > 0
+
+
+def test_long_lived_objects_are_frozen_out_of_full_collections():
+    import gc
+
+    kept = [[i] for i in range(1_000)]
+    try:
+        frozen = memory.freeze_long_lived()
+        assert frozen >= 1_000 and gc.get_freeze_count() == frozen
+        # A full collection no longer walks them...
+        assert not any(o is kept for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
+    # ...until they are unfrozen.
+    assert any(o is kept for o in gc.get_objects())
