@@ -8,6 +8,8 @@ import gc
 import time
 from typing import Optional
 
+from sendtrack.metrics import metrics
+
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -72,7 +74,6 @@ def _time_full_collection(phase: str, info: dict) -> None:
     if phase == "start":
         _collection_started[0] = time.perf_counter()
     else:
-        from sendtrack.metrics import metrics
         metrics.observe("gc_full_collection_seconds", time.perf_counter() - _collection_started[0])
 
 
