@@ -33,7 +33,7 @@ WORKDIR /home/sendtrack
 ENV SENDTRACK_DATA_DIR=/data \
     SENDTRACK_WEB_HOST=0.0.0.0 \
     SENDTRACK_WEB_PORT=6066
-EXPOSE 6066
+EXPOSE 6066 8080
 
 # The worker is healthy when its web server answers /health; urllib raises (exit 1) on errors and on
 # any non-2xx status. The start period covers migrations, the Kafka rebalance and table recovery.

@@ -11,7 +11,7 @@ from faust.serializers import codecs
 from agents import store
 from agents.fastpath import BatchTransport
 from sendtrack.settings import get_settings
-from sendtrack.topics import ensure_topics
+from sendtrack.topics import RECORD_MAX_BYTES, ensure_topics
 
 settings = get_settings()
 store.configure(settings.state_memory_mb)
@@ -59,6 +59,9 @@ app = SendtrackApp(
     key_serializer="raw",
     value_serializer="raw",
     web_port=settings.web_port,
+    # Faust's own /table and /router pages serve stored state (recipients) to anyone: off.
+    web_tables_enabled=False,
+    web_router_enabled=False,
     web_bind=settings.web_host,
     web_host=settings.web_host,
     # Records per fetch: the batch the engine applies with one round of produce, then table writes.
@@ -74,9 +77,13 @@ app = SendtrackApp(
     broker_session_timeout=10,
     broker_heartbeat_interval=3,
     producer_linger_ms=5,
-    producer_max_batch_size=1024 * 1024,
+    # A producer batch (several records of one partition) is at most the internal and changelog
+    # topics' max.message.bytes; a single record in it fits as well (sendtrack/topics.py).
+    producer_max_batch_size=RECORD_MAX_BYTES,
     producer_acks=-1,
-    # Webhook requests are published whole (base64); their topic accepts records of this size.
+    # Webhook requests are published whole (base64); their topic accepts records of this size. This
+    # bounds only single-record sends (aiokafka checks it in send(), not in send_batch()): it is no
+    # bound on the engine's batches, which stay under RECORD_MAX_BYTES by construction.
     producer_max_request_size=4 * 1024 * 1024,
     autodiscover=["agents"],
     origin="agents",

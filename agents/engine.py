@@ -13,7 +13,8 @@ from contextvars import ContextVar
 from typing import Any, Callable, Optional
 
 import orjson
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (KafkaError, KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError,
+                             RecordTooLargeError)
 from aiokafka.partitioner import murmur2
 from rocksdict import WriteBatch
 from faust.exceptions import ProducerSendError
@@ -37,9 +38,10 @@ from agents.app import (
     status_changes_topic,
 )
 from schemas.models import Callback, DeadLetter, Invalid, SendRequest
-from schemas.validate import ErrorType, parse_callback, parse_send_request
+from schemas.validate import ErrorType, TimeWindow, judged_at, parse_callback, parse_send_request
 from sendtrack import status
 from sendtrack.metrics import metrics
+from sendtrack.topics import RECORD_BUDGET_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ BY_PID = by_provider_id_topic.get_topic_name()
 DEAD_LETTERS = dead_letters_topic.get_topic_name()
 STATUS_CHANGES = status_changes_topic.get_topic_name()
 ORPHAN_TTL_MS = settings.orphan_ttl_seconds * 1000
+TIME_WINDOW = TimeWindow(max_age_ms=int(settings.time_max_age_days * 86_400_000),
+                         max_ahead_ms=int(settings.time_max_ahead_seconds * 1000))
 RETENTION_MS = int(settings.state_retention_days * 86_400_000)
 # The sweep scans each partition's tables for stale state, SWEEP_BATCH keys per table at a time,
 # SWEEP_TICKS times per SENDTRACK_SWEEP_INTERVAL_SECONDS: 20,000 keys per interval. The ticks go to
@@ -64,7 +68,8 @@ SWEEP_TICKS = 4
 MAX_WATCHED = 256  # Messenger messages tracked per recipient for delivery/read watermarks
 TICK_KEY = b"\x00tick"
 BATCH_KEY = b"\x00batch"  # key of an internal record carrying a batch of items for one partition
-BATCH_RECORD_MAX = 512 * 1024  # bytes of items per internal record (the producer takes up to 4 MiB)
+BATCH_RECORD_MAX = 512 * 1024  # bytes of items per internal record; a larger item travels alone
+_BATCH_ENVELOPE = len(BATCH_KEY) + len(b'{"batch":[]}')
 
 
 def now_ms() -> int:
@@ -96,11 +101,33 @@ def send_by_provider_id(key: str, doc: dict[str, Any]) -> None:
 _DELETED = object()
 
 
+class TooLarge(Exception):
+    """What an input would produce or store does not fit in a Kafka record (RECORD_BUDGET_BYTES):
+    the input is refused as too_large and nothing of it stays."""
+
+
+class Refused(Exception):
+    """The broker refused records of a batch for what they are (over a topic's max.message.bytes).
+    Nothing of the batch was written to the tables."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
+# How the broker (or the client) refuses a record for its size: retrying cannot help. Every other
+# error is retried, including the ones aiokafka marks not retriable: a broker that is away fails
+# the batches that waited past the request timeout with KafkaTimeoutError (retriable = False), a
+# stopping producer with ProducerClosed, and neither says anything about the records.
+SIZE_REFUSALS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+
+
 class Outbox:
     """Everything one batch changes: records to produce and table writes.
 
     Commit order is what makes a crash lose nothing. First every record is produced and
-    acknowledged by the broker (retried until it is): the outputs (status changes, dead letters,
+    acknowledged by the broker (retried until it is, unless the broker refuses records for their
+    size: see _apply_one_at_a_time): the outputs (status changes, dead letters,
     internal records) and the tables' changelog records for this batch's writes. Then the writes are
     applied to the tables' local RocksDB, each partition in one atomic write batch that also records
     the changelog offset it now includes (what Faust reads at start-up to know where recovery
@@ -112,14 +139,22 @@ class Outbox:
     The table writes are those Faust makes on `table[key] = value` (a changelog record to the
     partition of the current event, then the store), batched: one produce round for the whole
     batch instead of a buffered send and an acknowledgement callback per key.
+
+    Every record is sized when it is staged: a record (key and value, a table value with its key,
+    an internal item in its batch envelope) over RECORD_BUDGET_BYTES raises TooLarge, and the input
+    that staged it is rolled back to its savepoint (_apply_one, for_each_item). So the broker never
+    refuses one of the topics sendtrack creates.
     """
 
     def __init__(self) -> None:
         self.records: list[tuple[str, Optional[bytes], Optional[bytes], Optional[int]]] = []
-        # Internal items (routed envelopes, provider-id operations) per (topic, partition): a batch
-        # sends one record per partition holding all of them, not one record per item.
-        self.internal: dict[tuple[str, int], list[bytes]] = {}
+        # Internal items (routed envelopes, provider-id operations), encoded, with their (topic,
+        # partition): a batch sends one record per partition holding all of them, not one per item.
+        self.items: list[tuple[str, int, bytes]] = []
+        # (table name, key) -> (table, encoded value or _DELETED, partition). Values are encoded when
+        # staged, to be sized; a read of a staged value decodes a copy of it.
         self.writes: dict[tuple[str, str], tuple[Any, Any, int]] = {}
+        self._undo: list[tuple[tuple[str, str], Optional[tuple[Any, Any, int]]]] = []  # for rollback
         self.event: Optional[EventT] = None  # the event being applied: table writes belong to its partition
         self.produced = 0  # records acknowledged by the broker
         # Seconds per phase of the commit: produce (serializing, then the broker's acknowledgements)
@@ -127,14 +162,41 @@ class Outbox:
         self.timings: dict[str, float] = {}
 
     def add(self, topic: str, key: Optional[bytes], value: bytes, partition: Optional[int] = None) -> None:
+        size = len(value) + (len(key) if key is not None else 0)
+        if size > RECORD_BUDGET_BYTES:
+            raise TooLarge(f"a record to {topic} would take {size} bytes, over {RECORD_BUDGET_BYTES}")
         self.records.append((topic, key, value, partition))
 
-    def add_internal(self, topic: str, partition: int, item: dict[str, Any]) -> None:
-        self.internal.setdefault((topic, partition), []).append(orjson.dumps(item))
+    def add_internal(self, topic: str, partition: int, item: dict[str, Any] | bytes) -> None:
+        """Stage an item for `topic`'s `partition` (an encoded item is taken as it is)."""
+        raw = item if isinstance(item, bytes) else orjson.dumps(item)
+        if len(raw) + _BATCH_ENVELOPE > RECORD_BUDGET_BYTES:
+            raise TooLarge(f"an internal record to {topic} would take {len(raw) + _BATCH_ENVELOPE} bytes, "
+                           f"over {RECORD_BUDGET_BYTES}")
+        self.items.append((topic, partition, raw))
+
+    def savepoint(self) -> tuple[int, int, int]:
+        return len(self.records), len(self.items), len(self._undo)
+
+    def rollback(self, savepoint: tuple[int, int, int]) -> None:
+        """Forget every record, item and table write staged since `savepoint`."""
+        records, items, undo = savepoint
+        del self.records[records:]
+        del self.items[items:]
+        while len(self._undo) > undo:
+            key, previous = self._undo.pop()
+            if previous is None:
+                del self.writes[key]
+            else:
+                self.writes[key] = previous
 
     def _pack_internal(self) -> None:
-        """Turn the internal items into records `{"batch": [item, ...]}`, each under BATCH_RECORD_MAX."""
-        for (topic, partition), items in self.internal.items():
+        """Turn the internal items into records `{"batch": [item, ...]}`, each under BATCH_RECORD_MAX
+        of items unless it holds a single larger item."""
+        groups: dict[tuple[str, int], list[bytes]] = {}
+        for topic, partition, raw in self.items:
+            groups.setdefault((topic, partition), []).append(raw)
+        for (topic, partition), items in groups.items():
             chunk: list[bytes] = []
             size = 0
             for item in items:
@@ -144,19 +206,38 @@ class Outbox:
                 chunk.append(item)
                 size += len(item) + 1
             self.add(topic, BATCH_KEY, b'{"batch":[' + b",".join(chunk) + b"]}", partition)
-        self.internal.clear()
+        self.items.clear()
 
     def get(self, table: Any, key: str) -> Any:
         staged = self.writes.get((table.name, key))
         if staged is not None:
-            return None if staged[1] is _DELETED else staged[1]
+            # A copy: what an input changes in it stays out of the batch unless the input puts it.
+            return None if staged[1] is _DELETED else orjson.loads(staged[1])
         return table.get(key)
 
     def put(self, table: Any, key: str, value: Any) -> None:
-        self.writes[(table.name, key)] = (table, value, self._partition())
+        raw = orjson.dumps(value)
+        size = len(raw) + len(key.encode())
+        if size > RECORD_BUDGET_BYTES:
+            raise TooLarge(f"the {table.name} entry of {_shown(key)} would take {size} bytes, "
+                           f"over {RECORD_BUDGET_BYTES}")
+        self._stage((table.name, key), (table, raw, self._partition()))
 
     def delete(self, table: Any, key: str) -> None:
-        self.writes[(table.name, key)] = (table, _DELETED, self._partition())
+        self._stage((table.name, key), (table, _DELETED, self._partition()))
+
+    def _stage(self, key: tuple[str, str], write: tuple[Any, Any, int]) -> None:
+        self._undo.append((key, self.writes.get(key)))
+        self.writes[key] = write
+
+    def touched(self) -> list[tuple[Any, str, int]]:
+        """(table, key, partition) of every table write staged."""
+        return [(table, key, partition) for (_, key), (table, _, partition) in self.writes.items()]
+
+    def restage(self, table: Any, key: str, partition: int) -> None:
+        """Stage `key` again with the value its table holds now (a deletion when none)."""
+        raw = table.data._db_for_partition(partition).get(key.encode())
+        self.writes[(table.name, key)] = (table, _DELETED if raw is None else raw, partition)
 
     def _partition(self) -> int:
         if self.event is None:
@@ -166,23 +247,27 @@ class Outbox:
     def staged(self, table: Any, key: str) -> bool:
         return (table.name, key) in self.writes
 
-    async def commit(self) -> None:
+    async def commit(self, refusable: bool = False) -> None:
         """Produce, then write the tables (see the class docstring). Shielded: a batch cancelled
-        mid-commit (shutdown, rebalance) still finishes producing before it writes its tables."""
-        await asyncio.shield(self._commit())
+        mid-commit (shutdown, rebalance) still finishes producing before it writes its tables.
 
-    async def _commit(self) -> None:
+        With `refusable`, records the broker refuses for their size raise Refused before any
+        table is written (apply_batch then isolates the inputs); without, they are retried."""
+        await asyncio.shield(self._commit(refusable))
+
+    async def _commit(self, refusable: bool) -> None:
         started = time.perf_counter()
         self._pack_internal()
         # The changelog records of this batch's writes, in write order per partition.
         stores: dict[tuple[Any, int], list[tuple[bytes, Optional[bytes]]]] = {}
         for (_, key), (table, value, partition) in self.writes.items():
             k = key.encode()
-            v = None if value is _DELETED else orjson.dumps(value)
+            v = None if value is _DELETED else value
             stores.setdefault((table, partition), []).append((k, v))
             self.records.append((_changelog(table), k, v, partition))
         self.writes.clear()
-        last = await self._produce()
+        self._undo.clear()
+        last = await self._produce(refusable)
         produced = time.perf_counter()
         self.timings["produce"] = produced - started
         for (table, partition), items in stores.items():
@@ -199,19 +284,30 @@ class Outbox:
             db.write(batch)
         self.timings["tables"] = time.perf_counter() - produced
 
-    async def _produce(self) -> dict[tuple[str, int], int]:
+    async def _produce(self, refusable: bool) -> dict[tuple[str, int], int]:
         """Produce every record, one producer batch per (topic, partition); returns the offset of
         the last record per (topic, partition)."""
         delay = 0.2
         while True:
             try:
                 return await self._produce_once()
+            except SIZE_REFUSALS as exc:
+                if refusable:
+                    raise Refused(exc) from exc
+                # Only records sized by construction come here (dead letters, outputs of the
+                # webhook adapter): a topic's max.message.bytes is below RECORD_MAX_BYTES.
+                log.error("the broker refused %d records for their size (%r); retrying in %.1f s",
+                          len(self.records), exc, delay)
             except (KafkaError, ProducerSendError, OSError) as exc:
-                # The broker is away: retry the whole batch (duplicates are folded downstream).
-                log.warning("producing %d records failed (%r); retrying in %.1f s", len(self.records), exc, delay)
-                metrics.inc("produce_retries_total", 1)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                # The broker is away: retry the whole batch (duplicates are folded downstream). An
+                # error aiokafka marks not retriable that is no refusal of the records (a topic
+                # deleted, an authorization lost) is retried too, loudly: nothing is dropped.
+                level = logging.WARNING if getattr(exc, "retriable", True) or isinstance(
+                    exc, KafkaTimeoutError) else logging.ERROR
+                log.log(level, "producing %d records failed (%r); retrying in %.1f s", len(self.records), exc, delay)
+            metrics.inc("produce_retries_total", 1)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def _produce_once(self) -> dict[tuple[str, int], int]:
         if not self.records:
@@ -232,7 +328,12 @@ class Outbox:
                     batch.append(key=key, value=value, timestamp=None)  # a first record always fits
                 n += 1
             sent.append((topic, partition, n, await producer.send_batch(batch, topic, partition=partition)))
-        results = await asyncio.gather(*(fut for *_, fut in sent))
+        # Every producer batch settles before the round is judged: a refusal is told apart from the
+        # broker being away, and nothing of a refused round is still in flight when it is isolated.
+        results = await asyncio.gather(*(fut for *_, fut in sent), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise next((f for f in failures if isinstance(f, SIZE_REFUSALS)), failures[0])
         self.produced += len(self.records)
         last: dict[tuple[str, int], int] = {}
         for (topic, partition, n, _), meta in zip(sent, results):
@@ -291,6 +392,8 @@ DEAD_LETTER_PAYLOAD_MAX = 512 * 1024  # original bytes kept per dead letter (fit
 DEAD_LETTER_ERROR_MAX = 2000
 DEAD_LETTER_KEY_MAX = 64 * 1024
 DEAD_LETTER_RECORD_MAX = 900_000  # under Kafka's default 1 MB record limit
+# A dead letter always fits its record (with its key): it can never be refused itself.
+assert DEAD_LETTER_RECORD_MAX + DEAD_LETTER_KEY_MAX <= RECORD_BUDGET_BYTES
 
 
 def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload: bytes,
@@ -332,6 +435,14 @@ def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload
 def route(message_id: str, envelope: dict[str, Any]) -> None:
     """Send an envelope to the partition that owns `message_id` (through Kafka, never a lookup)."""
     outbox().add_internal(ROUTED, partition_for(message_id), envelope)
+
+
+def route_request(message_id: str, origin: tuple[str, int, int], payload: bytes) -> None:
+    """Send a request to the partition that owns it as the bytes it was published as: they parsed
+    as one JSON object, so they are valid JSON inside the envelope. Re-encoded it could be several
+    times longer (1e15 is written 1000000000000000.0) and outgrow the internal topic's records."""
+    item = b'{"kind":"request","origin":' + orjson.dumps(origin) + b',"raw":' + payload + b"}"
+    outbox().add_internal(ROUTED, partition_for(message_id), item)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +537,15 @@ def _misrouted(message_id: str, event: EventT) -> bool:
     return partition_for(message_id) != event.message.partition
 
 
+def record_time_ms(event: EventT) -> Optional[int]:
+    """The Kafka timestamp of the event's record, in milliseconds (agents/fastpath.py keeps Kafka's
+    milliseconds; Faust's per-record path gives seconds): what validate.judged_at takes."""
+    ts = getattr(event.message, "timestamp", None)
+    if ts is None:
+        return None
+    return int(ts) if ts > 100_000_000_000 else int(ts * 1000)
+
+
 def process(event: EventT, now: int) -> None:
     """Apply one record of send-requests, provider-callbacks or the routed topic."""
     msg = event.message
@@ -440,16 +560,21 @@ def process(event: EventT, now: int) -> None:
             apply_routed(envelope, position, now)
         return
     metrics.inc("records_in_total", 1, topic=msg.topic)
+    # Event times must be plausible when the input is first validated, here, and only here: what is
+    # rebuilt from the state or routed between partitions later is not judged again. They are judged
+    # at the record's Kafka timestamp (validate.judged_at), which a re-read after a crash, hours
+    # later, finds unchanged: the verdict is the same.
+    at = judged_at(record_time_ms(event), now)
     if msg.topic == REQUESTS:
-        req = parse_send_request(payload, settings.max_payload_bytes)
+        req = parse_send_request(payload, settings.max_payload_bytes, now_ms=at, window=TIME_WINDOW)
         if isinstance(req, Invalid):
             emit_dead_letter(origin, key, payload, req)
         elif _misrouted(req.message_id, event):
-            route(req.message_id, {"kind": "request", "origin": origin, "body": _plain(req)})
+            route_request(req.message_id, origin, payload)
         else:
             handle_request(req, origin, position, key, payload, now)
         return
-    cb = parse_callback(payload, settings.max_payload_bytes)
+    cb = parse_callback(payload, settings.max_payload_bytes, now_ms=at, window=TIME_WINDOW)
     if isinstance(cb, Invalid):
         emit_dead_letter(origin, key, payload, cb)
         return
@@ -470,7 +595,7 @@ def apply_routed(envelope: dict[str, Any], position: tuple[str, int, int], now: 
         sweep(position[1], envelope["now"])
         return
     origin = tuple(envelope["origin"])
-    body = envelope["body"]
+    body = envelope["raw"] if "raw" in envelope else envelope["body"]  # a request's own bytes (route_request)
     key = body["message_id"].encode()
     if kind == "request":
         handle_request(SendRequest(**body), origin, position, key, orjson.dumps(body), now)
@@ -479,13 +604,22 @@ def apply_routed(envelope: dict[str, Any], position: tuple[str, int, int], now: 
 
 
 def for_each_item(event: EventT, items: list[dict[str, Any]], apply) -> None:
-    """Apply each item of an internal batch record; an item that fails becomes a dead letter with
-    the record's position, and the others are still applied."""
+    """Apply each item of an internal batch record; an item that fails changes nothing and becomes
+    a dead letter (too large: with the position of the record it came from), and the others are
+    still applied."""
+    box = outbox()
     for item in items:
+        savepoint = box.savepoint()
         try:
             apply(item)
+        except TooLarge as exc:
+            box.rollback(savepoint)
+            body = item.get("raw") or item.get("body") or item
+            origin = tuple(item["origin"]) if isinstance(item.get("origin"), list) else _origin(event)
+            emit_dead_letter(origin, event.key, orjson.dumps(body), Invalid(ErrorType.TOO_LARGE, str(exc)))
         except Exception as exc:
             log.exception("an item of internal record %s failed", _origin(event))
+            box.rollback(savepoint)
             emit_dead_letter(_origin(event), event.key, orjson.dumps(item),
                              Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
 
@@ -556,24 +690,74 @@ def _evict(table: Any, partition: int, now: int, touched) -> int:
     return len(stale)
 
 
+def _apply_one(box: Outbox, event: EventT, apply: Callable[[Any, int], None], now: int) -> None:
+    """Apply one record in its own event context (its table writes belong to its partition). A
+    record that fails changes nothing (its staged effects are rolled back) and becomes a dead
+    letter: too_large when its effect would not fit in a Kafka record, processing_error otherwise."""
+    use_event(event)
+    box.event = event
+    savepoint = box.savepoint()
+    try:
+        apply(event, now)
+    except TooLarge as exc:
+        box.rollback(savepoint)
+        emit_dead_letter(_origin(event), event.key, event.value or b"", Invalid(ErrorType.TOO_LARGE, str(exc)))
+    except Exception as exc:  # the one boundary that turns a failure into a dead letter
+        log.exception("record %s failed", _origin(event))
+        box.rollback(savepoint)
+        emit_dead_letter(_origin(event), event.key, event.value or b"",
+                         Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
+    box.event = None
+
+
+async def _apply_one_at_a_time(events: list, apply: Callable[[Any, int], None], now: int,
+                               touched: list[tuple[Any, str, int]], error: BaseException) -> None:
+    """The last line of defence when the broker refused records of a batch for their size (every
+    record fits RECORD_BUDGET_BYTES by construction, so a topic's max.message.bytes is lower).
+
+    None of the batch's table writes were applied (that happens only once every record is
+    acknowledged); some of its records may have been: outputs are then duplicated (folded
+    downstream by change_id), internal operations applied twice (idempotent: the same event id,
+    the same request). Each input is applied again alone and committed alone, in order; one whose
+    records are refused again changes nothing and becomes a dead letter with the broker's error.
+    Last, every key a refused commit wrote is written again with the value its table holds now:
+    the changelog may hold records of that commit, and a recovery from it must end where the
+    tables are."""
+    log.error("the broker refused records of a batch of %d inputs (%r): applying them one at a time",
+              len(events), error)
+    metrics.inc("engine_batches_refused_total", 1)
+    rewrite = {(table.name, key): (table, key, partition) for table, key, partition in touched}
+    for event in events:
+        box = new_outbox()
+        _apply_one(box, event, apply, now)
+        writes = box.touched()
+        try:
+            await box.commit(refusable=True)
+        except Refused as refused:
+            rewrite.update(((table.name, key), (table, key, partition)) for table, key, partition in writes)
+            box = new_outbox()
+            emit_dead_letter(_origin(event), event.key, event.value or b"", Invalid(
+                ErrorType.TOO_LARGE, f"the broker refused what this record produced: {refused.error!r}"))
+            await box.commit()
+    box = new_outbox()
+    for table, key, partition in rewrite.values():
+        box.restage(table, key, partition)
+    await box.commit()
+
+
 async def apply_batch(events: list, apply: Callable[[Any, int], None]) -> None:
-    """Apply each record in its own event context (its table writes belong to its partition), then
-    commit the batch's outputs and table writes (Outbox)."""
+    """Apply each record (_apply_one), then commit the batch's outputs and table writes (Outbox)."""
     box = new_outbox()
     now = now_ms()
     started = time.perf_counter()
     for event in events:
-        use_event(event)
-        box.event = event
-        try:
-            apply(event, now)
-        except Exception as exc:  # the one boundary that turns a failure into a dead letter
-            log.exception("record %s failed", _origin(event))
-            emit_dead_letter(_origin(event), event.key, event.value or b"",
-                             Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
-    box.event = None
+        _apply_one(box, event, apply, now)
     applied = time.perf_counter() - started
-    await box.commit()
+    touched = box.touched()
+    try:
+        await box.commit(refusable=True)
+    except Refused as refused:
+        await _apply_one_at_a_time(events, apply, now, touched, refused.error)
     produce, tables = box.timings.get("produce", 0.0), box.timings.get("tables", 0.0)
     metrics.observe("engine_apply_seconds", applied)
     metrics.observe("engine_produce_seconds", produce)
@@ -639,11 +823,12 @@ def apply_by_provider_id(pkey: str, doc: dict[str, Any], event: EventT, now: int
     held = box.get(provider_held_table, pkey) or {"since": now, "cbs": []}
     if any(item["body"]["event_id"] == doc["body"]["event_id"] for item in held["cbs"]):
         return
-    if len(held["cbs"]) >= status.MAX_HELD:
-        emit_dead_letter(tuple(doc["origin"]), pkey.encode(), orjson.dumps(doc["body"]), Invalid(
-            ErrorType.TOO_MANY_HELD, f"{status.MAX_HELD} callbacks already wait for provider id {_shown(pkey)}"))
+    entry = {"origin": doc["origin"], "body": doc["body"]}
+    refused = status.hold_refusal(held["cbs"], entry, f"provider id {_shown(pkey)}")
+    if refused is not None:
+        emit_dead_letter(tuple(doc["origin"]), pkey.encode(), orjson.dumps(doc["body"]), refused)
         return
-    held["cbs"].append({"origin": doc["origin"], "body": doc["body"]})
+    held["cbs"].append(entry)
     box.put(provider_held_table, pkey, held)
 
 

@@ -16,7 +16,7 @@ from agents.app import app, dead_letters_topic, settings, status_changes_topic
 from sendtrack.metrics import metrics
 from sinks.clickhouse import ClickHouse, is_retriable
 from sinks.migrate import migrate
-from sinks.writer import Batch
+from sinks.writer import REJECTED_BY_CLICKHOUSE, Batch, Unwritable
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ class ClickHouseSink(Service):
         self.dead_topic = dead_letters_topic.get_topic_name()
         self._outage_until = 0.0  # fault injection: inserts fail until this monotonic time
         self.ready = asyncio.Event()
+        # Why the sink stopped for good (ClickHouse refused what it cannot set aside); None while it
+        # runs. Its offsets stay where they were: nothing acknowledged is lost.
+        self.failed: Optional[str] = None
         self._committed: dict[TopicPartition, int] = {}
 
     def inject_outage(self, seconds: float) -> None:
@@ -78,6 +81,7 @@ class ClickHouseSink(Service):
             fetch_max_bytes=4 * 1024 * 1024,
         )
         await consumer.start()
+        metrics.set("sink_failed", 0)
         self.ready.set()
         # One insert in flight while the next batch gathers: a record that arrives during an insert
         # waits for the batch time, not for the insert and then the batch time. Offsets are
@@ -89,6 +93,8 @@ class ClickHouseSink(Service):
                 if writing is not None:
                     await self._finish(consumer, *writing)
                     writing = None
+                if self.failed is not None:
+                    return  # the batch just gathered is not written: its offsets stay uncommitted
                 if batch.records:
                     writing = (asyncio.ensure_future(self._write(batch)), offsets)
             if writing is not None:
@@ -100,9 +106,9 @@ class ClickHouseSink(Service):
 
     async def _finish(self, consumer: AIOKafkaConsumer, write: asyncio.Future,
                       offsets: dict[TopicPartition, int]) -> None:
-        await write
-        await self._commit(consumer, offsets)
-        self._report_lag(consumer, offsets)
+        if await write:
+            await self._commit(consumer, offsets)
+            self._report_lag(consumer, offsets)
 
     async def _collect(self, consumer: AIOKafkaConsumer) -> tuple[Batch, dict[TopicPartition, int]]:
         """Gather records until the batch is full or its time is up (about one insert per second)."""
@@ -121,7 +127,9 @@ class ClickHouseSink(Service):
                 offsets[tp] = records[-1].offset + 1
         return batch, offsets
 
-    async def _write(self, batch: Batch) -> None:
+    async def _write(self, batch: Batch) -> bool:
+        """Insert the batch (rows ClickHouse refuses become dead letters, see Batch.write), retrying
+        while ClickHouse is unavailable. False when the sink had to stop: offsets are then held."""
         delay = 0.2
         while True:
             try:
@@ -132,10 +140,12 @@ class ClickHouseSink(Service):
                 metrics.observe("clickhouse_insert_seconds", time.perf_counter() - started)
             except Exception as exc:
                 if not is_retriable(exc):
-                    # Not an outage: a schema mismatch or a bug. Rows are still never dropped; the
-                    # sink holds its offsets and says so loudly until an operator fixes the cause.
-                    log.error("ClickHouse refused a batch of %d rows: %r", batch.rows, exc)
-                metrics.inc("clickhouse_insert_errors_total", 1, retriable=str(is_retriable(exc)).lower())
+                    # Not an outage, and nothing a dead letter can hold (Unwritable: a table missing,
+                    # a permission), or a bug. Retrying cannot fix it; committing would lose rows.
+                    metrics.inc("clickhouse_insert_errors_total", 1, retriable="false")
+                    self._fail(str(exc) if isinstance(exc, Unwritable) else repr(exc))
+                    return False
+                metrics.inc("clickhouse_insert_errors_total", 1, retriable="true")
                 metrics.set("sink_retrying", 1)
                 log.warning("ClickHouse insert failed (%s); retrying in %.1f s, offsets held", exc, delay)
                 await self.sleep(delay)
@@ -145,9 +155,20 @@ class ClickHouseSink(Service):
                 continue
             metrics.set("sink_retrying", 0)
             for table, rows in written.items():
-                metrics.inc("clickhouse_inserts_total", 1, table=table)
+                metrics.inc("clickhouse_inserts_total", batch.inserts[table], table=table)
                 metrics.inc("clickhouse_rows_total", rows, table=table)
-            return
+            if batch.rejected:
+                metrics.inc("clickhouse_rejected_records_total", batch.rejected)
+                log.warning("ClickHouse refused %d record(s), kept as dead letters (%s); first: %s",
+                            batch.rejected, REJECTED_BY_CLICKHOUSE, batch.first_rejection)
+            return True
+
+    def _fail(self, reason: str) -> None:
+        self.failed = reason
+        metrics.set("sink_failed", 1)
+        metrics.set("sink_retrying", 0)
+        log.error("ClickHouse sink stopped, offsets held (restart the worker once the cause is fixed): %s",
+                  reason)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:

@@ -1,17 +1,37 @@
-"""The worker's web server: /health, /metrics, the report API, and fault injection for tests."""
+"""The worker's web server: /health, /metrics, the readers' report and SQL API, and fault injection for tests."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from datetime import date
+from typing import Optional
+
+from faust.web import View
 
 from agents import store
 from agents.app import app, settings
 from agents.sink import sink
-from sendtrack import memory
+from sendtrack import auth, memory
 from sendtrack.metrics import metrics
 from sinks import reports
+from sinks.analyst import Analysts, Refused
+
+readers = auth.Readers(settings.readers)
+log = logging.getLogger(__name__)
+
+
+@app.task
+async def say_who_reads() -> None:
+    """Say at start who may read customer data (docs/security.md)."""
+    where = f"http://{settings.web_host}:{settings.web_port}"
+    if readers.configured:
+        log.warning("readers: %d configured (SENDTRACK_READERS); reports and SQL at %s need their "
+                    "credentials", len(readers), where)
+    else:
+        log.warning("readers: none configured (SENDTRACK_READERS): reports and SQL at %s answer loopback "
+                    "clients only", where)
 
 
 def engine_ready() -> bool:
@@ -26,13 +46,19 @@ def engine_ready() -> bool:
 
 @app.page("/health")
 async def health(web, request):
+    """Whether the worker is applying records and writing them. Open to all (load balancers,
+    orchestrators): it names no host, path or customer."""
     sink_ready = (sink.ch is not None and sink.ready.is_set()) or not settings.sink_enabled
     engine = engine_ready()
-    ok = sink_ready and engine
-    return web.json({"status": "ok" if ok else "starting", "engine": "ready" if engine else "starting",
-                     "sink": "ready" if sink_ready else "starting",
-                     "clickhouse": sink.ch.where if sink.ch else None},
-                    status=200 if ok else 503)
+    failed = getattr(sink, "failed", None)
+    ok = sink_ready and engine and not failed
+    body = {"status": "ok" if ok else ("failed" if failed else "starting"),
+            "engine": "ready" if engine else "starting",
+            "sink": "failed" if failed else ("ready" if sink_ready else "starting"),
+            "clickhouse": ("embedded" if settings.clickhouse_is_embedded else "server") if sink.ch else None}
+    if failed:
+        body["sink_error"] = failed
+    return web.json(body, status=200 if ok else 503)
 
 
 def _memory_gauges() -> None:
@@ -58,10 +84,39 @@ async def metrics_page(web, request):
     return web.text(metrics.render(), content_type="text/plain; version=0.0.4")
 
 
+def _refuse(web, denied: auth.Denied):
+    headers = {"WWW-Authenticate": 'Basic realm="sendtrack"'} if denied.status == 401 else None
+    return web.json({"error": denied.message}, status=denied.status, headers=headers)
+
+
+def reader_of(request) -> auth.Reader | auth.Denied:
+    """The reader making a request to a reading endpoint (docs/security.md)."""
+    return readers.authenticate(request.headers, request.remote)
+
+
+_analysts: Optional[Analysts] = None
+
+
+def analysts() -> Optional[Analysts]:
+    """The read-only sessions for readers, once ClickHouse is open."""
+    global _analysts
+    if _analysts is None and sink.ch is not None:
+        _analysts = Analysts(settings, sink.ch)
+    return _analysts
+
+
+def _jsonable(rows: list) -> list:
+    return [[v.isoformat() if hasattr(v, "isoformat") else v for v in row] for row in rows]
+
+
 @app.page("/reports/{name}")
 async def report_page(web, request, name: str):
-    """The same reports as `sendtrack report`, as JSON: {title, columns, rows}."""
-    if sink.ch is None:
+    """The same reports as `sendtrack report`, as JSON: {title, columns, rows}. Readers only."""
+    reader = reader_of(request)
+    if isinstance(reader, auth.Denied):
+        return _refuse(web, reader)
+    pool = analysts()
+    if pool is None:
         return web.json({"error": "ClickHouse is not open yet"}, status=503)
     q = request.query
     try:
@@ -70,41 +125,50 @@ async def report_page(web, request, name: str):
             since=date.fromisoformat(q["since"]) if q.get("since") else None,
             until=date.fromisoformat(q["until"]) if q.get("until") else None,
         )
-        report = await asyncio.to_thread(
-            reports.run, sink.ch, name, filters, customer_id=q.get("customer"), by=q.get("by", "action"),
-            vietnamese=q.get("lang") == "vi",
-        )
+
+        def run() -> tuple:
+            report = reports.run(pool.trusted(), name, filters, customer_id=q.get("customer"), by=q.get("by", "action"),
+                                 vietnamese=q.get("lang") == "vi")
+            return report, _jsonable(report.rows)
+
+        report, rows = await pool.run(run)
     except (ValueError, KeyError) as exc:
         return web.json({"error": str(exc)}, status=400)
-    rows = [[v.isoformat() if hasattr(v, "isoformat") else v for v in row] for row in report.rows]
+    except Refused as exc:
+        return web.json({"error": exc.message, "code": exc.code}, status=exc.http_status)
     return web.json({"title": report.title, "columns": report.columns, "rows": rows})
 
 
 @app.page("/debug/clickhouse-outage")
-async def clickhouse_outage(web, request):
-    """Make the sink's inserts fail for ?seconds=N (only with SENDTRACK_FAULT_INJECTION=1)."""
-    if not settings.fault_injection:
-        return web.json({"error": "fault injection is disabled"}, status=404)
-    seconds = float(request.query.get("seconds", "10"))
-    sink.inject_outage(seconds)
-    return web.json({"outage_seconds": seconds})
+class ClickHouseOutage(View):
+    """POST ?seconds=N: make the sink's inserts fail for N seconds (only with SENDTRACK_FAULT_INJECTION=1)."""
 
-
-READ_ONLY_PREFIXES = ("select", "with", "show", "describe", "desc", "explain", "exists")
+    async def post(self, request):
+        if not settings.fault_injection:
+            return self.json({"error": "fault injection is disabled"}, status=404)
+        seconds = float(request.query.get("seconds", "10"))
+        sink.inject_outage(seconds)
+        return self.json({"outage_seconds": seconds})
 
 
 @app.page("/query")
 async def query_page(web, request):
-    """Read-only SQL for analysts while the worker holds the embedded database: ?q=SELECT ..."""
-    if sink.ch is None:
+    """One read-only statement for a reader: ?q=SELECT ... Runs as sinks/analyst.py says: parsed by
+    ClickHouse, checked, on a readonly session with limits, off the event loop."""
+    reader = reader_of(request)
+    if isinstance(reader, auth.Denied):
+        return _refuse(web, reader)
+    pool = analysts()
+    if pool is None:
         return web.json({"error": "ClickHouse is not open yet"}, status=503)
-    sql = request.query.get("q", "").strip()
-    if not sql.lower().startswith(READ_ONLY_PREFIXES) or ";" in sql.rstrip(";"):
-        return web.json({"error": "only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)"},
-                        status=400)
+    sql = request.query.get("q", "")
+
+    def run() -> tuple[list[str], list]:
+        columns, rows = pool.query(sql)
+        return columns, _jsonable(rows)
+
     try:
-        columns, rows = await asyncio.to_thread(sink.ch.query, sql)
-    except Exception as exc:  # the analyst's SQL error goes back to the analyst
-        return web.json({"error": str(exc).splitlines()[0][:500]}, status=400)
-    rows = [[v.isoformat() if hasattr(v, "isoformat") else v for v in row] for row in rows]
+        columns, rows = await pool.run(run)
+    except Refused as exc:  # the analyst's error goes back to the analyst, with ClickHouse's code
+        return web.json({"error": exc.message, "code": exc.code}, status=exc.http_status)
     return web.json({"columns": columns, "rows": rows})

@@ -17,12 +17,12 @@ from faust.web import Request, Response, View
 
 from agents.app import app, callbacks_topic, settings, webhooks_topic
 from agents.fastpath import batch_agent
-from agents.engine import emit_dead_letter, new_outbox, recipient_key, send_by_provider_id
+from agents.engine import TooLarge, emit_dead_letter, new_outbox, recipient_key, send_by_provider_id
 from schemas.models import Invalid
 from schemas.validate import callback_from_dict
 from sendtrack import providers
 from sendtrack.metrics import metrics
-from sendtrack.providers import ProviderSecrets, RawWebhook
+from sendtrack.providers import ProviderSecrets, RawWebhook, SeenTokens, Use, fingerprint
 
 log = logging.getLogger(__name__)
 CALLBACKS = callbacks_topic.get_topic_name()
@@ -64,13 +64,39 @@ def load_secrets() -> ProviderSecrets:
 
 
 SECRETS = load_secrets()
+# Mailgun's signature covers a single-use token, not the body: each token is accepted once. The
+# ingress remembers the tokens it accepted; the adapter remembers the tokens it read, which covers
+# requests accepted by other workers (every Mailgun record is in one partition: the key is the provider).
+INGRESS_TOKENS = SeenTokens()
+ADAPTER_TOKENS = SeenTokens()
 
 
 def _public_url(request: Request) -> str:
-    """The URL the provider called (Twilio signs it); behind a proxy, set SENDTRACK_WEBHOOK_PUBLIC_URL."""
+    """The URL the provider called (Twilio signs it): SENDTRACK_WEBHOOK_PUBLIC_URL + the request's path
+    and query, or '' without the setting. Never the Host header: whoever sends the request chooses it."""
     if settings.webhook_public_url:
         return settings.webhook_public_url.rstrip("/") + request.rel_url.path_qs
-    return str(request.url)
+    return ""
+
+
+def refused_by_configuration(secrets: ProviderSecrets, public_url: str) -> list[str]:
+    """What a secret that is set still refuses, for lack of a companion setting (logged at start)."""
+    out = []
+    if secrets.ses_sns_certificate_pem and not secrets.ses_topic_arn:
+        out.append("SES webhooks are refused (403): SENDTRACK_SES_SNS_CERTIFICATE is set but "
+                   "SENDTRACK_SES_TOPIC_ARN is not (the certificate signs every AWS account's topics)")
+    if secrets.twilio_auth_token and not public_url:
+        out.append("Twilio webhooks are refused (403): SENDTRACK_TWILIO_AUTH_TOKEN is set but "
+                   "SENDTRACK_WEBHOOK_PUBLIC_URL is not (Twilio signs the URL it called; the Host "
+                   "header cannot be trusted for it)")
+    return out
+
+
+@app.task
+async def log_refused_providers() -> None:
+    """Say at start which configured providers are refused all the same."""
+    for line in refused_by_configuration(SECRETS, settings.webhook_public_url):
+        log.warning(line)
 
 
 async def receive(request: Request, provider: str) -> Response:
@@ -95,12 +121,13 @@ async def receive(request: Request, provider: str) -> Response:
         body=body, received_at=received_at, url=_public_url(request),
     )
     verdict = (providers.base.refuse(413, "body too large") if too_large
-               else providers.verify(raw, SECRETS, received_at, max_body_bytes=limit))
+               else providers.verify(raw, SECRETS, received_at, max_body_bytes=limit, seen=INGRESS_TOKENS))
     if not verdict.ok:
         metrics.inc("webhooks_refused_total", 1, provider=provider, status=str(verdict.status))
         return aiohttp.web.json_response({"error": verdict.reason}, status=verdict.status)
     metrics.inc("webhooks_received_total", 1, provider=provider)
     if verdict.subscribe_url:
+        # verify() reports it only for the configured SENDTRACK_SES_TOPIC_ARN (no topic: no confirmation).
         asyncio.ensure_future(_confirm_subscription(verdict.subscribe_url))
     if verdict.response_body is not None and request.method == "GET" and provider == "messenger":
         # The verification handshake carries no event.
@@ -118,6 +145,8 @@ async def receive(request: Request, provider: str) -> Response:
     except (KafkaError, ProducerSendError, OSError) as exc:
         log.error("could not publish a %s webhook: %r", provider, exc)
         metrics.inc("webhooks_unpublished_total", 1, provider=provider)
+        if verdict.nonce is not None:
+            INGRESS_TOKENS.forget(verdict.nonce)  # not accepted after all: the provider's retry may use it
         return aiohttp.web.json_response({"error": "temporarily unavailable"}, status=503)
     if verdict.response_body is not None:
         return aiohttp.web.Response(body=verdict.response_body, content_type=verdict.content_type or "text/plain")
@@ -153,6 +182,8 @@ def adapt(record: bytes) -> tuple[list[dict[str, Any]], list[Invalid], list[dict
         headers=doc["headers"], body=base64.b64decode(doc["body"]), received_at=doc["received_at"],
         url=doc.get("url", ""),
     )
+    if _replayed(raw):
+        return [], [Invalid("invalid_webhook", f"{raw.provider} token already used by another request")], []
     result = providers.parse(raw)
     callbacks, refused = [], [Invalid(e.error_type, e.error) for e in result.errors]
     for cb in result.callbacks:
@@ -162,6 +193,16 @@ def adapt(record: bytes) -> tuple[list[dict[str, Any]], list[Invalid], list[dict
         else:
             callbacks.append(cb)
     return callbacks, refused, result.watermarks
+
+
+def _replayed(raw: RawWebhook) -> bool:
+    """Whether the request reuses a token an earlier record of this partition carried with another body
+    (a second ingress worker accepted it). Same body = a provider retry: parsed, dedup drops it."""
+    nonce = providers.nonce(raw)
+    if nonce is None:
+        return False
+    # The record's receipt time, not the clock: re-reading the partition decides the same way.
+    return ADAPTER_TOKENS.first_use(nonce, fingerprint(raw.body), raw.received_at) is Use.REPLAY
 
 
 @batch_agent(app, webhooks_topic, name="webhook-adapter")
@@ -177,15 +218,21 @@ async def webhook_adapter(events: list) -> None:
             emit_dead_letter(origin, event.key, event.value or b"",
                              Invalid("invalid_webhook", f"unreadable webhook record: {exc!r}"))
             continue
-        for cb in callbacks:
-            key = cb["message_id"].encode() if cb.get("message_id") else None
-            box.add(CALLBACKS, key, orjson.dumps(cb))
-        for invalid in refused:
-            emit_dead_letter(origin, event.key, event.value or b"", invalid)
-        for mark in watermarks:
-            send_by_provider_id(recipient_key(mark["recipient"]), {
-                "op": "watermark", "status": mark["status"], "watermark": mark["watermark"],
-                "event_id": mark["event_id"], "occurred_at": mark["occurred_at"], "origin": list(origin)})
-            metrics.inc("messenger_watermarks_total", 1, status=mark["status"])
+        savepoint = box.savepoint()
+        try:
+            for cb in callbacks:
+                key = cb["message_id"].encode() if cb.get("message_id") else None
+                box.add(CALLBACKS, key, orjson.dumps(cb))
+            for invalid in refused:
+                emit_dead_letter(origin, event.key, event.value or b"", invalid)
+            for mark in watermarks:
+                send_by_provider_id(recipient_key(mark["recipient"]), {
+                    "op": "watermark", "status": mark["status"], "watermark": mark["watermark"],
+                    "event_id": mark["event_id"], "occurred_at": mark["occurred_at"], "origin": list(origin)})
+                metrics.inc("messenger_watermarks_total", 1, status=mark["status"])
+        except TooLarge as exc:  # what it would publish cannot fit a record: none of it is published
+            box.rollback(savepoint)
+            emit_dead_letter(origin, event.key, event.value or b"", Invalid("too_large", str(exc)))
+            continue
         metrics.inc("webhook_callbacks_total", len(callbacks), provider=orjson.loads(event.value)["provider"])
     await box.commit()

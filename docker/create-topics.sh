@@ -29,9 +29,15 @@ for name in "$@"; do
   if grep -qxF -e "$topic" <<<"$existing"; then
     continue
   fi
+  # The record limits the worker sets when it creates them (sendtrack/topics.py TOPIC_CONFIGS).
+  case "$name" in
+    provider-webhooks) config=(--config max.message.bytes=4194304) ;;
+    sendtrack-routed | sendtrack-by-provider-id) config=(--config max.message.bytes=1048576) ;;
+    *) config=() ;;
+  esac
   say "creating $topic ($partitions partitions)"
   "$kafka_topics" --bootstrap-server "$broker" --create --if-not-exists --topic "$topic" \
-    --partitions "$partitions" --replication-factor 1
+    --partitions "$partitions" --replication-factor 1 "${config[@]}"
 done
 
 # The worker joins these topics partition by partition (co-partitioned): a topic left behind by a run

@@ -30,12 +30,18 @@ STATUSES: tuple[str, ...] = (
 )
 
 MESSAGE_ID_MAX = 128
-# Longest accepted text per field (characters). They bound the state a message can hold in a
-# Kafka record (a table changelog entry), so no valid input can make the worker fail to save it.
+# Longest accepted text per field (characters, as JSON Schema's maxLength counts them). They bound
+# what a message's state and a status change can hold; the engine bounds the state in encoded bytes
+# too (sendtrack/status.py), since a character is up to 6 bytes in JSON (\u0001).
 TEXT_MAX: dict[str, int] = {
     "event_id": 256, "provider_message_id": 256, "provider": 64, "customer_id": 256, "recipient": 512,
     "flow_id": 256, "campaign_id": 256, "step_id": 256, "reason_code": 256, "reason": 2048, "url": 4096,
 }
+# Identifiers: no control characters (C0, DEL, C1). They become parts of keys ("\x1f" separates
+# provider and provider message id) and of dashboard labels.
+ID_FIELDS = frozenset({"message_id", "event_id", "provider_message_id", "provider", "customer_id",
+                       "recipient", "flow_id", "campaign_id", "step_id"})
+ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"  # as JSON Schema (ECMA-262) and Python's re read it
 
 
 @dataclass(slots=True)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import re
 import typing
 from enum import StrEnum
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import orjson
 
-from schemas.models import ACTIONS, MESSAGE_ID_MAX, STATUSES, TEXT_MAX, Callback, Invalid, SendRequest
+from schemas.models import (ACTIONS, ID_FIELDS, ID_PATTERN, MESSAGE_ID_MAX, STATUSES, TEXT_MAX, Callback,
+                            Invalid, SendRequest)
 
 
 class ErrorType(StrEnum):
@@ -113,11 +116,52 @@ def _clip(value: Any, limit: int = 64) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
-def _check_time(doc: dict[str, Any], name: str) -> Invalid | None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Plausible event times: at most `max_age_ms` before the time an input is judged at, and at most
+    `max_ahead_ms` after it (SENDTRACK_TIME_MAX_AGE_DAYS, SENDTRACK_TIME_MAX_AHEAD_SECONDS)."""
+
+    max_age_ms: int
+    max_ahead_ms: int
+
+
+DEFAULT_TIME_WINDOW = TimeWindow(max_age_ms=730 * 86_400_000, max_ahead_ms=86_400_000)
+
+
+def judged_at(record_ms: Optional[int], now_ms: int) -> int:
+    """The time an input's event times are judged at: its Kafka record's timestamp, never later
+    than `now_ms` (the reader's clock).
+
+    The record's timestamp does not change when the record is read again (after a crash, a
+    rebalance, or a backlog read days later), so neither does the verdict; the reader's clock would
+    refuse on a late re-read what it accepted the first time. Capping it at the reader's clock means
+    a producer's clock ahead of ours (or a forged timestamp; the broker refuses those past
+    log.message.timestamp.after.max.ms, 1 h by default) never widens the window ahead. A record
+    without a timestamp is judged at `now_ms`."""
+    if record_ms is None or record_ms <= 0:
+        return now_ms
+    return min(record_ms, now_ms)
+
+
+def _iso(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_time(doc: dict[str, Any], name: str, now_ms: Optional[int], window: TimeWindow) -> Invalid | None:
     value = doc[name]
     # Milliseconds since the epoch: 2001-09-09 .. 2286-11-20. Seconds are a common producer bug.
     if not 1_000_000_000_000 <= value < 10_000_000_000_000:
         return Invalid(ErrorType.INVALID_VALUE, f"'{name}' must be milliseconds since the epoch, got {value}")
+    if now_ms is None:
+        return None
+    # ClickHouse's toDate wraps past 2149 (2286 lands on a day of 2107): an implausible time would be
+    # counted on the wrong day, so it is refused here.
+    if value < now_ms - window.max_age_ms:
+        return Invalid(ErrorType.INVALID_VALUE, f"'{name}' {value} ({_iso(value)}) is more than "
+                       f"{window.max_age_ms / 86_400_000:g} days before {_iso(now_ms)}")
+    if value > now_ms + window.max_ahead_ms:
+        return Invalid(ErrorType.INVALID_VALUE, f"'{name}' {value} ({_iso(value)}) is more than "
+                       f"{window.max_ahead_ms / 1000:g} s after {_iso(now_ms)}")
     return None
 
 
@@ -125,6 +169,18 @@ def _check_id(doc: dict[str, Any], name: str) -> Invalid | None:
     value = doc.get(name)
     if value is not None and not 0 < len(value) <= MESSAGE_ID_MAX:
         return Invalid(ErrorType.INVALID_VALUE, f"'{name}' must be 1 to {MESSAGE_ID_MAX} characters")
+    return None
+
+
+_ID = re.compile(ID_PATTERN)  # fullmatch: Python's $ also matches before a final newline
+
+
+def _check_id_characters(doc: dict[str, Any], names: tuple[str, ...]) -> Invalid | None:
+    for name in names:
+        value = doc.get(name)
+        if value is not None and _ID.fullmatch(value) is None:
+            return Invalid(ErrorType.INVALID_VALUE, f"'{name}' must not contain control characters "
+                           f"(U+0000-U+001F, U+007F-U+009F), got {_clip(value)}")
     return None
 
 
@@ -149,20 +205,27 @@ def _depth(value: Any) -> int:
 
 _REQUEST_SPECS = field_specs(SendRequest)
 _REQUEST_NAMES = frozenset(s.name for s in _REQUEST_SPECS)
+_REQUEST_IDS = tuple(sorted(_REQUEST_NAMES & ID_FIELDS))
 _CALLBACK_SPECS = field_specs(Callback)
 _CALLBACK_NAMES = frozenset(s.name for s in _CALLBACK_SPECS)
+_CALLBACK_IDS = tuple(sorted(_CALLBACK_NAMES & ID_FIELDS))
 _STATUS_SET = frozenset(STATUSES)
 
 
-def parse_send_request(raw: bytes, max_bytes: int = 1_000_000) -> SendRequest | Invalid:
-    """A send request from the bytes of a send-requests record, or why not."""
+def parse_send_request(raw: bytes, max_bytes: int = 1_000_000, *, now_ms: Optional[int] = None,
+                       window: TimeWindow = DEFAULT_TIME_WINDOW) -> SendRequest | Invalid:
+    """A send request from the bytes of a send-requests record, or why not.
+
+    With `now_ms` (see judged_at), requested_at must lie within `window` of it; without, only the
+    epoch-milliseconds range is checked."""
     doc = _decode(raw, max_bytes)
     if isinstance(doc, Invalid):
         return doc
     problem = (
         _check_fields(doc, _REQUEST_SPECS, _REQUEST_NAMES)
         or _check_id(doc, "message_id")
-        or _check_time(doc, "requested_at")
+        or _check_id_characters(doc, _REQUEST_IDS)
+        or _check_time(doc, "requested_at", now_ms, window)
     )
     if problem:
         return problem
@@ -178,20 +241,24 @@ def parse_send_request(raw: bytes, max_bytes: int = 1_000_000) -> SendRequest | 
     return SendRequest(**doc)
 
 
-def parse_callback(raw: bytes, max_bytes: int = 1_000_000) -> Callback | Invalid:
-    """A canonical callback from the bytes of a provider-callbacks record, or why not."""
+def parse_callback(raw: bytes, max_bytes: int = 1_000_000, *, now_ms: Optional[int] = None,
+                   window: TimeWindow = DEFAULT_TIME_WINDOW) -> Callback | Invalid:
+    """A canonical callback from the bytes of a provider-callbacks record, or why not (`now_ms` and
+    `window` as for parse_send_request, on occurred_at)."""
     doc = _decode(raw, max_bytes)
     if isinstance(doc, Invalid):
         return doc
-    return callback_from_dict(doc)
+    return callback_from_dict(doc, now_ms=now_ms, window=window)
 
 
-def callback_from_dict(doc: dict[str, Any]) -> Callback | Invalid:
+def callback_from_dict(doc: dict[str, Any], *, now_ms: Optional[int] = None,
+                       window: TimeWindow = DEFAULT_TIME_WINDOW) -> Callback | Invalid:
     """A canonical callback from an already decoded JSON object, or why not."""
     problem = (
         _check_fields(doc, _CALLBACK_SPECS, _CALLBACK_NAMES)
         or _check_id(doc, "message_id")
-        or _check_time(doc, "occurred_at")
+        or _check_id_characters(doc, _CALLBACK_IDS)
+        or _check_time(doc, "occurred_at", now_ms, window)
     )
     if problem:
         return problem
@@ -216,12 +283,13 @@ def callback_from_dict(doc: dict[str, Any]) -> Callback | Invalid:
     return Callback(**doc)
 
 
-_PARSERS: dict[str, Callable[[bytes, int], Any]] = {
+_PARSERS: dict[str, Callable[..., Any]] = {
     "send-requests": parse_send_request,
     "provider-callbacks": parse_callback,
 }
 
 
-def validate(kind: str, raw: bytes, max_bytes: int = 1_000_000) -> SendRequest | Callback | Invalid:
+def validate(kind: str, raw: bytes, max_bytes: int = 1_000_000, *, now_ms: Optional[int] = None,
+             window: TimeWindow = DEFAULT_TIME_WINDOW) -> SendRequest | Callback | Invalid:
     """The validation entry point: `kind` is the unprefixed topic name of the record."""
-    return _PARSERS[kind](raw, max_bytes)
+    return _PARSERS[kind](raw, max_bytes, now_ms=now_ms, window=window)

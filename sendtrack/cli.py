@@ -14,6 +14,7 @@ import urllib.request
 from datetime import date
 from typing import Any, Optional
 
+from sendtrack.auth import basic_auth_header
 from sendtrack.settings import get_settings
 
 
@@ -65,8 +66,12 @@ def _report_from_api(name: str, params: dict[str, str]) -> Optional[dict[str, An
     """The report from a running worker's API (embedded mode: the worker holds the database)."""
     settings = get_settings()
     url = f"http://{settings.web_host}:{settings.web_port}/reports/{name}?{urllib.parse.urlencode(params)}"
+    request = urllib.request.Request(url)
+    header = basic_auth_header(settings.readers)
+    if header:
+        request.add_header("Authorization", header)
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp:
+        with urllib.request.urlopen(request, timeout=60) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         body = json.loads(exc.read() or b"{}")

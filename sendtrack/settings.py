@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     # '' = embedded ClickHouse (chDB) under data_dir; chdb:///abs/path; http(s)://user:pw@host:port/db
     clickhouse_url: str = ""
     clickhouse_database: str = "sendtrack"
+    # A ClickHouse server's read-only analysts' user for readers' SQL (docker/clickhouse-users.xml);
+    # empty = the sink's URL, still on readonly sessions with the query limits.
+    clickhouse_reader_url: str = Field(default="", repr=False)
     data_dir: Path = Path("./data")
     topic_prefix: str = ""
     app_id: str = "sendtrack"
@@ -28,6 +31,28 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(default=60, gt=0)
     web_port: int = 6066
     web_host: str = "127.0.0.1"
+    # ClickHouse's HTTP interface over the analysts' read-only sessions (docs/clickhouse-http.md); 0 = off.
+    clickhouse_http_port: int = Field(default=8123, ge=0, le=65535)
+    clickhouse_http_host: str = "127.0.0.1"
+    # A second listener that serves only /webhooks/<provider>, for a public address, while the web
+    # port above (readers, metrics) stays private. 0 = webhooks only on the web port.
+    webhook_port: int = Field(default=0, ge=0, le=65535)
+    webhook_host: str = "0.0.0.0"
+    # Readers of customer data (reports, SQL, the dashboard): "name:password" pairs, comma-separated
+    # (docs/security.md). Empty = the reading endpoints answer loopback clients only.
+    readers: str = Field(default="", repr=False)
+    # Hard limits on every analyst query (/query, /reports, the ClickHouse HTTP interface), set as
+    # ClickHouse settings under readonly=1 so that the query cannot lift them.
+    query_max_seconds: float = Field(default=30.0, gt=0)
+    query_max_result_rows: int = Field(default=100_000, ge=1)
+    query_max_result_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    query_max_rows_to_read: int = Field(default=2_000_000_000, ge=1)
+    # Analyst queries that may run at once (each on its own thread and ClickHouse session).
+    query_concurrency: int = Field(default=2, ge=1)
+    # Plausible event times (requested_at, occurred_at): older than this or further ahead than this
+    # is dead-lettered as invalid_value.
+    time_max_age_days: float = Field(default=730, gt=0)
+    time_max_ahead_seconds: float = Field(default=86_400, ge=0)
     # Sink batching: flush at this many rows or this many seconds, whichever comes first.
     # The ClickHouse sink runs in the worker; extra engine-only workers can turn it off (embedded
     # ClickHouse is one per process, so a second worker on one machine would write to another copy).
@@ -53,6 +78,7 @@ class Settings(BaseSettings):
     # Provider webhook secrets (docs/providers.md). Unset = that provider's webhook is refused.
     sendgrid_public_key: str = Field(default="", repr=False)
     ses_sns_certificate: str = Field(default="", repr=False)
+    # Required with the certificate: AWS signs every account's topics with the same one.
     ses_topic_arn: str = ""
     mailgun_signing_key: str = Field(default="", repr=False)
     zalo_oa_secret_key: str = Field(default="", repr=False)
@@ -62,6 +88,8 @@ class Settings(BaseSettings):
     esms_token: str = Field(default="", repr=False)
     twilio_auth_token: str = Field(default="", repr=False)
     retell_api_key: str = Field(default="", repr=False)
+    # The public base URL providers call, e.g. https://hooks.example.vn. Twilio signs the URL it called;
+    # unset = Twilio webhooks are refused (the request's Host header is never trusted for it).
     webhook_public_url: str = ""
 
     @model_validator(mode="after")

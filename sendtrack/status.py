@@ -39,10 +39,18 @@ CURRENT_RANK: dict[str, int] = {
     "clicked": 8,
 }
 
-# Bounds on one message's state, so it always fits in one Kafka record of its table's changelog.
+# Bounds on one message's state, so that it always fits in one record of its table's changelog
+# (sendtrack.topics.RECORD_MAX_BYTES, 1 MiB). Parts whose size depends on text are bounded in
+# encoded bytes as well as in count: TEXT_MAX counts characters, and a character takes up to 4 bytes
+# in UTF-8 and 6 in JSON (a control character, \u0001). At their limits the other parts take about
+# 485 KB (20,000 event-id digests 380 KB, milestones 58 KB, failure reason and its sort key 28 KB,
+# provider ids 10 KB, request 7 KB). Held callbacks exist only before the request, kept engagement
+# events only after it: the worst states are 512 KB and 740 KB (tests/unit/test_status.py).
 MAX_HELD = 64  # callbacks waiting for their request
+HELD_MAX_BYTES = 512 * 1024  # ... and their encoded size (a callback is up to ~42 KB)
 MAX_EVENT_IDS = 20_000  # digests of applied event ids kept for idempotence (oldest dropped)
-MAX_ENGAGEMENT_KEPT = 64  # engagement events kept for re-production after a crash
+MAX_ENGAGEMENT_KEPT = 64  # engagement events kept for re-production after a crash (oldest dropped)
+ENGAGEMENT_MAX_BYTES = 256 * 1024  # ... and their encoded size (an event is up to ~26 KB)
 
 ENGAGEMENT = frozenset({"opened", "clicked"})
 FAILURE = frozenset({"failed", "bounced"})
@@ -239,13 +247,12 @@ def apply_callback(state: dict[str, Any], cb: Callback, now: int, origin: Any = 
     if state["req"] is None:
         if any(h["cb"]["event_id"] == cb.event_id for h in state["held"]):
             return Outcome(duplicate=True)
-        if len(state["held"]) >= MAX_HELD:
-            return Outcome(invalid=Invalid(
-                ErrorType.TOO_MANY_HELD,
-                f"{MAX_HELD} callbacks already wait for the request of message {cb.message_id!r}",
-            ))
         doc = {k: v for k, v in _asdict(cb).items() if v is not None}
-        state["held"].append({"cb": doc, "origin": origin})
+        entry = {"cb": doc, "origin": origin}
+        refused = hold_refusal(state["held"], entry, f"the request of message {cb.message_id!r}")
+        if refused is not None:
+            return Outcome(invalid=refused)
+        state["held"].append(entry)
         return Outcome(held=True)
     status = _resolve_status(cb, state["req"]["action"])
     if isinstance(status, Invalid):
@@ -269,11 +276,36 @@ def apply_callback(state: dict[str, Any], cb: Callback, now: int, origin: Any = 
         event = [cb.event_id, cb.occurred_at, cb.url or "", bool(cb.is_machine)]
         kept = state.setdefault("eng", {})
         kept[cb.event_id] = [status, *event[1:]]
-        if len(kept) > MAX_ENGAGEMENT_KEPT:
-            del kept[next(iter(kept))]
+        _trim_engagement(kept)
         current = current_status(state["ms"])
         changes.append(_change(state, status, current, now, current=current, kind="engagement", event=event))
     return Outcome(changes=changes)
+
+
+def hold_refusal(held: list[Any], entry: Any, waiting_for: str) -> Optional[Invalid]:
+    """Why `entry` cannot join the callbacks `held` waiting for `waiting_for`, if it cannot: at most
+    MAX_HELD of them, together at most HELD_MAX_BYTES encoded."""
+    if len(held) >= MAX_HELD:
+        return Invalid(ErrorType.TOO_MANY_HELD, f"{MAX_HELD} callbacks already wait for {waiting_for}")
+    size = len(orjson.dumps(entry)) + sum(len(orjson.dumps(h)) + 1 for h in held)
+    if size > HELD_MAX_BYTES:
+        return Invalid(ErrorType.TOO_MANY_HELD, f"the {len(held)} callbacks waiting for {waiting_for} and "
+                       f"this one would take {size} bytes, over {HELD_MAX_BYTES}")
+    return None
+
+
+def _trim_engagement(kept: dict[str, list]) -> None:
+    """Drop the oldest kept engagement events past MAX_ENGAGEMENT_KEPT or ENGAGEMENT_MAX_BYTES. The
+    newest always stays: a re-read after a crash is of the inputs applied last."""
+    while len(kept) > MAX_ENGAGEMENT_KEPT:
+        del kept[next(iter(kept))]
+    sizes = [len(orjson.dumps([k, v])) for k, v in kept.items()]
+    total = sum(sizes)
+    for size in sizes[:-1]:
+        if total <= ENGAGEMENT_MAX_BYTES:
+            break
+        del kept[next(iter(kept))]
+        total -= size
 
 
 def _request_record(state: dict[str, Any], now: int) -> StatusChange:

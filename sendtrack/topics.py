@@ -11,8 +11,20 @@ from sendtrack.settings import Settings
 
 CONTRACT = ("send-requests", "provider-callbacks", "status-changes", "dead-letters", "provider-webhooks")
 INTERNAL = ("sendtrack-routed", "sendtrack-by-provider-id")
+# The largest record batch the internal and changelog topics take (max.message.bytes), set when
+# sendtrack creates them rather than left to the broker's default. The engine keeps every record it
+# produces within RECORD_BUDGET_BYTES by construction (agents/engine.py, sendtrack/status.py), and
+# its producer batches are at most RECORD_MAX_BYTES (agents/app.py), so the broker never refuses one.
+RECORD_MAX_BYTES = 1024 * 1024
+# Key and value of one record: the rest of a one-record batch is its header (61 bytes) and the
+# record's framing (under 40).
+RECORD_BUDGET_BYTES = RECORD_MAX_BYTES - 1024
+_RECORD_LIMIT = {"max.message.bytes": str(RECORD_MAX_BYTES)}
 # Raw webhook requests (base64 bodies up to SENDTRACK_MAX_PAYLOAD_BYTES) exceed Kafka's 1 MB default.
-TOPIC_CONFIGS = {"provider-webhooks": {"max.message.bytes": str(4 * 1024 * 1024)}}
+TOPIC_CONFIGS = {
+    "provider-webhooks": {"max.message.bytes": str(4 * 1024 * 1024)},
+    **{name: _RECORD_LIMIT for name in INTERNAL},
+}
 
 
 class TopicMismatch(RuntimeError):
@@ -27,7 +39,7 @@ async def ensure_topics(settings: Settings, changelogs: Sequence[str] = ()) -> l
     consumer still saw its new changelog with 0 partitions crashed its agent (PartitionsMismatch).
     """
     names = [settings.topic(n) for n in CONTRACT + INTERNAL] + list(changelogs)
-    configs = {t: {"cleanup.policy": "compact"} for t in changelogs}
+    configs = {t: {"cleanup.policy": "compact", **_RECORD_LIMIT} for t in changelogs}
     configs.update({settings.topic(n): c for n, c in TOPIC_CONFIGS.items()})
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_broker, request_timeout_ms=15000)
     await admin.start()

@@ -23,11 +23,45 @@ RETRIABLE_CODES = frozenset({
     210,  # NETWORK_ERROR
     241,  # MEMORY_LIMIT_EXCEEDED
     242,  # TABLE_IS_READ_ONLY
-    252,  # TOO_MANY_PARTS
+    252,  # TOO_MANY_PARTS (but see TOO_MANY_PARTITIONS)
     319,  # UNKNOWN_STATUS_OF_INSERT
     425,  # SYSTEM_ERROR
     999,  # KEEPER_EXCEPTION
 })
+
+# Server error codes that mean "not this data": ClickHouse refused the rows for what they are, so
+# the same rows fail every time. The sink sets such rows aside as dead letters (sinks/writer.py).
+REJECTED_CODES = frozenset({
+    6,    # CANNOT_PARSE_TEXT
+    25,   # CANNOT_PARSE_ESCAPE_SEQUENCE
+    26,   # CANNOT_PARSE_QUOTED_STRING
+    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,   # ATTEMPT_TO_READ_AFTER_EOF
+    38,   # CANNOT_PARSE_DATE
+    41,   # CANNOT_PARSE_DATETIME
+    53,   # TYPE_MISMATCH
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    72,   # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA (a JSON line with a field twice, say)
+    131,  # TOO_LARGE_STRING_SIZE
+    306,  # TOO_DEEP_RECURSION
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    395,  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
+    407,  # DECIMAL_OVERFLOW
+    467,  # CANNOT_PARSE_BOOL
+    632,  # UNEXPECTED_DATA_AFTER_PARSED_VALUE
+})
+
+# TOO_MANY_PARTS (252) has three messages, and only the code reaches the client, hence the text.
+# "Too many parts (N). Merges are processing significantly slower than inserts" and "Too many parts
+# (N) in all partitions in total" describe the table: retry later. "Too many partitions for single
+# INSERT block (more than N)" describes the rows (their partition keys span more than
+# max_partitions_per_insert_block): the same rows fail every time, so it is a refusal of this data,
+# which the writer answers by splitting the insert further. The writer keeps an insert within half
+# the default limit, so on a default server that refusal no longer happens and a 252 is the table's.
+TOO_MANY_PARTITIONS = "partitions for single insert block"
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -36,8 +70,16 @@ def is_retriable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DatabaseError):
         code = getattr(exc, "code", None)
-        return code is None or code in RETRIABLE_CODES
+        return code is None or (code in RETRIABLE_CODES and not is_rejection(exc))
     return False
+
+
+def is_rejection(exc: BaseException) -> bool:
+    """True when ClickHouse refused the rows themselves: retrying them cannot succeed."""
+    if not isinstance(exc, DatabaseError) or isinstance(exc, OperationalError):
+        return False
+    code = getattr(exc, "code", None)
+    return code in REJECTED_CODES or (code == 252 and TOO_MANY_PARTITIONS in str(exc).lower())
 
 
 MIB = 1 << 20

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sendtrack.providers.replay import Nonce
+
 
 @dataclass(frozen=True, slots=True)
 class RawWebhook:
@@ -30,6 +32,7 @@ class Verdict:
     response_body: bytes | None = None
     content_type: str | None = None
     subscribe_url: str | None = None  # SNS SubscriptionConfirmation: the ingress GETs it
+    nonce: Nonce | None = None  # a single-use token the ingress must not accept twice (Mailgun)
 
 
 def accept(reason: str = "ok", **extra: Any) -> Verdict:

@@ -10,6 +10,7 @@ from sendtrack.providers.payload import utf8
 MISSING = refuse(401, "missing signature")
 BAD = refuse(403, "bad signature")
 STALE = refuse(403, "timestamp outside window")
+REPLAYED = refuse(403, "replayed token")
 UNPARSEABLE = refuse(400, "unparseable body")
 NOT_CONFIGURED = refuse(403, "not configured")
 
@@ -28,9 +29,17 @@ def precheck(raw: RawWebhook, max_body_bytes: int, *secrets: str | None) -> Verd
     return None
 
 
-def within_window(timestamp_ms: int | None, now_ms: int, window_seconds: int) -> bool:
-    """Whether a signed timestamp is close enough to now (either side) to rule out a replay."""
-    return timestamp_ms is not None and abs(now_ms - timestamp_ms) <= window_seconds * 1000
+def within_window(timestamp_ms: int | None, now_ms: int, window_seconds: int, redelivery_seconds: int = 0) -> bool:
+    """Whether a signed timestamp is close enough to now to rule out a replay: at most the window ahead
+    (clock skew), at most the window plus the provider's redelivery horizon behind.
+
+    The horizon is for providers whose retries keep the signed timestamp of the first attempt and
+    whose signature covers the whole body with its event id: a replay inside it is byte-identical to
+    a retry, and the event id dedups it downstream."""
+    if timestamp_ms is None:
+        return False
+    age_ms = now_ms - timestamp_ms
+    return -window_seconds * 1000 <= age_ms <= (window_seconds + redelivery_seconds) * 1000
 
 
 def same(expected: str | bytes, given: str | bytes) -> bool:

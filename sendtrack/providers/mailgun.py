@@ -8,6 +8,7 @@ from sendtrack.providers import checks
 from sendtrack.providers.base import ParseResult, ProviderSecrets, RawWebhook, Verdict, accept
 from sendtrack.providers.canonical import callback, epoch_to_ms, message_id
 from sendtrack.providers.payload import decode_json, obj, text, utf8
+from sendtrack.providers.replay import Nonce
 
 NAME = "mailgun"
 _STATUS = {
@@ -25,7 +26,8 @@ _IGNORED = frozenset({"stored"})
 
 def verify(raw: RawWebhook, secrets: ProviderSecrets, now_ms: int,
            max_body_bytes: int = 1_000_000, window_seconds: int = 300) -> Verdict:
-    """Hex HMAC-SHA256(signing key, timestamp + token) against signature.signature, inside the window."""
+    """Hex HMAC-SHA256(signing key, timestamp + token) against signature.signature, inside the window;
+    the accepted verdict carries the token as a nonce (replays are refused by whoever remembers it)."""
     refused = checks.precheck(raw, max_body_bytes, secrets.mailgun_signing_key)
     if refused:
         return refused
@@ -36,12 +38,28 @@ def verify(raw: RawWebhook, secrets: ProviderSecrets, now_ms: int,
     timestamp, token, signature = (text(signed.get(k)) for k in ("timestamp", "token", "signature"))
     if not (timestamp and token and signature):
         return checks.MISSING
-    if not checks.within_window(epoch_to_ms(timestamp), now_ms, window_seconds):
+    timestamp_ms = epoch_to_ms(timestamp)
+    if timestamp_ms is None or not checks.within_window(timestamp_ms, now_ms, window_seconds):
         return checks.STALE
     expected = checks.hmac_hex(secrets.mailgun_signing_key.strip(), utf8(timestamp + token))
     if not checks.same(expected, signature.lower()):
         return checks.BAD
-    return accept()
+    # The signature does not cover the body: the token must be single-use (the ingress remembers it).
+    return accept(nonce=_nonce(token, timestamp_ms, window_seconds))
+
+
+def nonce(raw: RawWebhook, window_seconds: int = 300) -> Nonce | None:
+    """The token of an accepted request's signature block (for a second memory after the ingress)."""
+    signed = obj(obj(decode_json(raw.body)).get("signature"))
+    token, timestamp_ms = text(signed.get("token")), epoch_to_ms(text(signed.get("timestamp")))
+    if not token or timestamp_ms is None:
+        return None
+    return _nonce(token, timestamp_ms, window_seconds)
+
+
+def _nonce(token: str, timestamp_ms: int, window_seconds: int) -> Nonce:
+    # Live until the signed timestamp leaves the window: from then on the timestamp alone refuses it.
+    return Nonce(f"{NAME}:{token}", timestamp_ms + window_seconds * 1000)
 
 
 def parse(raw: RawWebhook) -> ParseResult:

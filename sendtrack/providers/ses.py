@@ -6,7 +6,7 @@ import base64
 import re
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -26,16 +26,28 @@ _SIGNED_NOTIFICATION = ("Message", "MessageId", "Subject", "Timestamp", "TopicAr
 _SIGNED_CONFIRMATION = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
 _HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
 _SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+# SNS retries keep a message's Timestamp (its publication time) and signature, and an HTTP/S
+# delivery policy retries for at most 3,600 s, a hard limit (docs.aws.amazon.com/sns/latest/dg/
+# sns-message-delivery-retries.html). The signature covers Message and MessageId (the event id), so a
+# replay inside this horizon is a duplicate that dedup drops.
+REDELIVERY_SECONDS = 3600
 # Apple Mail Privacy Protection fetches images with this bare user agent (reference §5d).
 _APPLE_PROXY_AGENT = "Mozilla/5.0"
+NO_TOPIC = refuse(403, "not configured: no topic ARN")
+NOT_SNS_URL = refuse(400, "SubscribeURL is not an SNS URL")
 
 
 def verify(raw: RawWebhook, secrets: ProviderSecrets, now_ms: int,
            max_body_bytes: int = 1_000_000, window_seconds: int = 300) -> Verdict:
-    """SNS signature (v1 SHA1withRSA, v2 SHA256withRSA) against the configured certificate, topic, time."""
+    """SNS signature (v1 SHA1withRSA, v2 SHA256withRSA) against the configured certificate, then the
+    configured topic (required), then the time: up to the window ahead, the window + 1 h behind."""
     refused = checks.precheck(raw, max_body_bytes, secrets.ses_sns_certificate_pem)
     if refused:
         return refused
+    # AWS signs every account's topics with the same regional certificate: the certificate alone
+    # would accept anyone's topic, and confirm anyone's subscription.
+    if not checks.configured(secrets.ses_topic_arn):
+        return NO_TOPIC
     keys = _certificate_keys(secrets.ses_sns_certificate_pem.strip())
     if not keys:
         return refuse(403, "not configured: unreadable certificate")
@@ -52,11 +64,11 @@ def verify(raw: RawWebhook, secrets: ProviderSecrets, now_ms: int,
     digest = _HASHES.get(text(doc.get("SignatureVersion")) or "")
     if signed is None or digest is None:
         return checks.BAD
-    if not checks.within_window(iso_to_ms(doc.get("Timestamp")), now_ms, window_seconds):
+    if not checks.within_window(iso_to_ms(doc.get("Timestamp")), now_ms, window_seconds, REDELIVERY_SECONDS):
         return checks.STALE
     if not _signed_by(keys, signature, signed, digest()):
         return checks.BAD
-    if checks.configured(secrets.ses_topic_arn) and doc.get("TopicArn") != secrets.ses_topic_arn.strip():
+    if doc.get("TopicArn") != secrets.ses_topic_arn.strip():
         return refuse(403, "topic not allowed")
     if doc["Type"] == "SubscriptionConfirmation":
         return _confirmation(doc)
@@ -103,15 +115,18 @@ def _signed_by(keys: tuple[rsa.RSAPublicKey, ...], signature: str, signed: bytes
 
 
 def _confirmation(doc: dict[str, Any]) -> Verdict:
-    """Report the SubscribeURL for the ingress to GET, only if it points at SNS over HTTPS."""
+    """Report the SubscribeURL for the ingress to GET, only if it points at SNS over HTTPS and
+    confirms the (already checked) topic of the message."""
     url = text(doc.get("SubscribeURL")) or ""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
     except ValueError:
-        return refuse(400, "SubscribeURL is not an SNS URL")
+        return NOT_SNS_URL
     if parts.scheme != "https" or not _SNS_HOST.fullmatch(host):
-        return refuse(400, "SubscribeURL is not an SNS URL")
+        return NOT_SNS_URL
+    if parse_qs(parts.query).get("TopicArn") != [doc["TopicArn"]]:
+        return NOT_SNS_URL
     return accept("subscription confirmation", subscribe_url=url)
 
 

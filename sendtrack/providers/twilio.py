@@ -8,12 +8,13 @@ import hmac
 from urllib.parse import urlsplit, urlunsplit
 
 from sendtrack.providers import checks
-from sendtrack.providers.base import ParseResult, ProviderSecrets, RawWebhook, Verdict, accept
+from sendtrack.providers.base import ParseResult, ProviderSecrets, RawWebhook, Verdict, accept, refuse
 from sendtrack.providers.canonical import callback, event_hash, rfc2822_to_ms
 from sendtrack.providers.payload import decode_form, integer, utf8
 
 NAME = "twilio"
 SIGNATURE_HEADER = "x-twilio-signature"
+NO_PUBLIC_URL = refuse(403, "not configured: no public URL")
 
 _SMS_STATUS = {
     "accepted": "processing",
@@ -46,6 +47,10 @@ def verify(raw: RawWebhook, secrets: ProviderSecrets, now_ms: int,
     refused = checks.precheck(raw, max_body_bytes, secrets.twilio_auth_token)
     if refused:
         return refused
+    # Twilio signs the URL it called. The ingress sets raw.url from SENDTRACK_WEBHOOK_PUBLIC_URL only
+    # (a Host header would let a request signed for another host, e.g. staging, through): none, no check.
+    if not raw.url:
+        return NO_PUBLIC_URL
     signature = raw.headers.get(SIGNATURE_HEADER, "").strip()
     if not signature:
         return checks.MISSING

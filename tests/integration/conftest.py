@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -63,9 +64,17 @@ class Worker:
             "SENDTRACK_PARTITIONS": "4",
             "SENDTRACK_SINK_BATCH_SECONDS": "0.3",
             "SENDTRACK_FAULT_INJECTION": "1",
+            # The ClickHouse HTTP interface binds 8123 by default: off unless a test asks for it.
+            "SENDTRACK_CLICKHOUSE_HTTP_PORT": "0",
             **{f"SENDTRACK_{k.upper()}": str(v) for k, v in env.items()},
         }
         self.proc: Optional[subprocess.Popen] = None
+        # The reader this test client presents, when the worker has SENDTRACK_READERS.
+        self.auth: Optional[tuple[str, str]] = None
+        readers = self.env.get("SENDTRACK_READERS", "")
+        if readers:
+            name, _, password = readers.split(",")[0].partition(":")
+            self.auth = (name, password)
         self.log_path = tmp / f"{run}.log"
 
     def topic(self, name: str) -> str:
@@ -103,14 +112,33 @@ class Worker:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
     def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, **params)[1]
+
+    def post(self, path: str, **params: Any) -> Any:
+        return self.request("POST", path, **params)[1]
+
+    def request(self, method: str, path: str, headers: Optional[dict[str, str]] = None,
+                **params: Any) -> tuple[int, Any]:
+        """(HTTP status, decoded JSON body) of a request to the worker, as the configured reader
+        (`self.auth`, a (name, password) pair) unless `headers` says otherwise."""
         url = f"http://127.0.0.1:{self.port}{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
+        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        if self.auth and not (headers and "Authorization" in headers):
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         try:
-            with urllib.request.urlopen(url, timeout=30) as resp:
-                return json.loads(resp.read())
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            return json.loads(exc.read())
+            body = exc.read()
+            try:
+                return exc.code, json.loads(body)
+            except ValueError:
+                return exc.code, {"error": body.decode(errors="replace")}
 
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as resp:

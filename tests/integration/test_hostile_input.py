@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import itertools
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,16 +19,19 @@ from typing import Any, Optional
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.partitioner import murmur2
 
 from schemas.validate import ErrorType
 from tests.integration.conftest import BROKER, Worker, cb, consume, req
 
 ERROR_TYPES = {e.value for e in ErrorType}
 N_GOOD = 30
-T0 = 1_780_000_000_000
+DAY_MS = 86_400_000
+# Yesterday, midnight UTC: event times must lie within SENDTRACK_TIME_MAX_AGE_DAYS of their record's.
+T0 = (int(time.time() * 1000) // DAY_MS - 1) * DAY_MS
 GOOD_ACTIONS = ["email", "sms", "zalo_oa", "zns", "messenger", "ai_call", "voucher"]  # all reach delivered
 REQUESTS, CALLBACKS = "send-requests", "provider-callbacks"
 
@@ -109,6 +113,14 @@ def hostile_requests(rng: random.Random) -> list[Hostile]:
          raw_with(doc_request(), "message_id", b'"bad-\\ud800"'), "undecodable"),
         ("req-invalid-utf8-in-string", b"bad-utf8", j(doc_request()).replace(b"cus-1", b"cus-\xc0\xaf"),
          "undecodable"),
+        # Times outside the plausible window (ClickHouse's toDate would count 2286 on a day of 2107).
+        ("req-requested-at-2286", b"bad-req", j(doc_request(requested_at=9_999_999_999_999)), "invalid_value"),
+        ("req-requested-at-800-days-old", b"bad-req",
+         j(doc_request(requested_at=int(time.time() * 1000) - 800 * DAY_MS)), "invalid_value"),
+        # Control characters in ids: "\x1f" is the separator of the provider-id key.
+        ("req-message-id-unit-separator", b"bad-req", j(doc_request(message_id="bad-\x1f-req")), "invalid_value"),
+        ("req-customer-id-nul", b"bad-req", j(doc_request(customer_id="cus-\x00")), "invalid_value"),
+        ("req-campaign-id-newline", b"bad-req", j(doc_request(campaign_id="camp\nforged")), "invalid_value"),
         # Same message id and a different content than the good request published before it (same key:
         # same partition, so the good one is first): conflicting_request, the first stands.
         ("req-conflicting", good_id(1).encode(),
@@ -146,6 +158,15 @@ def hostile_callbacks(rng: random.Random) -> list[Hostile]:
         ("cb-unknown-field", b"bad-cb", j(doc_callback(signature="x")), "unknown_field"),
         ("cb-request-shaped", b"bad-req", j(doc_request()), "unknown_field"),
         ("cb-huge-message-id", b"c" * 10_000, j(doc_callback(message_id="c" * 10_000)), "invalid_value"),
+        ("cb-occurred-at-2286", b"bad-cb", j(doc_callback(occurred_at=9_999_999_999_999)), "invalid_value"),
+        ("cb-occurred-at-2-days-ahead", b"bad-cb",
+         j(doc_callback(occurred_at=int(time.time() * 1000) + 2 * DAY_MS)), "invalid_value"),
+        # provider "a\x1fb" + id "c" and provider "a" + id "b\x1fc" would share one provider-id key.
+        ("cb-provider-unit-separator", None,
+         j(without(doc_callback(provider="sendgrid\x1fx", provider_message_id="y"), "message_id")), "invalid_value"),
+        ("cb-provider-message-id-unit-separator", None,
+         j(without(doc_callback(provider="sendgrid", provider_message_id="x\x1fy"), "message_id")), "invalid_value"),
+        ("cb-event-id-newline", b"bad-cb", j(doc_callback(event_id="ev\nforged")), "invalid_value"),
         ("cb-lone-surrogate-event-id", b"bad-cb",
          raw_with(doc_callback(), "event_id", b'"\\udc00\\ud800"'), "undecodable"),
         # Valid records the status table refuses for this message's action (held or not: the letter
@@ -483,3 +504,308 @@ async def test_a_large_accepted_webhook_is_published_whole_or_refused(workers, s
     else:
         assert [len(b) for b in mine] == [len(body)], f"sent {len(body)} bytes, 200, published {[len(b) for b in mine]}"
         assert mine == [body]
+
+
+# ---------------------------------------------------------------------------------------------
+# Valid input whose effect outgrows a Kafka record: the engine must keep going (an engine-only
+# worker; what it did is read from its output topics)
+# ---------------------------------------------------------------------------------------------
+
+PARTITIONS = 4  # SENDTRACK_PARTITIONS of the Worker fixture
+VIETNAMESE = "Người nhận không tồn tại, hộp thư đã đầy. "
+EMOJI = "📨🚫😡🔥"
+CONTROL = "\x01\x07\x1b\x7f"
+
+
+def partition_of(key: str) -> int:
+    """The partition Kafka's default partitioner gives this key."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % PARTITIONS
+
+
+def id_on(partition: int, prefix: str) -> str:
+    """An id that Kafka's default partitioner puts on `partition`."""
+    return next(f"{prefix}-{i}" for i in itertools.count() if partition_of(f"{prefix}-{i}") == partition)
+
+
+def text(kind: str, n: int) -> str:
+    """`n` characters of multi-byte or control-character text (each escaped as 6 bytes in JSON)."""
+    unit = {"vi": VIETNAMESE, "emoji": EMOJI, "control": CONTROL}[kind]
+    return (unit * (n // len(unit) + 1))[:n]
+
+
+def request_of_numbers(mid: str, size: int) -> bytes:
+    """A valid request of exactly `size` bytes whose attributes are mostly the number 1e15: re-encoded
+    (1000000000000000.0) it is almost four times as long."""
+    head = orjson.dumps(doc_request(message_id=mid))[:-1] + b',"attributes":{"pad":"'
+    middle, end = b'","n":[', b"1e15]}}"
+    room = size - len(head) - len(middle) - len(end)
+    raw = head + b"p" * (room % 5) + middle + b"1e15," * (room // 5) + end
+    assert len(raw) == size and len(orjson.dumps(orjson.loads(raw))) > 3_500_000
+    return raw
+
+
+@pytest.fixture(scope="module")
+def engine_worker(tmp_path_factory):
+    w = Worker(tmp_path_factory.mktemp("outgrow"), "hostile-outgrow", sink_enabled=0, orphan_ttl_seconds=3600)
+    w.start(150, engine_only=True)
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+async def publish_at(records: list[tuple[str, Key, Value, Optional[int]]]) -> list[tuple[str, int, int]]:
+    """Publish (topic, key, value, Kafka timestamp or None) in order; returns their positions."""
+    producer = AIOKafkaProducer(bootstrap_servers=BROKER, acks="all", max_request_size=8 << 20)
+    await producer.start()
+    try:
+        out = []
+        for topic, key, value, timestamp_ms in records:
+            meta = await producer.send_and_wait(topic, key=key, value=value, timestamp_ms=timestamp_ms)
+            out.append((topic, meta.partition, meta.offset))
+        return out
+    finally:
+        await producer.stop()
+
+
+def reader(topic: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(topic, bootstrap_servers=BROKER, auto_offset_reset="earliest", group_id=None,
+                            enable_auto_commit=False, fetch_max_bytes=16 << 20, max_partition_fetch_bytes=16 << 20)
+
+
+async def read_until(topic: str, done, timeout: float = 45) -> list[dict[str, Any]]:
+    """Read `topic` from its start until done(records) holds (or the timeout); returns the records."""
+    consumer = reader(topic)
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not done(out):
+            batch = await consumer.getmany(timeout_ms=300)
+            out.extend(orjson.loads(r.value) for recs in batch.values() for r in recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def read_to_end(topic: str) -> list[dict[str, Any]]:
+    """Every record `topic` holds now."""
+    consumer = reader(topic)
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        partitions = consumer.assignment() or set()
+        while not partitions:
+            await asyncio.sleep(0.1)
+            partitions = consumer.assignment()
+        ends = await consumer.end_offsets(list(partitions))
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            batch = await consumer.getmany(timeout_ms=300)
+            out.extend(orjson.loads(r.value) for recs in batch.values() for r in recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def handled(w: Worker, pos: tuple[str, int, int], timeout: float = 45) -> None:
+    """Wait until the engine committed its consumer offset past the record at `pos`. Its outputs
+    alone prove nothing: a batch retried forever produces them again on every attempt."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=BROKER)
+    await admin.start()
+    committed = None
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            offsets = await admin.list_consumer_group_offsets(w.env["SENDTRACK_APP_ID"])
+            committed = offsets.get(TopicPartition(pos[0], pos[1]))
+            if committed is not None and committed.offset > pos[2]:
+                return
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+    raise AssertionError(f"the engine did not get past {pos} within {timeout} s (committed: {committed}): "
+                         f"it is stuck; log {w.log_path}:\n{w.tail(6) if alive(w) else why_it_stopped(w)}")
+
+
+async def processed(w: Worker, message_id: str, status: str = "sent", timeout: float = 45) -> list[dict[str, Any]]:
+    """The status changes of the run once `message_id` reached `status` (fails after the timeout)."""
+    def reached(changes):
+        return any(c["message_id"] == message_id and c["status"] == status for c in changes)
+    changes = await read_until(w.topic("status-changes"), reached, timeout)
+    assert reached(changes), (f"{message_id!r} did not reach {status!r} within {timeout} s: the engine is "
+                              f"stuck; log {w.log_path}:\n{why_it_stopped(w) if not alive(w) else w.tail(8)}")
+    return changes
+
+
+async def letters_at(w: Worker, positions: list[tuple[str, int, int]], timeout: float = 20) -> dict:
+    """Dead letters of the records at `positions`, by position (waits until each has one)."""
+    wanted = set(positions)
+    letters = await read_until(w.topic("dead-letters"), lambda ds: wanted <= {position(d) for d in ds}, timeout)
+    out: dict[tuple[str, int, int], list[dict]] = {}
+    for d in letters:
+        if position(d) in wanted:
+            out.setdefault(position(d), []).append(d)
+    return out
+
+
+async def test_a_misrouted_request_that_grows_when_re_encoded_does_not_stop_its_partition(engine_worker):
+    """999,905 bytes of 1e15 pass validation; published on a key of another partition the request is
+    routed to its own, where re-encoded it was 3.8 MB: over the internal topic's 1 MiB, refused by
+    the broker, and retried forever with the partition's batch."""
+    w = engine_worker
+    mid, key = id_on(1, "big-1e15"), id_on(2, "other-key")
+    after = id_on(2, "after-big-1e15")
+    assert partition_of(mid) != partition_of(key) == partition_of(after)
+    positions = await publish_at([(w.topic(REQUESTS), key.encode(), request_of_numbers(mid, 999_905), None),
+                                  (w.topic(REQUESTS), *req(after), None)])
+    assert positions[0][:2] == positions[1][:2]
+    await handled(w, positions[1])
+    await processed(w, after)
+    assert alive(w)
+    # It is the record's own bytes that travel, so the request is applied on its partition like any other.
+    changes = await processed(w, mid)
+    assert [c["status"] for c in changes if c["message_id"] == mid] == ["sent"]
+
+
+async def test_64_held_callbacks_of_long_multibyte_text_do_not_stop_their_partition(engine_worker):
+    """64 callbacks waiting for their request, each with 2,048 + 4,096 characters of Vietnamese, emoji
+    or control characters (counted in characters, each up to 6 bytes encoded), made a 1.3-2.6 MB state."""
+    w = engine_worker
+    mid = id_on(3, "held-multibyte")
+    after = id_on(3, "after-held")  # its callback follows the hostile ones on their topic's partition
+    await publish_at([(w.topic(REQUESTS), *req(after), None)])
+    await processed(w, after)
+    records = []
+    for i in range(64):
+        kind = ("vi", "emoji", "control")[i % 3]
+        doc = doc_callback(message_id=mid, event_id=f"{i:02d}-" + text("vi" if kind == "control" else kind, 250),
+                           occurred_at=T0 + 1000 + i, reason_code=text(kind, 256), reason=text(kind, 2048),
+                           url=text(kind, 4096), provider="sendgrid", provider_message_id=text("vi", 256))
+        records.append((w.topic(CALLBACKS), mid.encode(), orjson.dumps(doc), None))
+    positions = await publish_at(records + [(w.topic(CALLBACKS), *cb(after, "after-held-ev", "delivered"), None)])
+    assert len({p[:2] for p in positions}) == 1  # one topic partition
+    await handled(w, positions[-1])
+    await processed(w, after, "delivered")
+    # The callbacks the state can hold wait for the request; the others are dead letters, never dropped.
+    mine = {position(d): d for d in await read_to_end(w.topic("dead-letters")) if position(d) in positions[:64]}
+    assert mine, "every callback was held: the state would be over 1 MB"
+    assert {d["error_type"] for d in mine.values()} == {"too_many_held"}, mine
+    assert len(mine) < 64
+    # The request applies the held ones.
+    await publish_at([(w.topic(REQUESTS), *req(mid), None)])
+    changes = await processed(w, mid, "delivered")
+    assert sorted(c["status"] for c in changes if c["message_id"] == mid) == ["delivered", "processing", "sent"]
+
+
+async def test_70_clicks_after_a_request_do_not_stop_their_partition(engine_worker):
+    """Each repeated click is an engagement event kept in the state for re-production after a crash:
+    64 of them with 4,096-character URLs of control characters made a 1.6 MB state."""
+    w = engine_worker
+    mid = id_on(0, "clicks")
+    after = id_on(0, "after-clicks")  # its callback follows the clicks on their topic's partition
+    await publish_at([(w.topic(REQUESTS), *req(mid), None), (w.topic(REQUESTS), *req(after), None)])
+    await processed(w, after)
+    records = []
+    for i in range(70):
+        doc = doc_callback(message_id=mid, event_id=f"click-{i:02d}-" + text("vi", 240), status="clicked",
+                           occurred_at=T0 + 10_000 + i, url=text("control", 4096))
+        records.append((w.topic(CALLBACKS), mid.encode(), orjson.dumps(doc), None))
+    positions = await publish_at(records + [(w.topic(CALLBACKS), *cb(after, "after-clicks-ev", "delivered"), None)])
+    assert len({p[:2] for p in positions}) == 1  # one topic partition
+    await handled(w, positions[-1])
+    await processed(w, after, "delivered")
+    changes = await read_until(
+        w.topic("status-changes"),
+        lambda cs: sum(c["message_id"] == mid and c["kind"] == "engagement" for c in cs) >= 69, timeout=20)
+    clicks = [c for c in changes if c["message_id"] == mid and c["status"] == "clicked"]
+    assert sorted(c["kind"] for c in clicks) == ["engagement"] * 69 + ["milestone"]
+    assert all(c["url"] == text("control", 4096) for c in clicks)
+
+
+async def test_the_time_window_is_judged_at_the_records_kafka_timestamp(engine_worker):
+    """An input is judged against the time it was published, not the time it is read: a re-read after
+    a crash hours later gives the same answer, and a backlog is not refused for being late."""
+    w = engine_worker
+    now = int(time.time() * 1000)
+    old = now - 3 * 365 * DAY_MS  # older than the 730-day window, but so is the record
+    late, fresh = id_on(2, "published-long-ago"), id_on(2, "bogus-kafka-time")
+    positions = await publish_at([
+        (w.topic(REQUESTS), *req(late, requested_at=old), old + 60_000),
+        (w.topic(REQUESTS), *req(fresh, requested_at=now), old),  # 3 years after its record's time
+    ])
+    letters = await letters_at(w, positions[1:])
+    assert positions[1] in letters, "a request 3 years ahead of its record's time was accepted"
+    assert [d["error_type"] for d in letters[positions[1]]] == ["invalid_value"]
+    assert "requested_at" in letters[positions[1]][0]["error"]
+    await processed(w, late)
+
+
+async def set_topic_limit(topic: str, max_bytes: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=BROKER)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                  configs={"max.message.bytes": str(max_bytes)})])
+    finally:
+        await admin.close()
+
+
+async def test_records_the_broker_refuses_become_dead_letters_and_the_partition_goes_on(tmp_path):
+    """The last line of defence. Every record the engine produces fits the 1 MiB its topics are
+    created with, but an operator may lower a topic's max.message.bytes (done here by hand): the
+    broker then refuses a batch's records, which used to be retried forever. The batch's inputs are
+    applied again one at a time: the one whose records are refused changes nothing and becomes a
+    dead letter (too_large, with the broker's error); the others are applied."""
+    w = Worker(tmp_path, "hostile-refused", sink_enabled=0, orphan_ttl_seconds=3600).start(150, engine_only=True)
+    try:
+        await set_topic_limit(f"{w.env['SENDTRACK_APP_ID']}-messages-changelog", 4096)
+        await set_topic_limit(w.topic("sendtrack-routed"), 16384)
+        before, after = id_on(1, "refused-before"), id_on(1, "refused-after")
+        held, routed = id_on(1, "refused-held"), id_on(2, "refused-routed")
+        await publish_at([(w.topic(REQUESTS), *req(before), None)])
+        await processed(w, before)
+        big_state = doc_callback(message_id=held, event_id="refused-ev", reason="\x01" * 2048)  # a 12 KB state
+        big_route = orjson.loads(req(routed, attributes={"pad": "p" * 40_000})[1])  # a 40 KB routed record
+        positions = await publish_at([
+            (w.topic(CALLBACKS), held.encode(), orjson.dumps(big_state), None),
+            (w.topic(REQUESTS), before.encode(), orjson.dumps(big_route), None),  # partition 1: misrouted
+            (w.topic(CALLBACKS), *cb(before, "refused-before-ev", "delivered"), None),
+            (w.topic(REQUESTS), *req(after), None),
+        ])
+        for pos in positions:
+            await handled(w, pos)
+        await processed(w, before, "delivered")
+        await processed(w, after)
+        letters = await letters_at(w, positions[:2])
+        for pos in positions[:2]:
+            assert [d["error_type"] for d in letters[pos]] == ["too_large"], letters[pos]
+            assert "MessageSizeTooLargeError" in letters[pos][0]["error"]
+        # The refused callback left nothing behind: its message's request finds nothing held.
+        await publish_at([(w.topic(REQUESTS), *req(held), None)])
+        changes = await processed(w, held)
+        assert [c["status"] for c in changes if c["message_id"] == held] == ["sent"]
+        assert alive(w)
+    finally:
+        w.stop()
+
+
+async def test_internal_and_changelog_topics_are_created_with_the_engines_record_limit(engine_worker):
+    """The engine sizes its records against RECORD_MAX_BYTES: the topics it writes them to say so."""
+    from sendtrack.topics import RECORD_MAX_BYTES
+    w = engine_worker
+    admin = AIOKafkaAdminClient(bootstrap_servers=BROKER)
+    await admin.start()
+    try:
+        app_id = w.env["SENDTRACK_APP_ID"]
+        mine = [t for t in await admin.list_topics()
+                if t in (w.topic("sendtrack-routed"), w.topic("sendtrack-by-provider-id"))
+                or (t.startswith(f"{app_id}-") and t.endswith("-changelog"))]
+        limits = {}
+        for topic in mine:
+            for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)]):
+                for resource in response.resources:
+                    limits[topic] = {name: value for name, value, *_ in resource[4]}["max.message.bytes"]
+    finally:
+        await admin.close()
+    assert len(limits) == 7, limits  # two internal topics, five tables
+    assert set(limits.values()) == {str(RECORD_MAX_BYTES)}, limits

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from schemas.models import ACTIONS, MESSAGE_ID_MAX, STATUSES, Callback, Invalid, SendRequest
-from schemas.validate import ErrorType, parse_callback, parse_send_request
+from schemas.validate import ErrorType, TimeWindow, parse_callback, parse_send_request
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 MS_MIN, MS_MAX = 1_000_000_000_000, 10_000_000_000_000
@@ -25,6 +26,10 @@ PARSERS = {"request": parse_send_request, "callback": parse_callback}
 
 REQUEST_FIELDS = [f.name for f in dataclasses.fields(SendRequest)]
 CALLBACK_FIELDS = [f.name for f in dataclasses.fields(Callback)]
+# Identifiers carry no control character (C0, DEL, C1): "\x1f" separates the parts of a provider-id key.
+REQUEST_IDS = ["message_id", "customer_id", "provider", "recipient", "flow_id", "campaign_id", "step_id"]
+CALLBACK_IDS = ["event_id", "message_id", "provider", "provider_message_id"]
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,6 +62,8 @@ def check_request(r: SendRequest) -> None:
     for name in ("provider", "recipient", "flow_id", "campaign_id", "step_id"):
         assert _opt_text(getattr(r, name)), (name, getattr(r, name))
     assert r.attributes is None or isinstance(r.attributes, dict), r.attributes
+    for name in REQUEST_IDS:
+        assert getattr(r, name) is None or not CONTROL.search(getattr(r, name)), (name, getattr(r, name))
 
 
 def check_callback(c: Callback) -> None:
@@ -74,6 +81,8 @@ def check_callback(c: Callback) -> None:
         assert _opt_text(getattr(c, name)), (name, getattr(c, name))
     assert c.is_machine is None or isinstance(c.is_machine, bool), c.is_machine
     assert c.bounce_type in (None, "hard", "soft"), c.bounce_type
+    for name in CALLBACK_IDS:
+        assert getattr(c, name) is None or not CONTROL.search(getattr(c, name)), (name, getattr(c, name))
 
 
 def check_outcome(result: Any, kind: str) -> None:
@@ -183,12 +192,16 @@ def valid_callback_doc(**kw: Any) -> dict[str, Any]:
     return doc
 
 
+# Text of every plane except control characters (and lone surrogates), as ids are.
+ids = st.characters(blacklist_categories=("Cc", "Cs"))
+
+
 @st.composite
 def base_requests(draw) -> dict[str, Any]:
     doc = valid_request_doc(
-        message_id=draw(st.text(min_size=1, max_size=MESSAGE_ID_MAX)),
+        message_id=draw(st.text(ids, min_size=1, max_size=MESSAGE_ID_MAX)),
         action=draw(st.sampled_from(sorted(ACTIONS))),
-        customer_id=draw(st.text(min_size=1, max_size=20)),
+        customer_id=draw(st.text(ids, min_size=1, max_size=20)),
         requested_at=draw(st.integers(min_value=MS_MIN, max_value=MS_MAX - 1)),
     )
     for name in draw(st.sets(st.sampled_from(["provider", "recipient", "flow_id", "campaign_id", "step_id",
@@ -200,10 +213,10 @@ def base_requests(draw) -> dict[str, Any]:
 @st.composite
 def base_callbacks(draw) -> dict[str, Any]:
     doc = valid_callback_doc(
-        event_id=draw(st.text(min_size=1, max_size=30)),
+        event_id=draw(st.text(ids, min_size=1, max_size=30)),
         occurred_at=draw(st.integers(min_value=MS_MIN, max_value=MS_MAX - 1)),
         status=draw(st.sampled_from(STATUSES)),
-        message_id=draw(st.text(min_size=1, max_size=MESSAGE_ID_MAX)),
+        message_id=draw(st.text(ids, min_size=1, max_size=MESSAGE_ID_MAX)),
     )
     if draw(st.booleans()):
         doc["http_status"] = draw(st.integers(min_value=100, max_value=599))
@@ -494,3 +507,56 @@ def test_deep_attributes_that_pass_can_be_stored(depth):
         doc = {name: v for name in result.__slots__ if (v := getattr(result, name)) is not None}
         orjson.dumps({"req": doc, "ms": {}, "ev": [], "held": []})  # the state (sendtrack.status.new_state)
         orjson.dumps({"kind": "request", "origin": ["send-requests", 0, 0], "body": doc})  # engine.route
+
+
+# ---------------------------------------------------------------------------------------------
+# Control characters in ids, and the time window
+# ---------------------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(base_requests() | base_callbacks(), st.data())
+def test_a_control_character_in_an_id_is_an_invalid_value(doc, data):
+    doc = dict(doc)
+    is_request = "action" in doc
+    name = data.draw(st.sampled_from(REQUEST_IDS if is_request else CALLBACK_IDS))
+    control = data.draw(st.sampled_from([chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]]))
+    head, tail = data.draw(st.text(ids, max_size=5)), data.draw(st.text(ids, max_size=5))
+    doc[name] = head + control + tail
+    result = (parse_send_request if is_request else parse_callback)(_dumps(doc))
+    assert isinstance(result, Invalid), result
+    assert result.error_type in (ErrorType.INVALID_VALUE, ErrorType.MISSING_FIELD), result
+
+
+@FUZZ
+@given(base_callbacks(), st.sampled_from(["reason", "reason_code", "url"]), st.text(max_size=40))
+def test_control_characters_in_other_text_are_kept(doc, name, text):
+    doc = dict(doc, **{name: text})
+    result = parse_callback(_dumps(doc))
+    assert isinstance(result, Callback), result
+    assert getattr(result, name) == text
+
+
+DAY = 86_400_000
+windows = st.builds(TimeWindow, max_age_ms=st.integers(0, 1000 * DAY), max_ahead_ms=st.integers(0, 10 * DAY))
+
+
+@FUZZ
+@given(base_requests() | base_callbacks(), st.integers(MS_MIN, MS_MAX - 1), windows,
+       st.one_of(st.integers(-20 * DAY, 20 * DAY), st.integers(-2000 * DAY, 2000 * DAY), st.sampled_from([0, -1, 1])),
+       st.booleans())
+def test_a_time_is_accepted_exactly_within_the_window(doc, now, window, offset, at_edge):
+    doc = dict(doc)
+    is_request = "action" in doc
+    name = "requested_at" if is_request else "occurred_at"
+    if at_edge:  # just inside or outside one of the edges
+        offset = (window.max_ahead_ms if offset >= 0 else -window.max_age_ms) + (offset % 3 - 1)
+    doc[name] = now + offset
+    result = (parse_send_request if is_request else parse_callback)(_dumps(doc), now_ms=now, window=window)
+    check_outcome(result, "request" if is_request else "callback")
+    inside = -window.max_age_ms <= offset <= window.max_ahead_ms and MS_MIN <= now + offset < MS_MAX
+    if inside:
+        assert not isinstance(result, Invalid), result
+    else:
+        assert isinstance(result, Invalid) and result.error_type == ErrorType.INVALID_VALUE, result
+        assert name in result.error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, Union
@@ -16,8 +17,10 @@ import orjson
 import pytest
 
 import schemas
-from schemas.models import Callback, DeadLetter, SendRequest, StatusChange
-from schemas.validate import field_specs, parse_callback, parse_send_request, validate
+from schemas.models import (ID_FIELDS, ID_PATTERN, MESSAGE_ID_MAX, TEXT_MAX, Callback, DeadLetter, SendRequest,
+                            StatusChange)
+from schemas.validate import (DEFAULT_TIME_WINDOW, TimeWindow, field_specs, judged_at, parse_callback,
+                              parse_send_request, validate)
 from sendtrack import status as core
 
 SCHEMA_DIR = Path(schemas.__file__).parent
@@ -41,7 +44,7 @@ def load_schema(topic: str) -> dict[str, Any]:
 
 ANNOTATIONS = {"$schema", "$id", "title", "description"}
 ASSERTIONS = {"type", "enum", "required", "properties", "additionalProperties", "minLength",
-              "maxLength", "minimum", "maximum", "anyOf", "allOf"}
+              "maxLength", "pattern", "minimum", "maximum", "anyOf", "allOf"}
 
 
 def json_type_matches(value: Any, name: str) -> bool:
@@ -86,6 +89,9 @@ def schema_errors(schema: dict[str, Any], value: Any, path: str = "$") -> list[s
             errors.append(f"{path}: shorter than {schema['minLength']}")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append(f"{path}: longer than {schema['maxLength']}")
+        # ECMA-262's $ matches only at the very end; Python's also before a final newline.
+        if "pattern" in schema and not re.search(schema["pattern"].replace("$", r"\Z"), value):
+            errors.append(f"{path}: does not match {schema['pattern']!r}")
     if json_type_matches(value, "number"):
         if "minimum" in schema and value < schema["minimum"]:
             errors.append(f"{path}: {value} < minimum {schema['minimum']}")
@@ -119,9 +125,10 @@ def test_the_checker_implements_every_keyword_the_documents_use():
 def test_the_checker_rejects_what_it_should():
     schema = {"type": "object", "additionalProperties": False, "required": ["a"],
               "properties": {"a": {"type": ["integer", "null"], "minimum": 1},
-                             "b": {"type": "string", "enum": ["x"], "maxLength": 1}},
+                             "b": {"type": "string", "enum": ["x", "x\n"], "maxLength": 2, "pattern": "^x$"}},
               "anyOf": [{"required": ["a"]}]}
     assert schema_errors(schema, {"a": 1, "b": "x"}) == []
+    assert schema_errors(schema, {"a": 1, "b": "x\n"}) != []
     assert schema_errors(schema, {"a": None}) == []
     assert schema_errors(schema, []) != []
     assert schema_errors(schema, {"b": "x"}) != []
@@ -168,6 +175,18 @@ def test_model_and_schema_have_the_same_fields(topic):
     assert set(schema["properties"]) == {s.name for s in field_specs(MODELS[topic])}
     assert schema["additionalProperties"] is False
     assert schema["type"] == "object"
+
+
+@pytest.mark.parametrize("topic", ["send-requests", "provider-callbacks"])
+def test_the_schemas_limit_text_as_the_parser_does(topic):
+    """maxLength is TEXT_MAX (MESSAGE_ID_MAX for message_id), the id pattern is on exactly the ids."""
+    model, properties = MODELS[topic], load_schema(topic)["properties"]
+    for spec in field_specs(model):
+        if spec.type is not str or spec.name in ("action", "status", "bounce_type"):  # enums
+            continue
+        limit = MESSAGE_ID_MAX if spec.name == "message_id" else TEXT_MAX[spec.name]
+        assert properties[spec.name].get("maxLength") == limit, spec.name
+        assert properties[spec.name].get("pattern") == (ID_PATTERN if spec.name in ID_FIELDS else None), spec.name
 
 
 @pytest.mark.parametrize("topic", MODELS)
@@ -243,6 +262,24 @@ INVALID_RECORDS = [
     ("unknown bounce_type", "provider-callbacks",
      raw(callback_doc(status="bounced", bounce_type="medium")), "invalid_value"),
     ("empty event_id", "provider-callbacks", raw(callback_doc(event_id="")), "invalid_value"),
+    ("customer_id of 257 chars", "send-requests", raw(request_doc(customer_id="c" * 257)), "invalid_value"),
+    ("reason of 2049 chars", "provider-callbacks", raw(callback_doc(reason="r" * 2049)), "invalid_value"),
+    # Control characters in ids: "\x1f" separates provider and provider message id in a key, so
+    # provider "a\x1fb" with id "c" would be provider "a" with id "b\x1fc".
+    ("message_id with \\x1f", "send-requests", raw(request_doc(message_id="a\x1fb")), "invalid_value"),
+    ("customer_id with NUL", "send-requests", raw(request_doc(customer_id="c\x00")), "invalid_value"),
+    ("recipient with a newline", "send-requests", raw(request_doc(recipient="a@x.vn\n")), "invalid_value"),
+    ("flow_id with DEL", "send-requests", raw(request_doc(flow_id="f\x7f")), "invalid_value"),
+    ("campaign_id with a C1 control", "send-requests", raw(request_doc(campaign_id="c\x85")), "invalid_value"),
+    ("step_id with a tab", "send-requests", raw(request_doc(step_id="s\t1")), "invalid_value"),
+    ("provider with \\x1f", "send-requests", raw(request_doc(provider="sg\x1fx")), "invalid_value"),
+    ("event_id with a newline", "provider-callbacks", raw(callback_doc(event_id="ev\n")), "invalid_value"),
+    ("callback message_id with \\x1f", "provider-callbacks", raw(callback_doc(message_id="m\x1f")),
+     "invalid_value"),
+    ("callback provider with \\x1f", "provider-callbacks",
+     raw(callback_doc(drop=("message_id",), provider="a\x1fb", provider_message_id="c")), "invalid_value"),
+    ("provider_message_id with \\x1f", "provider-callbacks",
+     raw(callback_doc(drop=("message_id",), provider="a", provider_message_id="b\x1fc")), "invalid_value"),
 ]
 
 
@@ -297,6 +334,9 @@ VALID_REQUESTS = [
                                          step_id=None, attributes=None)),
     ("message_id of 128 chars", request_doc(message_id="m" * 128)),
     ("unicode recipient", request_doc(recipient="Nguyễn Văn A")),
+    ("ids at their limits, in emoji", request_doc(message_id="📨" * 128, customer_id="📨" * 256,
+                                                  provider="📨" * 64, recipient="📨" * 512)),
+    ("control characters in attributes", request_doc(attributes={"note": "a\x1fb\n"})),
 ] + [(f"action {a}", request_doc(action=a)) for a in
      ["email", "zalo_oa", "zns", "messenger", "sms", "ai_call", "http_request", "timer", "voucher",
       "sync", "start_flow", "other"]]
@@ -310,6 +350,8 @@ VALID_CALLBACKS = [
                                           reason_code=None, reason=None, url=None, is_machine=None,
                                           bounce_type=None)),
     ("http_status with status null", callback_doc(status=None, http_status=500)),
+    ("control characters in text", callback_doc(status="failed", reason="line 1\nline 2\x00", reason_code="5\t1",
+                                                url="https://x.example/\x7f")),
 ] + [(f"status {s}", callback_doc(status=s)) for s in
      ["sent", "processing", "delivered", "failed", "opened", "clicked", "unsubscribed", "complained",
       "bounced", "answered", "succeeded"]]
@@ -373,3 +415,57 @@ def test_every_emitted_status_change_satisfies_the_schema():
     assert {c.kind for c in changes} == {"milestone", "engagement", "request"}
     for change in changes:
         assert schema_errors(load_schema("status-changes"), dataclasses.asdict(change)) == [], change
+
+
+# ---------------------------------------------------------------------------------------------
+# Plausible times (SENDTRACK_TIME_MAX_AGE_DAYS, SENDTRACK_TIME_MAX_AHEAD_SECONDS)
+# ---------------------------------------------------------------------------------------------
+
+NOW = 1_780_000_000_000  # 2026-05-28
+DAY = 86_400_000
+WINDOW = TimeWindow(max_age_ms=730 * DAY, max_ahead_ms=DAY)
+
+
+@pytest.mark.parametrize(("case", "at", "accepted"), [
+    ("now", NOW, True),
+    ("730 days ago", NOW - 730 * DAY, True),
+    ("730 days and 1 ms ago", NOW - 730 * DAY - 1, False),
+    ("a day ahead", NOW + DAY, True),
+    ("a day and 1 ms ahead", NOW + DAY + 1, False),
+    ("2286, which ClickHouse's toDate counts in 2107", 9_999_999_999_999, False),
+    ("2001", 1_000_000_000_000, False),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_times_outside_the_window_are_invalid_values(case, at, accepted):
+    for topic, doc, name in (("send-requests", request_doc(requested_at=at), "requested_at"),
+                             ("provider-callbacks", callback_doc(occurred_at=at), "occurred_at")):
+        result = validate(topic, raw(doc), now_ms=NOW, window=WINDOW)
+        if accepted:
+            assert not hasattr(result, "error_type"), result
+        else:
+            assert result.error_type == "invalid_value" and name in result.error, result
+
+
+def test_without_a_time_to_judge_at_only_the_epoch_range_is_checked():
+    """The webhook adapter's call (callback_from_dict(doc)) keeps working as before."""
+    assert isinstance(parse_send_request(raw(request_doc(requested_at=9_999_999_999_999))), SendRequest)
+    assert isinstance(parse_callback(raw(callback_doc(occurred_at=1_000_000_000_000))), Callback)
+
+
+def test_the_default_window_is_the_settings_default():
+    from sendtrack.settings import Settings
+    defaults = Settings()
+    assert DEFAULT_TIME_WINDOW == TimeWindow(max_age_ms=int(defaults.time_max_age_days * DAY),
+                                             max_ahead_ms=int(defaults.time_max_ahead_seconds * 1000))
+
+
+@pytest.mark.parametrize(("record_ms", "now_ms", "judged"), [
+    (NOW - 3_600_000, NOW, NOW - 3_600_000),  # read an hour after it was published: its own time
+    (NOW - 30 * DAY, NOW, NOW - 30 * DAY),  # a backlog read a month late is not refused for it
+    (NOW + 3_600_000, NOW, NOW),  # a producer's clock ahead of ours never widens the window ahead
+    (None, NOW, NOW),  # no timestamp
+    (-1, NOW, NOW),  # Kafka's "no timestamp"
+])
+def test_an_input_is_judged_at_its_records_time_so_a_re_read_gives_the_same_verdict(record_ms, now_ms, judged):
+    assert judged_at(record_ms, now_ms) == judged
+    if record_ms is not None and 0 < record_ms <= now_ms:
+        assert judged_at(record_ms, now_ms + 7 * DAY) == judged  # the same record read again a week later

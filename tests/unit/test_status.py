@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import orjson
 import pytest
 
-from schemas.models import Callback, SendRequest, StatusChange
+from schemas.models import MESSAGE_ID_MAX, TEXT_MAX, Callback, SendRequest, StatusChange
 from sendtrack import status as core
+from sendtrack.topics import RECORD_BUDGET_BYTES
 
 # ---------------------------------------------------------------------------------------------
 # The contract, written out literally (CONTRACT §1 and §2.2).
@@ -583,3 +585,129 @@ def test_the_failure_reason_does_not_depend_on_arrival_order():
         # messages.reason_code is read from the latest record of the 'failed' milestone.
         reasons.append(msg.milestones["failed"].reason_code)
     assert reasons == ["550", "550"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A message's state always fits in one record of its table's changelog (in bytes, not characters)
+# ---------------------------------------------------------------------------------------------
+
+# The longest text validation accepts, in the characters that take the most bytes in JSON: ids refuse
+# control characters, so 4 bytes in UTF-8 (an emoji); other text, 6 (a control character, \u0001).
+WIDE, ESCAPED = "📨", "\x01"
+
+
+def widest_id(n: int, tag: str = "") -> str:
+    return tag + WIDE * (n - len(tag))
+
+
+def widest_callback(status: str, i: int, message_id: str) -> Callback:
+    return Callback(event_id=widest_id(TEXT_MAX["event_id"], f"{i:05d}"), occurred_at=T0 + i, status=status,
+                    message_id=message_id, provider=widest_id(TEXT_MAX["provider"]),
+                    provider_message_id=widest_id(TEXT_MAX["provider_message_id"]),
+                    reason_code=ESCAPED * TEXT_MAX["reason_code"], reason=ESCAPED * TEXT_MAX["reason"],
+                    url=ESCAPED * TEXT_MAX["url"], is_machine=True,
+                    bounce_type="hard" if status == "bounced" else None)
+
+
+def widest_request(message_id: str) -> SendRequest:
+    return SendRequest(message_id=message_id, action="email", customer_id=widest_id(TEXT_MAX["customer_id"]),
+                       requested_at=T0, provider=widest_id(TEXT_MAX["provider"]),
+                       recipient=widest_id(TEXT_MAX["recipient"]), flow_id=widest_id(TEXT_MAX["flow_id"]),
+                       campaign_id=widest_id(TEXT_MAX["campaign_id"]), step_id=widest_id(TEXT_MAX["step_id"]),
+                       attributes={"big": ESCAPED * 100_000})
+
+
+def stored_size(message_id: str, state: dict) -> int:
+    """Key and value of the state's changelog record, as agents/engine.py writes it."""
+    return len(message_id.encode()) + len(orjson.dumps(state))
+
+
+def with_engine_bookkeeping(state: dict, message_id: str) -> dict:
+    """What agents/engine.py adds to a state, at its limits: up to 8 provider-id keys it registered,
+    the last offset per input topic, the time it was touched, the held-index flag."""
+    pkey = widest_id(TEXT_MAX["provider"]) + "\x1f" + widest_id(TEXT_MAX["provider_message_id"])
+    return dict(state, pm=[pkey] * 8, off={f"{'t' * 240}.{name}": 2**63 - 1 for name in
+                                          ("send-requests", "provider-callbacks", "sendtrack-routed")},
+                t=2**63 - 1, hi=True)
+
+
+def test_the_largest_state_after_the_request_fits_a_changelog_record():
+    """Every part at its limit: the request, each of email's milestones reached by its own event
+    (opened and clicked keep their URL), the failure reason, 20,000 event-id digests, and more
+    repeated clicks than are kept for re-production."""
+    message_id = widest_id(MESSAGE_ID_MAX)
+    state = core.new_state()
+    core.apply_request(state, widest_request(message_id), NOW)
+    # Each reached by its own event, nearest first (so opened and clicked both keep their URL).
+    statuses = ["processing", "delivered", "opened", "clicked", "failed", "bounced", "unsubscribed", "complained"]
+    assert set(statuses) == CONTRACT_ACTIONS["email"] - {"sent"}
+    for i, status in enumerate(statuses):
+        assert core.apply_callback(state, widest_callback(status, i, message_id), NOW).invalid is None
+    state["ev"] = [f"{i:016x}" for i in range(core.MAX_EVENT_IDS)]  # as many digests as are kept
+    for i in range(100, 200):
+        out = core.apply_callback(state, widest_callback("clicked", i, message_id), NOW)
+        assert [c.kind for c in out.changes] == ["engagement"]
+    state = with_engine_bookkeeping(state, message_id)
+    assert len(orjson.dumps(state["eng"])) <= core.ENGAGEMENT_MAX_BYTES
+    assert stored_size(message_id, state) <= RECORD_BUDGET_BYTES, stored_size(message_id, state)
+
+
+def test_the_largest_state_before_the_request_fits_a_changelog_record():
+    message_id = widest_id(MESSAGE_ID_MAX)
+    state = core.new_state()
+    outcomes = [core.apply_callback(state, widest_callback("delivered", i, message_id), NOW,
+                                    origin=["t" * 249, 2**31 - 1, 2**63 - 1]) for i in range(core.MAX_HELD)]
+    held = [o for o in outcomes if o.held]
+    refused = [o.invalid for o in outcomes if o.invalid is not None]
+    assert held and refused and len(held) + len(refused) == core.MAX_HELD
+    assert {r.error_type for r in refused} == {"too_many_held"}
+    assert "bytes" in refused[0].error
+    state = with_engine_bookkeeping(state, message_id)
+    assert stored_size(message_id, state) <= RECORD_BUDGET_BYTES, stored_size(message_id, state)
+
+
+def test_64_held_callbacks_of_long_multibyte_text_are_bounded_in_bytes():
+    """MAX_HELD counts callbacks; 64 of long Vietnamese, emoji or control-character text took 1.3-2.6 MB."""
+    for text in ("Người nhận không tồn tại. ", "📨🚫", "\x07"):
+        msg = Message("email")
+        outs = [msg.callback("delivered", reason=(text * 2048)[:2048], url=(text * 4096)[:4096])
+                for _ in range(core.MAX_HELD)]
+        assert any(o.held for o in outs)
+        assert len(orjson.dumps(msg.state["held"])) <= core.HELD_MAX_BYTES
+        # What was held is applied when the request arrives; what was refused is a dead letter.
+        assert all(o.held or o.invalid.error_type == "too_many_held" for o in outs)
+        assert "delivered" in {c.status for c in msg.request().changes}
+
+
+def test_a_short_callback_is_held_up_to_the_count_limit():
+    msg = Message("email")
+    outs = [msg.callback("delivered") for _ in range(core.MAX_HELD + 1)]
+    assert [o.held for o in outs] == [True] * core.MAX_HELD + [False]
+    assert outs[-1].invalid.error_type == "too_many_held"
+    assert f"{core.MAX_HELD} callbacks" in outs[-1].invalid.error
+
+
+def test_70_clicks_keep_every_engagement_event_and_a_bounded_state():
+    """Repeated clicks are kept for re-production after a crash: 64 with 4,096-character URLs took
+    1.6 MB. The oldest go first; the newest can always be produced again."""
+    msg = fresh("email")
+    url = ESCAPED * TEXT_MAX["url"]
+    outs = [msg.callback("clicked", event_id=f"click-{i}", url=url) for i in range(70)]
+    assert [c.kind for o in outs for c in o.changes if c.status == "clicked"] == \
+        ["milestone"] + ["engagement"] * 69
+    kept = msg.state["eng"]
+    assert 1 < len(kept) < 64 and len(orjson.dumps(kept)) <= core.ENGAGEMENT_MAX_BYTES
+    assert list(kept)[-1] == "click-69"
+    replayed = core.replay_changes(msg.state, "click-69", NOW)
+    assert [(c.kind, c.url) for c in replayed] == [("engagement", url)]
+
+
+def test_a_status_change_fits_a_record_whatever_its_text():
+    message_id = widest_id(MESSAGE_ID_MAX)
+    state = core.new_state()
+    core.apply_request(state, widest_request(message_id), NOW)
+    core.apply_callback(state, widest_callback("bounced", 1, message_id), NOW)
+    changes = core.apply_callback(state, widest_callback("clicked", 2, message_id), NOW).changes
+    changes += core.apply_callback(state, widest_callback("clicked", 3, message_id), NOW).changes
+    largest = max(len(orjson.dumps(c)) + len(message_id.encode()) for c in changes)
+    assert largest <= 64 * 1024  # far under RECORD_BUDGET_BYTES: bounded by TEXT_MAX alone

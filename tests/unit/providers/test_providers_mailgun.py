@@ -9,6 +9,7 @@ import json
 import pytest
 
 from sendtrack.providers import ProviderSecrets, parse, verify
+from sendtrack.providers.replay import SeenTokens
 
 KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
 NOW_S = 1_714_529_560
@@ -120,3 +121,56 @@ def test_stored_is_ignored_and_unknown_is_an_error(make_raw):
 def test_duplicate_delivery_same_event_id(make_raw):
     body = webhook("opened")
     assert parse(make_raw("mailgun", body)).callbacks == parse(make_raw("mailgun", body, received_at=1)).callbacks
+
+
+def forged(event: str, event_id: str, message_id: str) -> bytes:
+    """A body the attacker wrote around a signature block captured from a genuine request."""
+    doc = json.loads(webhook("delivered"))
+    doc["event-data"].update({"event": event, "id": event_id, "user-variables": {"message_id": message_id}})
+    return json.dumps(doc).encode()
+
+
+def test_signature_block_reused_with_forged_bodies_is_refused(make_raw, secrets, now_ms):
+    seen = SeenTokens()
+    assert verify(make_raw("mailgun", webhook("delivered")), secrets, now_ms, seen=seen).ok
+    attempts = [forged("clicked", "f-1", "msg-0100"), forged("complained", "f-2", "msg-0100"),
+                forged("delivered", "f-3", "msg-0200")]
+    verdicts = [verify(make_raw("mailgun", body), secrets, now_ms + 1_000, seen=seen) for body in attempts]
+    assert [(v.ok, v.status, v.reason) for v in verdicts] == [(False, 403, "replayed token")] * 3
+
+
+def test_the_same_request_twice_is_refused_too(make_raw, secrets, now_ms):
+    seen = SeenTokens()
+    body = webhook("delivered")
+    assert verify(make_raw("mailgun", body), secrets, now_ms, seen=seen).ok
+    assert verify(make_raw("mailgun", body), secrets, now_ms, seen=seen).status == 403
+
+
+def test_token_is_remembered_until_its_timestamp_leaves_the_window(make_raw, secrets, now_ms):
+    seen = SeenTokens()
+    body = webhook("delivered", signed_at=NOW_S - 200)
+    assert verify(make_raw("mailgun", body), secrets, now_ms, seen=seen).ok
+    assert len(seen) == 1
+    # 100 s later the signed timestamp is 300 s old: still inside the window, still refused.
+    assert verify(make_raw("mailgun", body), secrets, now_ms + 100_000, seen=seen).reason == "replayed token"
+    # Past the window the timestamp alone refuses it, and the memory has let the token go.
+    assert verify(make_raw("mailgun", body), secrets, now_ms + 101_000, seen=seen).reason == \
+        "timestamp outside window"
+    assert verify(make_raw("mailgun", webhook("opened")), secrets, now_ms + 101_000, seen=seen).ok
+    assert len(seen) == 1
+
+
+def test_a_forgotten_token_can_be_used_again(make_raw, secrets, now_ms):
+    # The ingress forgets a token whose request it could not publish (503), so that the retry gets in.
+    seen = SeenTokens()
+    verdict = verify(make_raw("mailgun", webhook("delivered")), secrets, now_ms, seen=seen)
+    seen.forget(verdict.nonce)
+    assert verify(make_raw("mailgun", webhook("delivered")), secrets, now_ms, seen=seen).ok
+
+
+def test_bad_signatures_do_not_fill_the_memory(make_raw, secrets, now_ms):
+    seen = SeenTokens()
+    for n in range(5):
+        assert verify(make_raw("mailgun", webhook("delivered", key=f"guess-{n}")), secrets, now_ms, seen=seen) \
+            .status == 403
+    assert len(seen) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 
 import pytest
@@ -96,9 +97,52 @@ def test_other_topic_is_refused(make_raw, sns_signer, secrets, now_ms):
     assert (verdict.status, verdict.reason) == (403, "topic not allowed")
 
 
-def test_any_topic_when_none_is_configured(make_raw, sns_signer, now_ms):
-    doc = sns_doc(sns_signer[0], ses_event("Send"), topic="arn:aws:sns:eu-west-1:1:x")
-    assert verify(request(make_raw, doc), ProviderSecrets(ses_sns_certificate_pem=sns_signer[1]), now_ms).ok
+@pytest.mark.parametrize("kind", ["Notification", "SubscriptionConfirmation"])
+@pytest.mark.parametrize("topic", [TOPIC, "arn:aws:sns:us-east-1:999999999999:attacker"])
+def test_no_topic_configured_refuses_every_request(make_raw, sns_signer, now_ms, kind, topic):
+    # AWS signs every account's topics with the same regional certificate: without a topic ARN,
+    # anyone's topic (and its subscription confirmation) would verify.
+    doc = sns_doc(sns_signer[0], ses_event("Send") if kind == "Notification" else "subscribe", kind=kind,
+                  topic=topic)
+    verdict = verify(request(make_raw, doc), ProviderSecrets(ses_sns_certificate_pem=sns_signer[1]), now_ms)
+    assert (verdict.ok, verdict.status, verdict.reason, verdict.subscribe_url) == \
+        (False, 403, "not configured: no topic ARN", None)
+
+
+def test_confirmation_of_another_topic_is_refused(make_raw, sns_signer, secrets, now_ms):
+    doc = sns_doc(sns_signer[0], "subscribe", kind="SubscriptionConfirmation",
+                  topic="arn:aws:sns:us-east-1:999999999999:attacker")
+    verdict = verify(request(make_raw, doc), secrets, now_ms)
+    assert (verdict.ok, verdict.status, verdict.reason, verdict.subscribe_url) == \
+        (False, 403, "topic not allowed", None)
+
+
+def test_subscribe_url_of_another_topic_is_refused(make_raw, sns_signer, secrets, now_ms):
+    doc = sns_doc(sns_signer[0], "subscribe", kind="SubscriptionConfirmation")
+    doc["SubscribeURL"] = doc["SubscribeURL"].replace(TOPIC, "arn:aws:sns:us-east-1:999999999999:attacker")
+    signed = "".join(f"{name}\n{doc[name]}\n" for name in CONFIRMATION_FIELDS).encode()
+    doc["Signature"] = base64.b64encode(sns_signer[0].sign(signed, padding.PKCS1v15(), hashes.SHA1())).decode()
+    verdict = verify(request(make_raw, doc), secrets, now_ms)
+    assert (verdict.ok, verdict.status, verdict.subscribe_url) == (False, 400, None)
+
+
+def iso(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@pytest.mark.parametrize("age_minutes", [6, 30, 64])
+def test_sns_retry_within_the_redelivery_horizon_is_accepted(make_raw, sns_signer, secrets, now_ms, age_minutes):
+    # SNS retries keep the publication Timestamp; its HTTP/S retries last at most an hour.
+    doc = sns_doc(sns_signer[0], ses_event("Send"), timestamp=iso(now_ms - age_minutes * 60_000))
+    assert verify(request(make_raw, doc), secrets, now_ms).ok
+
+
+@pytest.mark.parametrize("offset_ms", [-(3600 + 300) * 1000 - 1, 300_001])
+def test_sns_timestamp_past_the_horizon_or_ahead_of_the_window_is_refused(make_raw, sns_signer, secrets, now_ms,
+                                                                           offset_ms):
+    doc = sns_doc(sns_signer[0], ses_event("Send"), timestamp=iso(now_ms + offset_ms))
+    verdict = verify(request(make_raw, doc), secrets, now_ms)
+    assert (verdict.status, verdict.reason) == (403, "timestamp outside window")
 
 
 def test_subscription_confirmation_reports_the_url_to_get(make_raw, sns_signer, secrets, now_ms):
@@ -122,14 +166,15 @@ def test_bundle_with_a_rotated_certificate_still_verifies(make_raw, sns_signer, 
     new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     bundle = sns_signer[1] + self_signed(new_key)
     verdict = verify(request(make_raw, sns_doc(new_key, ses_event("Send"))),
-                     ProviderSecrets(ses_sns_certificate_pem=bundle), now_ms)
+                     ProviderSecrets(ses_sns_certificate_pem=bundle, ses_topic_arn=TOPIC), now_ms)
     assert verdict.ok
 
 
 def test_unreadable_certificate_is_not_configured(make_raw, sns_signer, now_ms):
     verdict = verify(request(make_raw, sns_doc(sns_signer[0], ses_event("Send"))),
-                     ProviderSecrets(ses_sns_certificate_pem="-----BEGIN CERTIFICATE-----\nxx"), now_ms)
-    assert (verdict.ok, verdict.status) == (False, 403)
+                     ProviderSecrets(ses_sns_certificate_pem="-----BEGIN CERTIFICATE-----\nxx",
+                                     ses_topic_arn=TOPIC), now_ms)
+    assert (verdict.ok, verdict.status, verdict.reason) == (False, 403, "not configured: unreadable certificate")
 
 
 def test_send_delivery_and_tag_message_id(make_raw, sns_signer, check_canonical):

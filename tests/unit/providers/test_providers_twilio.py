@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 from urllib.parse import urlencode
@@ -62,6 +63,13 @@ def test_url_with_default_port_variant_is_accepted(make_raw, secrets):
     signed_with_port = "https://hooks.shop.example.vn:443/webhooks/twilio?tenant=7"
     raw = request(make_raw, sms(MessageStatus="sent"), signature_url=signed_with_port)
     assert verify(raw, secrets, NOW_MS).ok
+
+
+def test_without_a_public_url_every_request_is_refused(make_raw, secrets):
+    # The ingress leaves raw.url empty unless SENDTRACK_WEBHOOK_PUBLIC_URL is set (never the Host header).
+    raw = dataclasses.replace(request(make_raw, sms(MessageStatus="delivered")), url="")
+    verdict = verify(raw, secrets, NOW_MS)
+    assert (verdict.ok, verdict.status, verdict.reason) == (False, 403, "not configured: no public URL")
 
 
 def test_missing_signature_is_401(make_raw, secrets):

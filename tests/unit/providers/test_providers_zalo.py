@@ -65,8 +65,24 @@ def test_app_secret_is_the_fallback_key(make_raw):
 def test_bad_missing_and_replayed(make_raw, secrets):
     assert verify(signed(make_raw, RECEIVED, key="wrong"), secrets, NOW_MS).status == 403
     assert verify(make_raw("zalo", RECEIVED), secrets, NOW_MS).status == 401
-    old = body("user_received_message", {"msg_id": "x"}, timestamp=str(NOW_MS - 3_600_000))
-    verdict = verify(signed(make_raw, old, timestamp=str(NOW_MS - 3_600_000)), secrets, NOW_MS)
+    old = body("user_received_message", {"msg_id": "x"}, timestamp=str(NOW_MS - 13 * 3_600_000))
+    verdict = verify(signed(make_raw, old, timestamp=str(NOW_MS - 13 * 3_600_000)), secrets, NOW_MS)
+    assert (verdict.status, verdict.reason) == (403, "timestamp outside window")
+
+
+@pytest.mark.parametrize("age_ms", [10 * 60_000, 6 * 3_600_000, 12 * 3_600_000])
+def test_redelivery_of_an_old_event_is_accepted(make_raw, secrets, age_ms):
+    # Zalo resends a failed event, body and signed timestamp unchanged, for up to 12 hours.
+    ts = str(NOW_MS - age_ms)
+    raw_body = body("user_received_message", {"msg_id": "late"}, timestamp=ts)
+    assert verify(signed(make_raw, raw_body, timestamp=ts), secrets, NOW_MS).ok
+
+
+@pytest.mark.parametrize("offset_ms", [-(12 * 3600 + 300) * 1000 - 1, 300_001])
+def test_timestamp_past_the_horizon_or_ahead_of_the_window_is_refused(make_raw, secrets, offset_ms):
+    ts = str(NOW_MS + offset_ms)
+    raw_body = body("user_received_message", {"msg_id": "x"}, timestamp=ts)
+    verdict = verify(signed(make_raw, raw_body, timestamp=ts), secrets, NOW_MS)
     assert (verdict.status, verdict.reason) == (403, "timestamp outside window")
 
 

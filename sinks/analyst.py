@@ -1,0 +1,383 @@
+"""Analysts' SQL: one statement, read-only, limited, on sessions of its own (docs/security.md).
+
+Every read that a reader asks for (`/query`, `/reports`, the ClickHouse HTTP interface) runs here,
+never on the sink's connection:
+
+- ClickHouse parses the text (`formatQuerySingleLine`): one statement, or a syntax error. The
+  canonical text it returns is what runs, so nothing hides after a `;` or in a comment.
+- ClickHouse's own parse tree is checked: the statement must read (SELECT, SHOW, DESCRIBE, EXPLAIN,
+  EXISTS), write no file (`INTO OUTFILE`), call no function that reaches outside the database
+  (`file()` reads any file of the worker's machine even in readonly mode) and use only table
+  functions that generate data (`numbers()` …).
+- It runs on a session that was made `readonly=1` after its limits were set: time, memory, result
+  rows and bytes, rows read. In readonly mode no query can change a setting, so none can lift them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import queue
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
+
+import clickhouse_connect
+from clickhouse_connect.driver.binding import bind_query
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from sendtrack.settings import Settings
+from sinks.clickhouse import MIB, ClickHouse, embedded_options
+
+# ClickHouse's exception codes for what the analyst did (ErrorCodes.cpp).
+SYNTAX_ERROR = 62
+READONLY = 164
+ACCESS_DENIED = 497
+UNKNOWN_FUNCTION = 46
+UNKNOWN_SETTING = 115
+UNKNOWN_FORMAT = 73
+UNKNOWN_QUERY_PARAMETER = 456
+
+# Functions that read or write outside the database: files, URLs, other servers, programs, the
+# worker's Python objects. Refused anywhere in a statement, as scalar or as table functions.
+OUTSIDE_FUNCTIONS = frozenset(name.lower() for name in (
+    "file", "fileCluster", "url", "urlCluster", "remote", "remoteSecure", "cluster", "clusterAllReplicas",
+    "s3", "s3Cluster", "gcs", "oss", "cosn", "hdfs", "hdfsCluster", "azureBlobStorage",
+    "azureBlobStorageCluster", "mysql", "postgresql", "mongodb", "redis", "sqlite", "jdbc", "odbc",
+    "executable", "executablePool", "python", "input", "dictionary", "loop", "arrowFlight", "arrowflight",
+    "iceberg", "icebergS3", "icebergAzure", "icebergHDFS", "icebergLocal", "icebergS3Cluster",
+    "icebergAzureCluster", "icebergHDFSCluster", "deltaLake", "deltaLakeAzure", "deltaLakeLocal",
+    "deltaLakeCluster", "hudi", "hudiCluster", "paimon", "paimonS3", "paimonAzure", "paimonHDFS",
+    "paimonLocal", "ytsaurus", "fuzzJSON", "fuzzQuery", "mergeTreeIndex", "mergeTreeProjection",
+    "mergeTreeAnalyzeIndexes", "timeSeriesData", "timeSeriesMetrics", "timeSeriesTags", "prometheusQuery",
+    "prometheusQueryRange", "addressToLine", "addressToLineWithInlines", "addressToSymbol",
+    "demangle", "getServerSetting", "getMacro", "filesystemAvailable", "filesystemCapacity",
+    "filesystemUnreserved", "currentProfiles", "currentRoles", "enabledProfiles", "enabledRoles",
+    "defaultRoles", "defaultProfiles",
+))
+# Table functions that only generate data.
+GENERATING_TABLE_FUNCTIONS = frozenset(name.lower() for name in (
+    "numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series", "generateSeries",
+    "generateRandom", "null", "view", "viewIfPermitted", "merge", "format",
+))
+# The kinds of statement a reader may run (the root of ClickHouse's parse tree).
+READING_STATEMENTS = ("SelectWithUnionQuery", "SelectIntersectExceptQuery", "ShowTables", "ShowColumns",
+                      "ShowCreate", "DescribeQuery", "Explain", "ExistsTable", "ExistsDatabase",
+                      "ExistsView", "ExistsDictionary", "ShowDatabases")
+
+T = TypeVar("T")
+_FUNCTION = re.compile(r"^( *)Function (\w+)")
+# Names that raw() puts into SQL text itself: a format after FORMAT, a setting in a SETTINGS clause.
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A `{name:Type}` placeholder in ClickHouse's canonical text of a statement.
+_PLACEHOLDER = re.compile(r"\{(\w+):")
+
+
+@dataclass(frozen=True)
+class RawResult:
+    """A reader's statement's result as ClickHouse wrote it, and the format it is in."""
+
+    body: bytes
+    format: str
+
+
+class _EscapedText:
+    """A query parameter's value in ClickHouse's escaped text form (what the HTTP interface's
+    `param_name=` carries), handed to ClickHouse unchanged: clickhouse-connect renders values of a
+    type it does not know with str(), where it would escape a str a second time."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Refused(Exception):
+    """A statement a reader may not run, or ClickHouse's error for it: code and message."""
+
+    def __init__(self, code: int, message: str, http_status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+
+    def clickhouse_text(self) -> str:
+        """The error as ClickHouse's HTTP interface writes it (clients parse the code from it)."""
+        return f"Code: {self.code}. DB::Exception: {self.message}. (sendtrack)\n"
+
+
+class EngineRefusal(Refused):
+    """ClickHouse's own error for a reader's statement, with the error's name (READONLY, UNKNOWN_TABLE…)."""
+
+    def __init__(self, code: int, message: str, name: Optional[str]) -> None:
+        super().__init__(code, message)
+        self.name = name
+
+
+def analyst_limits(settings: Settings) -> dict[str, Any]:
+    """Session settings of a reader's connection; `readonly` last, so the others can be set first."""
+    limits: dict[str, Any] = {
+        "max_execution_time": settings.query_max_seconds,
+        "max_result_rows": settings.query_max_result_rows,
+        "max_result_bytes": settings.query_max_result_bytes,
+        "result_overflow_mode": "throw",
+        "max_rows_to_read": settings.query_max_rows_to_read,
+        "allow_introspection_functions": 0,
+        "allow_ddl": 0,
+    }
+    if settings.query_memory_mb > 0:
+        limits.update({
+            "max_memory_usage": settings.query_memory_mb * MIB,
+            "max_bytes_before_external_group_by": settings.query_memory_mb * MIB // 2,
+            "max_bytes_before_external_sort": settings.query_memory_mb * MIB // 2,
+        })
+    limits["readonly"] = 1
+    return limits
+
+
+def check_tree(tree: list[str]) -> None:
+    """Refuse a parsed statement (ClickHouse's `EXPLAIN AST` lines) that does not only read."""
+    if not tree or not tree[0].startswith(READING_STATEMENTS):
+        kind = tree[0].split(" ")[0] if tree else "nothing"
+        raise Refused(READONLY, f"only reading statements are allowed (SELECT, SHOW, DESCRIBE, EXPLAIN, "
+                                f"EXISTS), not {kind}")
+    parents: list[str] = []
+    for line in tree:
+        depth = len(line) - len(line.lstrip(" "))
+        node = line.strip()
+        del parents[depth:]
+        if depth == 1 and node.startswith("Literal"):
+            # The root's own literal child is the target of INTO OUTFILE (a file on the worker).
+            raise Refused(READONLY, "INTO OUTFILE is not allowed: results come back to the client")
+        match = _FUNCTION.match(line)
+        if match:
+            name = match.group(2).lower()
+            in_from = bool(parents) and parents[-1].startswith("TableExpression")
+            if name in OUTSIDE_FUNCTIONS:
+                raise Refused(ACCESS_DENIED, f"function {match.group(2)}() reaches outside the database "
+                                             "and is not allowed")
+            if in_from and name not in GENERATING_TABLE_FUNCTIONS:
+                raise Refused(ACCESS_DENIED, f"table function {match.group(2)}() is not allowed; read the "
+                                             "sendtrack database's tables and views")
+        parents.append(node)
+
+
+class Analysts:
+    """A few read-only sessions for readers' statements (SENDTRACK_QUERY_CONCURRENCY at once)."""
+
+    def __init__(self, settings: Settings, engine: ClickHouse) -> None:
+        self.settings = settings
+        self.database = engine.database
+        self.limits = analyst_limits(settings)
+        self._idle: "queue.LifoQueue[Any]" = queue.LifoQueue()
+        self._opened = 0
+        self._lock = threading.Lock()
+        # Readers' work runs on threads of its own: a burst of readers waiting for a session must
+        # not take the event loop's default threads, on which the sink writes to ClickHouse.
+        self._executor = ThreadPoolExecutor(max_workers=settings.query_concurrency + 2,
+                                            thread_name_prefix="readers")
+
+    def close(self) -> None:
+        """Close the idle sessions (an open chDB handle keeps its engine open)."""
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break
+        self._executor.shutdown(wait=False)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` (a reader's query and the conversion of its rows) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def _open(self) -> Any:
+        s = self.settings
+        if s.clickhouse_is_embedded:
+            # A handle of its own on the worker's engine: its session settings (readonly) and its
+            # lock are not the sink's.
+            return clickhouse_connect.get_client(
+                interface="chdb", path=str(s.embedded_clickhouse_path), chdb_options=embedded_options(s),
+                settings=self.limits)
+        from urllib.parse import unquote, urlparse
+
+        url = urlparse(s.clickhouse_reader_url or s.clickhouse_url)
+        return clickhouse_connect.get_client(
+            host=url.hostname or "localhost", port=url.port or (8443 if url.scheme == "https" else 8123),
+            username=unquote(url.username or "default"), password=unquote(url.password or ""),
+            secure=url.scheme == "https", connect_timeout=5,
+            send_receive_timeout=int(s.query_max_seconds) + 10,
+            autogenerate_session_id=False, settings=self.limits)
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """One read-only session, waiting for one to be free (each runs one statement at a time)."""
+        try:
+            client = self._idle.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                grow = self._opened < self.settings.query_concurrency
+                if grow:
+                    self._opened += 1
+            if grow:
+                try:
+                    client = self._open()
+                except Exception:
+                    with self._lock:
+                        self._opened -= 1
+                    raise
+            else:
+                client = self._idle.get(timeout=self.settings.query_max_seconds + 30)
+        try:
+            yield client
+        finally:
+            self._idle.put(client)
+
+    def prepare(self, client: Any, sql: str, parameters: Optional[dict[str, Any]] = None) -> str:
+        """The canonical text of one reading statement, or Refused (see the module docstring)."""
+        sql = sql.strip()
+        if not sql:
+            raise Refused(SYNTAX_ERROR, "empty query")
+        try:
+            canonical = client.query("SELECT formatQuerySingleLine({q:String})", parameters={"q": sql}
+                                     ).result_rows[0][0]
+            tree = [row[0] for row in client.query(f"EXPLAIN AST {canonical}", parameters=parameters).result_rows]
+        except DatabaseError as exc:
+            raise _refused(exc) from None
+        check_tree(tree)
+        return canonical
+
+    def query(self, sql: str, parameters: Optional[dict[str, Any]] = None) -> tuple[list[str], list[tuple]]:
+        """Column names and rows of a reader's statement (blocking: call it from a thread)."""
+        with self.session() as client:
+            canonical = self.prepare(client, sql, parameters)
+            try:
+                result = client.query(canonical, parameters=parameters)
+            except DatabaseError as exc:
+                raise _refused(exc) from None
+        return list(result.column_names), result.result_rows
+
+    def trusted_query(self, sql: str, parameters: Optional[dict[str, Any]] = None) -> tuple[list[str], list[tuple]]:
+        """sendtrack's own report SQL, under the same session limits (no parse-tree check needed)."""
+        with self.session() as client:
+            try:
+                result = client.query(sql, parameters=parameters)
+            except DatabaseError as exc:
+                raise _refused(exc) from None
+        return list(result.column_names), result.result_rows
+
+    def prepare_raw(self, client: Any, sql: str, parameters: Mapping[str, str]
+                    ) -> tuple[str, dict[str, Any], Optional[str]]:
+        """`prepare` for a statement that may have `{name:Type}` placeholders and a FORMAT clause:
+        its canonical text, the parameters it uses (ClickHouse substitutes them before the tree is
+        checked) and the format its FORMAT clause names, if any."""
+        sql = sql.strip()
+        if not sql:
+            raise Refused(SYNTAX_ERROR, "empty query")
+        bound: dict[str, Any] = {}
+        try:
+            canonical = client.query("SELECT formatQuerySingleLine({q:String})", parameters={"q": sql}
+                                     ).result_rows[0][0]
+            try:
+                tree = [row[0] for row in client.query(f"EXPLAIN AST {canonical}").result_rows]
+            except DatabaseError as exc:
+                if _refused(exc).code != UNKNOWN_QUERY_PARAMETER:
+                    raise
+                # Only names ClickHouse parsed as placeholders are passed, and only if the client
+                # binds them server-side: a client-side substitution would change the text checked.
+                bound = {name: _EscapedText(parameters[name]) for name in set(_PLACEHOLDER.findall(canonical))
+                         if name in parameters}
+                if bind_query(canonical, bound)[0] != canonical:
+                    raise Refused(UNKNOWN_QUERY_PARAMETER, "query parameters could not be bound server-side")
+                tree = [row[0] for row in client.query(f"EXPLAIN AST {canonical}", parameters=bound).result_rows]
+        except DatabaseError as exc:
+            raise _engine_refusal(exc) from None
+        check_tree(tree)
+        # A FORMAT clause is the root's last identifier child (before SETTINGS); SHOW and EXISTS have
+        # identifier children of their own, so the canonical text must end with it too.
+        children = [line[1:] for line in tree[1:] if line.startswith(" ") and not line.startswith("  ")]
+        names = [child[len("Identifier "):] for child in children if child.startswith("Identifier ")]
+        fmt = None
+        if names and re.search(rf" FORMAT {re.escape(names[-1])}(?: SETTINGS .*)?$", canonical):
+            fmt = names[-1]
+        return canonical, bound, fmt
+
+    def raw(self, sql: str, fmt: str, parameters: Optional[Mapping[str, str]] = None,
+            settings: Optional[Mapping[str, str]] = None, database: Optional[str] = None) -> RawResult:
+        """A reader's statement as ClickHouse's own bytes, for the HTTP interface (blocking: call it
+        from a thread). Checked as `query` is; in the statement's FORMAT or else in `fmt`;
+        `parameters` are `{name:Type}` values as the HTTP interface's `param_name` carries them;
+        each of `settings` is refused by ClickHouse unless it equals the session's value (readonly=1);
+        `database` is the current database for unqualified names."""
+        if not _NAME.match(fmt):
+            raise Refused(UNKNOWN_FORMAT, f"Unknown output format {fmt!r}")
+        with self.session() as client:
+            canonical, bound, query_format = self.prepare_raw(client, sql, parameters or {})
+            if settings:
+                bad = next((name for name in settings if not _NAME.match(name)), None)
+                if bad is not None:
+                    raise Refused(UNKNOWN_SETTING, f"Unknown setting {bad!r}")
+                clause = ", ".join(f"{name} = {_quote(str(value))}" for name, value in settings.items())
+                try:
+                    client.raw_query(f"SELECT 1 SETTINGS {clause} FORMAT Null")
+                except DatabaseError as exc:
+                    raise _engine_refusal(exc) from None
+            # An embedded session's handle keeps the database of its last statement: the other
+            # reads on it expect `default`.
+            saved = client.database
+            client.database = database or ("default" if self.settings.clickhouse_is_embedded else None)
+            try:
+                body = client.raw_query(canonical, parameters=bound or None,
+                                        fmt=None if query_format else fmt)
+            except DatabaseError as exc:
+                raise _engine_refusal(exc) from None
+            finally:
+                client.database = saved if saved is not None or not self.settings.clickhouse_is_embedded \
+                    else "default"
+        return RawResult(body, query_format or fmt)
+
+    def trusted(self) -> "TrustedReads":
+        """What sinks/reports.py reads through: its own SQL, on these sessions and limits."""
+        return TrustedReads(self)
+
+
+class TrustedReads:
+    """The `database` and `query` that sinks/reports.py uses, on the readers' sessions."""
+
+    def __init__(self, pool: Analysts) -> None:
+        self.database = pool.database
+        self.query = pool.trusted_query
+
+
+_CODE = re.compile(r"Code: (\d+)\. DB::Exception: (.*?)(?: \(version [^)]*\))?(?:\. \([A-Z_]+\))?$", re.S)
+
+
+_ERROR_NAME = re.compile(r"\(([A-Z][A-Z0-9_]+)\)")
+
+
+def _engine_refusal(exc: DatabaseError) -> EngineRefusal:
+    """`_refused`, keeping the error's name for a client that reads it (ClickHouse's HTTP interface)."""
+    refused = _refused(exc)
+    names = _ERROR_NAME.findall(str(exc))
+    return EngineRefusal(refused.code, refused.message, getattr(exc, "name", None) or (names[-1] if names else None))
+
+
+def _refused(exc: DatabaseError) -> Refused:
+    """ClickHouse's error for a reader's statement, with its code."""
+    text = str(exc).strip()
+    code = getattr(exc, "code", None)
+    found = _CODE.search(text.splitlines()[0] if text else "")
+    if found:
+        code = code or int(found.group(1))
+        text = found.group(2)
+    message = text.splitlines()[0][:1000] if text else "query failed"
+    return Refused(int(code) if code else 1000, message)

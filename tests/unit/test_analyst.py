@@ -1,0 +1,113 @@
+"""Readers' SQL on the embedded engine: ClickHouse parses it, the parse tree is checked, and the
+session is readonly with limits, apart from the sink's connection."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from sendtrack.settings import Settings
+from sinks.analyst import Analysts, Refused, analyst_limits, check_tree
+from sinks.clickhouse import ClickHouse
+
+
+# Runs until the 3 s time limit: under the rows-read limit, but seconds of hashing.
+SLOW = "SELECT count() FROM numbers(1900000000) WHERE sipHash64(number) = 1"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """chDB runs one engine per process: use the one an earlier test module opened, else open one
+    here and close it (with the readers' handles) afterwards, so a later module can open its own."""
+    already = next(iter(ClickHouse._embedded), None)
+    path = already or str(tmp_path_factory.mktemp("analyst"))
+    settings = Settings(clickhouse_url=f"chdb://{path}", query_max_seconds=3, query_max_result_rows=1000,
+                        query_concurrency=2)
+    ch = ClickHouse.connect(settings, database=f"analyst_{uuid.uuid4().hex[:8]}")
+    ch.command(f"CREATE DATABASE IF NOT EXISTS {ch.database}")
+    ch.command(f"CREATE TABLE {ch.database}.t (x UInt64) ENGINE = MergeTree ORDER BY x")
+    ch.command(f"INSERT INTO {ch.database}.t VALUES (1), (2), (3)")
+    pool = Analysts(settings, ch)
+    yield settings, ch, pool
+    pool.close()
+    ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+    if already is None:
+        ClickHouse._embedded.pop(path).close()
+
+
+def test_a_reader_reads(engine):
+    settings, ch, pool = engine
+    assert pool.query(f"SELECT sum(x) FROM {ch.database}.t") == (["sum(x)"], [(6,)])
+    assert pool.query(f"SELECT x FROM {ch.database}.t WHERE x = {{v:UInt64}}", {"v": 2})[1] == [(2,)]
+    assert pool.query("SELECT count() FROM numbers(10)")[1] == [(10,)]
+    assert pool.query(f"SHOW TABLES FROM {ch.database}")[1] == [("t",)]
+    assert pool.query(f"DESCRIBE TABLE {ch.database}.t")[1][0][:2] == ("x", "UInt64")
+
+
+@pytest.mark.parametrize("sql,code", [
+    ("SELECT file('/etc/passwd')", 497),
+    ("SELECT * FROM file('/etc/passwd', 'LineAsString')", 497),
+    ("SELECT * FROM url('http://127.0.0.1:9/', 'CSV', 'a String')", 497),
+    ("SELECT 1 INTO OUTFILE '/tmp/sendtrack-never-written'", 164),
+    ("SELECT 1; SELECT 2", 62),
+    ("SELECT 1 SETTINGS readonly = 0", 164),
+    ("SELECT 1 SETTINGS max_execution_time = 0", 164),
+    ("INSERT INTO t VALUES (4)", 164),
+    ("DROP TABLE t", 164),
+    ("SELECT count() FROM numbers(1e12)", 158),  # TOO_MANY_ROWS: refused before it starts
+    ("SELECT count() FROM numbers(10) SETTINGS max_block_size = 4", 164),
+    (SLOW, 159),  # TIMEOUT_EXCEEDED
+    ("SELECT number FROM numbers(5000)", 396),
+    ("", 62),
+    ("SELEC 1", 62),
+])
+def test_what_a_reader_cannot_do(engine, sql, code):
+    settings, ch, pool = engine
+    with pytest.raises(Refused) as refused:
+        pool.query(sql)
+    assert refused.value.code == code, refused.value.message
+    assert ch.query(f"SELECT sum(x) FROM {ch.database}.t")[1] == [(6,)]
+
+
+def test_the_parse_tree_check():
+    check_tree(["SelectWithUnionQuery (children 1)", " ExpressionList (children 1)",
+                "  SelectQuery (children 1)", "   ExpressionList (children 1)", "    Function count"])
+    outfile = ["SelectWithUnionQuery (children 2)", " ExpressionList (children 1)", " Literal '/tmp/x'"]
+    with pytest.raises(Refused, match="INTO OUTFILE"):
+        check_tree(outfile)
+    with pytest.raises(Refused, match="table function"):
+        check_tree(["SelectWithUnionQuery (children 1)", "     TableExpression (children 1)",
+                    "      Function someTableFunction (children 1)"])
+    with pytest.raises(Refused, match="only reading"):
+        check_tree(["InsertQuery (children 1)"])
+
+
+def test_limits_come_before_readonly():
+    limits = analyst_limits(Settings(query_memory_mb=64))
+    assert list(limits)[-1] == "readonly" and limits["readonly"] == 1
+    assert limits["max_memory_usage"] == 64 << 20 and limits["result_overflow_mode"] == "throw"
+
+
+def test_a_readers_query_does_not_hold_the_sinks_connection(engine):
+    settings, ch, pool = engine
+    done = threading.Event()
+
+    def slow() -> None:
+        with pytest.raises(Refused):
+            pool.query(SLOW)
+        done.set()
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    ch.insert_json("t", ["x"], b'{"x": 4}')
+    inserted_in = time.monotonic() - started
+    finished_first = not done.is_set()
+    thread.join()
+    assert finished_first and inserted_in < 1.0, inserted_in
+    # The sink's session is not readonly: readers' settings stay on their own sessions.
+    assert ch.query("SELECT getSetting('readonly')")[1] == [(0,)]
