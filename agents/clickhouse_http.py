@@ -173,6 +173,10 @@ _ENCODINGS["lz4"] = lambda data: lz4.frame.compress(data)  # clickhouse-connect 
 # of a CityHash128 (v1.0.2) checksum, method 0x82 (LZ4), compressed and plain sizes, LZ4 data.
 _LZ4_METHOD = 0x82
 _BLOCK_BYTES = 1024 * 1024
+# ClickHouse's max_query_size is 256 KiB; a request body past 1 MiB, compressed or not, is no reader's
+# statement. A decompressed body is held to the same bound: 1 MiB of LZ4 expands to 255 MiB, and LZ4
+# blocks inside an LZ4 frame to 255 times that.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 def _checksum(block: bytes) -> bytes:
@@ -191,13 +195,15 @@ def native_compress(data: bytes) -> bytes:
     return bytes(out)
 
 
-def native_decompress(data: bytes) -> bytes:
+def native_decompress(data: bytes, limit: int = MAX_BODY_BYTES) -> bytes:
     out = bytearray()
     at = 0
     while at < len(data):
         if len(data) - at < 25:
             raise ValueError("truncated compressed block")
         checksum, (method, size, plain_size) = data[at:at + 16], struct.unpack_from("<BII", data, at + 16)
+        if len(out) + plain_size > limit:
+            raise ValueError(f"the decompressed body would exceed {limit} bytes")
         block = data[at + 16:at + 16 + size]
         if len(block) != size or _checksum(block) != checksum:
             raise ValueError("checksum mismatch in a compressed block")
@@ -209,6 +215,17 @@ def native_decompress(data: bytes) -> bytes:
             raise ValueError(f"unsupported compression method 0x{method:02x}")
         at += 16 + size
     return bytes(out)
+
+
+def lz4_frame_decompress(data: bytes, limit: int = MAX_BODY_BYTES) -> bytes:
+    """An LZ4 frame's content, or RuntimeError past `limit` bytes (never decompressed whole)."""
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    out = decompressor.decompress(data, max_length=limit + 1)
+    if len(out) > limit:
+        raise RuntimeError(f"the decompressed body would exceed {limit} bytes")
+    if not decompressor.eof:
+        raise RuntimeError("truncated LZ4 frame")
+    return out
 
 
 def chosen_encoding(accept: str) -> Optional[str]:
@@ -237,8 +254,7 @@ class ClickHouseHTTP:
         return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
 
     def application(self) -> web.Application:
-        # ClickHouse's max_query_size is 256 KiB; a body past 1 MiB is no reader's statement.
-        application = web.Application(client_max_size=1024 * 1024)
+        application = web.Application(client_max_size=MAX_BODY_BYTES)
         application.router.add_route("GET", "/ping", self.ping)
         application.router.add_route("GET", "/replicas_status", self.ping)
         application.router.add_route("*", "/", self.root)
@@ -252,6 +268,13 @@ class ClickHouseHTTP:
             return self.errors.response(1, f"HTTP method {request.method} is not supported")
         params: dict[str, str] = dict(request.query)
         body = ""
+        if request.method == "POST" and not request.content_type.startswith("multipart/") and (
+                "query" in params or request.content_length != 0):
+            # Who asks is known before the body is read or decompressed: a client that may not read
+            # (a browser's cross-site request, a wrong password) costs no decompression.
+            denied = self._denied(params, request)
+            if denied is not None:
+                return denied
         if request.method == "POST":
             if request.content_type.startswith("multipart/"):
                 form = await request.post()
@@ -262,7 +285,7 @@ class ClickHouseHTTP:
                 data = await request.read()  # aiohttp has undone gzip, deflate, br and zstd
                 if request.headers.get("Content-Encoding", "").lower() == "lz4":
                     try:
-                        data = lz4.frame.decompress(data)
+                        data = lz4_frame_decompress(data)
                     except RuntimeError as exc:
                         return self.errors.response(271, f"Cannot decompress the request body: {exc}",
                                                     status=400)
@@ -275,14 +298,9 @@ class ClickHouseHTTP:
                 body = data.decode("utf-8", errors="replace")
         if "query" not in params and not body:
             return await self.ping(request)  # ClickHouse answers `/` with Ok. too
-        creds = credentials_headers(params, request.headers)
-        if isinstance(creds, str):
-            return self.errors.response(516, creds)
-        reader = self.readers.authenticate(creds, request.remote)
-        if isinstance(reader, auth.Denied):
-            code = 516 if reader.status == 401 else 497
-            headers = {"WWW-Authenticate": 'Basic realm="sendtrack"'} if reader.status == 401 else None
-            return self.errors.response(code, reader.message, status=reader.status, headers=headers)
+        denied = self._denied(params, request)
+        if denied is not None:
+            return denied
         pool = self.pool()
         if pool is None:
             return self.errors.response(439, "ClickHouse is not open yet: the worker is starting")
@@ -324,6 +342,18 @@ class ClickHouseHTTP:
         if "charset=" in kind:
             response.charset = "UTF-8"
         return response
+
+    def _denied(self, params: Mapping[str, str], request: web.Request) -> Optional[web.Response]:
+        """The refusal of a request whose client may not read, or None."""
+        creds = credentials_headers(params, request.headers)
+        if isinstance(creds, str):
+            return self.errors.response(516, creds)
+        reader = self.readers.authenticate(creds, request.remote)
+        if isinstance(reader, auth.Denied):
+            code = 516 if reader.status == 401 else 497
+            headers = {"WWW-Authenticate": 'Basic realm="sendtrack"'} if reader.status == 401 else None
+            return self.errors.response(code, reader.message, status=reader.status, headers=headers)
+        return None
 
     def _load(self, pool: Analysts) -> None:
         """The headers ClickHouse sends with every answer, and its version for error texts."""

@@ -8,6 +8,7 @@ import sys
 from datetime import date
 from typing import Optional
 
+from faust.utils import json as _json
 from faust.web import View
 
 from agents import store
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 async def say_who_reads() -> None:
     """Say at start who may read customer data (docs/security.md)."""
     where = f"http://{settings.web_host}:{settings.web_port}"
+    log.warning("dashboard: %s/dashboard", where)
     if readers.configured:
         log.warning("readers: %d configured (SENDTRACK_READERS); reports and SQL at %s need their "
                     "credentials", len(readers), where)
@@ -109,6 +111,19 @@ def _jsonable(rows: list) -> list:
     return [[v.isoformat() if hasattr(v, "isoformat") else v for v in row] for row in rows]
 
 
+def _json_body(value: object) -> bytes:
+    """`value` as JSON, in the readers' thread: serializing a large result on the event loop held
+    the engine's consumer and the sink for seconds."""
+    body = _json.dumps(value)
+    return body if isinstance(body, bytes) else body.encode()
+
+
+def _json_response(web, body: bytes):
+    response = web.bytes(body, content_type="application/json")
+    response.charset = "utf-8"
+    return response
+
+
 @app.page("/reports/{name}")
 async def report_page(web, request, name: str):
     """The same reports as `sendtrack report`, as JSON: {title, columns, rows}. Readers only."""
@@ -126,17 +141,17 @@ async def report_page(web, request, name: str):
             until=date.fromisoformat(q["until"]) if q.get("until") else None,
         )
 
-        def run() -> tuple:
+        def run() -> bytes:
             report = reports.run(pool.trusted(), name, filters, customer_id=q.get("customer"), by=q.get("by", "action"),
                                  vietnamese=q.get("lang") == "vi")
-            return report, _jsonable(report.rows)
+            return _json_body({"title": report.title, "columns": report.columns, "rows": _jsonable(report.rows)})
 
-        report, rows = await pool.run(run)
+        body = await pool.run(run)
     except (ValueError, KeyError) as exc:
         return web.json({"error": str(exc)}, status=400)
     except Refused as exc:
         return web.json({"error": exc.message, "code": exc.code}, status=exc.http_status)
-    return web.json({"title": report.title, "columns": report.columns, "rows": rows})
+    return _json_response(web, body)
 
 
 @app.page("/debug/clickhouse-outage")
@@ -163,12 +178,12 @@ async def query_page(web, request):
         return web.json({"error": "ClickHouse is not open yet"}, status=503)
     sql = request.query.get("q", "")
 
-    def run() -> tuple[list[str], list]:
+    def run() -> bytes:
         columns, rows = pool.query(sql)
-        return columns, _jsonable(rows)
+        return _json_body({"columns": columns, "rows": _jsonable(rows)})
 
     try:
-        columns, rows = await pool.run(run)
+        body = await pool.run(run)
     except Refused as exc:  # the analyst's error goes back to the analyst, with ClickHouse's code
         return web.json({"error": exc.message, "code": exc.code}, status=exc.http_status)
-    return web.json({"columns": columns, "rows": rows})
+    return _json_response(web, body)
