@@ -6,10 +6,9 @@ import logging
 
 import faust
 import orjson
-from faust.serializers import codecs
 
 from agents import store
-from agents.fastpath import BatchTransport
+from agents.faust_adapter import BatchApp, register_codec, reset_changelog
 from sendtrack.settings import get_settings
 from sendtrack.topics import RECORD_MAX_BYTES, ensure_topics
 
@@ -17,30 +16,17 @@ settings = get_settings()
 store.configure(settings.state_memory_mb)
 
 
-class OrjsonCodec(codecs.Codec):
-    """JSON through orjson: table state is plain dicts and lists."""
-
-    def _dumps(self, obj: object) -> bytes:
-        return orjson.dumps(obj)
-
-    def _loads(self, s: bytes) -> object:
-        return orjson.loads(s)
-
-
-codecs.register("orjson", OrjsonCodec())
+# JSON through orjson: table state is plain dicts and lists.
+register_codec("orjson", orjson.dumps, orjson.loads)
 
 # Faust and aiokafka log every produced record at DEBUG; building those records costs ~9% of the
 # hot path even when they are filtered later.
 for _name in ("aiokafka", "faust", "mode"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-class SendtrackApp(faust.App):
-    """The Faust app; creates the topics (co-partitioned) before any agent subscribes."""
-
-    def _new_transport(self):
-        # Faust's aiokafka transport, with a consumer that hands sendtrack's handlers whole fetches
-        # (agents/fastpath.py).
-        return BatchTransport(self.conf.broker_consumer, self)
+class SendtrackApp(BatchApp):
+    """The Faust app (its consumer hands the handlers whole fetches: agents/faust_adapter.py);
+    creates the topics (co-partitioned) before any agent subscribes."""
 
     async def on_first_start(self) -> None:
         (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
@@ -134,8 +120,8 @@ def _table(name: str, help: str) -> faust.TableT:
     # recovery decodes with the topic's serializers.
     table.key_serializer = "raw"
     table.value_serializer = "orjson"
-    table._changelog_topic = None
-    assert table.changelog_topic.value_serializer == "orjson"
+    changelog = reset_changelog(table)
+    assert changelog.value_serializer == "orjson"
     return table
 
 

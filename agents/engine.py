@@ -8,20 +8,17 @@ import itertools
 import logging
 import random
 import time
-import weakref
 from contextvars import ContextVar
 from typing import Any, Callable, Optional
 
 import orjson
-from aiokafka.errors import (KafkaError, KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError,
-                             RecordTooLargeError)
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
-from rocksdict import WriteBatch
 from faust.exceptions import ProducerSendError
-from faust.streams import _current_event as _faust_current_event
 from faust.types import EventT
 
-from agents.fastpath import batch_agent
+from agents.faust_adapter import (SIZE_REFUSALS, batch_agent, offset_key, open_db, produce, table_db, use_event,
+                                  write_partition)
 from agents.app import (
     app,
     by_provider_id_topic,
@@ -115,13 +112,6 @@ class Refused(Exception):
         self.error = error
 
 
-# How the broker (or the client) refuses a record for its size: retrying cannot help. Every other
-# error is retried, including the ones aiokafka marks not retriable: a broker that is away fails
-# the batches that waited past the request timeout with KafkaTimeoutError (retriable = False), a
-# stopping producer with ProducerClosed, and neither says anything about the records.
-SIZE_REFUSALS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
-
-
 class Outbox:
     """Everything one batch changes: records to produce and table writes.
 
@@ -131,7 +121,7 @@ class Outbox:
     internal records) and the tables' changelog records for this batch's writes. Then the writes are
     applied to the tables' local RocksDB, each partition in one atomic write batch that also records
     the changelog offset it now includes (what Faust reads at start-up to know where recovery
-    resumes). Only after that are the inputs' offsets committable (agents/fastpath.py). A crash
+    resumes). Only after that are the inputs' offsets committable (agents/faust_adapter.py). A crash
     before then leaves the inputs uncommitted and re-read; a crash between the changelog and the
     RocksDB write is repaired by Faust's recovery from the changelog. Reads within the batch see its
     own staged writes.
@@ -236,7 +226,7 @@ class Outbox:
 
     def restage(self, table: Any, key: str, partition: int) -> None:
         """Stage `key` again with the value its table holds now (a deletion when none)."""
-        raw = table.data._db_for_partition(partition).get(key.encode())
+        raw = table_db(table, partition).get(key.encode())
         self.writes[(table.name, key)] = (table, _DELETED if raw is None else raw, partition)
 
     def _partition(self) -> int:
@@ -271,22 +261,17 @@ class Outbox:
         produced = time.perf_counter()
         self.timings["produce"] = produced - started
         for (table, partition), items in stores.items():
-            db = table.data._db_for_partition(partition)
-            batch = WriteBatch(raw_mode=True)
-            for k, v in items:
-                if v is None:
-                    batch.delete(k)
-                else:
-                    batch.put(k, v)
-            offset = last.get((_changelog(table), partition))
-            if offset is not None:
-                batch.put(table.data.offset_key, str(offset).encode())
-            db.write(batch)
+            write_partition(table, partition, items, last.get((_changelog(table), partition)))
         self.timings["tables"] = time.perf_counter() - produced
 
     async def _produce(self, refusable: bool) -> dict[tuple[str, int], int]:
         """Produce every record, one producer batch per (topic, partition); returns the offset of
-        the last record per (topic, partition)."""
+        the last record per (topic, partition).
+
+        Only a refusal of records for their size (SIZE_REFUSALS), with `refusable`, ends the retries. Any other
+        error is retried, including the ones aiokafka marks not retriable: a broker that is away
+        fails the batches that waited past the request timeout with KafkaTimeoutError (retriable =
+        False), a stopping producer with ProducerClosed, and neither says anything about the records."""
         delay = 0.2
         while True:
             try:
@@ -312,34 +297,13 @@ class Outbox:
     async def _produce_once(self) -> dict[tuple[str, int], int]:
         if not self.records:
             return {}
-        producer = app.producer._ensure_producer()
         groups: dict[tuple[str, int], list[tuple[Optional[bytes], Optional[bytes]]]] = {}
         for topic, key, value, partition in self.records:
             if partition is None:  # keyed by message id, as Kafka's default partitioner would place it
                 partition = _key_partition(key)
             groups.setdefault((topic, partition), []).append((key, value))
-        sent: list[tuple[str, int, int, Any]] = []
-        for (topic, partition), items in groups.items():
-            batch, n = producer.create_batch(), 0
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    sent.append((topic, partition, n, await producer.send_batch(batch, topic, partition=partition)))
-                    batch, n = producer.create_batch(), 0
-                    batch.append(key=key, value=value, timestamp=None)  # a first record always fits
-                n += 1
-            sent.append((topic, partition, n, await producer.send_batch(batch, topic, partition=partition)))
-        # Every producer batch settles before the round is judged: a refusal is told apart from the
-        # broker being away, and nothing of a refused round is still in flight when it is isolated.
-        results = await asyncio.gather(*(fut for *_, fut in sent), return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise next((f for f in failures if isinstance(f, SIZE_REFUSALS)), failures[0])
+        last = await produce(app, groups)
         self.produced += len(self.records)
-        last: dict[tuple[str, int], int] = {}
-        for (topic, partition, n, _), meta in zip(sent, results):
-            end = meta.offset + n - 1
-            if end > last.get((topic, partition), -1):
-                last[(topic, partition)] = end
         self.records = []
         return last
 
@@ -358,13 +322,6 @@ def _key_partition(key: Optional[bytes]) -> int:
     if key is None:
         return random.randrange(N)
     return (murmur2(key) & 0x7FFFFFFF) % N
-
-
-def use_event(event: Optional[EventT]) -> None:
-    """Make `event` the current event of this task, as Faust tables read it (`faust.streams.
-    current_event()`, a context variable): a table read then looks in that event's partition.
-    Only this task is affected."""
-    _faust_current_event.set(weakref.ref(event) if event is not None else None)
 
 
 # Each batch gets its own outbox (a context variable: batches of different tasks never share one).
@@ -538,7 +495,7 @@ def _misrouted(message_id: str, event: EventT) -> bool:
 
 
 def record_time_ms(event: EventT) -> Optional[int]:
-    """The Kafka timestamp of the event's record, in milliseconds (agents/fastpath.py keeps Kafka's
+    """The Kafka timestamp of the event's record, in milliseconds (agents/faust_adapter.py keeps Kafka's
     milliseconds; Faust's per-record path gives seconds): what validate.judged_at takes."""
     ts = getattr(event.message, "timestamp", None)
     if ts is None:
@@ -657,28 +614,23 @@ _cursors: dict[tuple[str, int], Optional[bytes]] = {}
 def _scan(table: Any, partition: int) -> list[tuple[str, Any]]:
     """The next SWEEP_BATCH keys (and decoded values) of one partition of a table, in key order from
     where its last scan stopped; after the last key the next scan starts over."""
-    db = _db(table, partition)
+    db = open_db(table, partition)
     if db is None:
         return []
     cursor_key = (table.name, partition)
+    skipped = offset_key(table)  # Faust keeps its changelog offset in the same RocksDB
     it = db.iter()
     start = _cursors.get(cursor_key)
     it.seek(start) if start else it.seek_to_first()
     items, seen = [], 0
     while it.valid() and seen < SWEEP_BATCH:
         key = it.key()
-        if key != table.data.offset_key:  # Faust keeps its changelog offset in the same RocksDB
+        if key != skipped:
             items.append((key.decode(), orjson.loads(it.value())))
         seen += 1
         it.next()
     _cursors[cursor_key] = it.key() if it.valid() else None
     return items
-
-
-def _db(table: Any, partition: int) -> Any:
-    # Faust keeps one RocksDB per table partition; reading it directly lets the sweep walk one
-    # partition in key order without loading the others.
-    return getattr(table.data, "_dbs", {}).get(partition)
 
 
 def _evict(table: Any, partition: int, now: int, touched) -> int:

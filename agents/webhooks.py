@@ -16,7 +16,7 @@ from faust.exceptions import ProducerSendError
 from faust.web import Request, Response, View
 
 from agents.app import app, callbacks_topic, settings, webhooks_topic
-from agents.fastpath import batch_agent
+from agents.faust_adapter import batch_agent
 from agents.engine import TooLarge, emit_dead_letter, new_outbox, recipient_key, send_by_provider_id
 from schemas.models import Invalid
 from schemas.validate import callback_from_dict

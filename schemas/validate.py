@@ -42,11 +42,12 @@ _JSON_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", dict: "objec
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One field of a record: its JSON type and whether it is required."""
+    """One field of a record: its JSON type, whether it is required, and whether it may be null."""
 
     name: str
     type: type
     required: bool
+    nullable: bool = False
 
     @property
     def json_type(self) -> str:
@@ -64,7 +65,7 @@ def field_specs(model: type) -> tuple[FieldSpec, ...]:
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         base = typing.get_origin(hint) or hint
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        specs.append(FieldSpec(f.name, base, required))
+        specs.append(FieldSpec(f.name, base, required, optional))
     return tuple(specs)
 
 

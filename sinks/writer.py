@@ -11,7 +11,13 @@ from typing import Any, NamedTuple, Optional
 
 import orjson
 
+from schemas.models import DeadLetter, StatusChange
+from schemas.validate import field_specs
+from sendtrack.status import ENGAGEMENT as ENGAGEMENT_STATUSES
 from sinks.clickhouse import ClickHouse, is_rejection, is_retriable
+
+# The columns of each table the sink writes: projections of the records (tests/unit/test_vocabulary.py
+# checks them against the models and the migrations' ingest tables).
 
 STATUS_COLUMNS = (
     "change_id", "message_id", "status", "previous_status", "current_status", "inferred",
@@ -30,30 +36,16 @@ DEAD_LETTER_COLUMNS = (
 PROVENANCE = ("_topic", "_partition", "_offset")
 
 
-_TIMES = {"occurred_at", "recorded_at", "requested_at", "reason_at", "failed_at"}
-_BOOLS = {"inferred", "is_machine"}
-_INTS = {"partition", "offset"}
-_NULLABLE = {"key"}
+def _types(model: type, columns: tuple[str, ...]) -> list[tuple[str, tuple[type, ...]]]:
+    """The JSON type each column's value must have: its field's in the record (times are
+    epoch-millisecond ints), and null too where the field is Optional."""
+    specs = {spec.name: spec for spec in field_specs(model)}
+    return [(c, (specs[c].type, type(None)) if specs[c].nullable else (specs[c].type,)) for c in columns]
 
 
-def _types(columns: tuple[str, ...]) -> list[tuple[str, tuple[type, ...]]]:
-    """The JSON type each column's value must have (ints for epoch-millisecond times)."""
-    out = []
-    for c in columns:
-        if c in _TIMES or c in _INTS:
-            out.append((c, (int,)))
-        elif c in _BOOLS:
-            out.append((c, (bool,)))
-        elif c in _NULLABLE:
-            out.append((c, (str, type(None))))
-        else:
-            out.append((c, (str,)))
-    return out
-
-
-STATUS_TYPES = _types(STATUS_COLUMNS)
-ENGAGEMENT_TYPES = _types(ENGAGEMENT_COLUMNS)
-DEAD_LETTER_TYPES = _types(DEAD_LETTER_COLUMNS)
+STATUS_TYPES = _types(StatusChange, STATUS_COLUMNS)
+ENGAGEMENT_TYPES = _types(StatusChange, ENGAGEMENT_COLUMNS)
+DEAD_LETTER_TYPES = _types(DeadLetter, DEAD_LETTER_COLUMNS)
 
 
 def _check(doc: Any, types: list[tuple[str, tuple[type, ...]]]) -> None:
@@ -193,7 +185,7 @@ class Batch:
             doc = orjson.loads(value)
             _check(doc, STATUS_TYPES)
             kind = doc["kind"]
-            engaged = doc["status"] in ("opened", "clicked") and doc["event_id"] and not doc["inferred"]
+            engaged = doc["status"] in ENGAGEMENT_STATUSES and doc["event_id"] and not doc["inferred"]
             if engaged:
                 _check(doc, ENGAGEMENT_TYPES)
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:

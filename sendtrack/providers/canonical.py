@@ -9,11 +9,9 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-STATUSES = frozenset(
-    {"sent", "processing", "delivered", "failed", "opened", "clicked",
-     "unsubscribed", "complained", "bounced", "answered", "succeeded"}
-)
-MESSAGE_ID_MAX = 128
+from schemas.models import MESSAGE_ID_MAX, STATUSES as CONTRACT_STATUSES
+
+STATUSES = frozenset(CONTRACT_STATUSES)
 # provider-callbacks.schema.json bounds occurred_at to 13-digit milliseconds.
 MIN_MS = 1_000_000_000_000
 MAX_MS = 9_999_999_999_999

@@ -1,9 +1,27 @@
-"""Batch delivery: the records of a fetch go straight from Faust's consumer to sendtrack's handlers.
+"""The one door to Faust's and aiokafka's internals: batch delivery, the table write protocol, store access.
 
-Faust delivers records one at a time: consumer → conductor → channel queue → stream → agent, with
-an acknowledgement per record. On two cores that machinery tops out near 4,000 records/s before the
-engine does any work (docs/performance.md). sendtrack's handlers process batches anyway, so
-`BatchConsumer` hands them every fetched record of their topics at once:
+Faust's public API is not enough for two things sendtrack needs: handing the engine whole fetches
+(Faust delivers records one at a time) and applying a batch's table writes in one produce round
+(Faust sends one changelog record per `table[key] = value`, each with its own callback). Every
+private Faust, aiokafka or mode name the project relies on is used here and nowhere else
+(tests/unit/test_faust_contract.py checks each against the installed versions, and that no other
+module touches one; docs/architecture.md, "The Faust boundary", says what each is for).
+
+What the rest of sendtrack uses:
+
+* `BatchApp`, `batch_agent`, `RecordEvent`: batch delivery (below).
+* `register_codec(name, dumps, loads)`, `reset_changelog(table)`: table serialization.
+* `use_event(event)`: make a record Faust's current event (tables read its partition).
+* `produce(app, groups)`: send records as producer batches and wait for their acknowledgements.
+* `write_partition(table, partition, items, changelog_offset)`: a batch's writes to one table
+  partition's RocksDB, with the changelog offset they include.
+* `table_db(table, partition)`, `open_db(table, partition)`, `offset_key(table)`: read a table
+  partition's RocksDB directly (the sweep's scans).
+
+Batch delivery. Faust delivers records one at a time: consumer → conductor → channel queue → stream →
+agent, with an acknowledgement per record. On two cores that machinery tops out near 4,000 records/s
+before the engine does any work (docs/performance.md). sendtrack's handlers process batches anyway,
+so `BatchConsumer` hands them every fetched record of their topics at once:
 
 * Faust still owns everything around the records: the consumer group and its co-partitioned
   assignment, pausing partitions while tables recover from their changelogs, the tables
@@ -31,10 +49,16 @@ import asyncio
 import logging
 import os
 import time
+import weakref
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
+import faust
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+from faust.serializers import codecs
+from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from rocksdict import WriteBatch
 
 from sendtrack.metrics import metrics
 
@@ -125,7 +149,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs under Faust
+    async def _drain_messages(self, fetcher: Any) -> None:
         stopping = self._stopped.is_set
         fetcher_stopping = fetcher._stopped.is_set
         try:
@@ -215,3 +239,108 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
 class BatchTransport(faust_aiokafka.Transport):
     Consumer = BatchConsumer
+
+
+class BatchApp(faust.App):
+    """A Faust app whose transport hands the batch handlers whole fetches (BatchConsumer)."""
+
+    def _new_transport(self) -> BatchTransport:
+        return BatchTransport(self.conf.broker_consumer, self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: serialization, the current event, and the write protocol's two halves (produce, store)
+
+
+def register_codec(name: str, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any]) -> None:
+    """Register a Faust codec (a `value_serializer` name) that encodes with `dumps`, decodes with `loads`.
+
+    Faust's codecs implement `_dumps`/`_loads`; the functions are bound as they are (no wrapper
+    frame: tables decode every value they read through them)."""
+    codec = type(f"{name.title()}Codec", (codecs.Codec,),
+                 {"_dumps": staticmethod(dumps), "_loads": staticmethod(loads)})
+    codecs.register(name, codec())
+
+
+def reset_changelog(table: Any) -> Any:
+    """Forget `table`'s changelog topic so it is built again, from the table's serializers as they
+    are now: recovery decodes the changelog with the topic's serializers. Returns the new topic."""
+    table._changelog_topic = None
+    return table.changelog_topic
+
+
+def use_event(event: Optional[Any]) -> None:
+    """Make `event` the current event of this task, as Faust tables read it (`faust.streams.
+    current_event()`, a context variable): a table read then looks in that event's partition.
+    Only this task is affected."""
+    _current_event.set(weakref.ref(event) if event is not None else None)
+
+
+# How the broker (or the client) refuses a record for its size: retrying cannot help.
+SIZE_REFUSALS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+
+Records = list[tuple[Optional[bytes], Optional[bytes]]]
+
+
+async def produce(app: Any, groups: dict[tuple[str, int], Records]) -> dict[tuple[str, int], int]:
+    """Send each (topic, partition)'s records, in order, as aiokafka producer batches through the
+    app's producer (one produce round, no callback per record); returns the offset of the last
+    record per (topic, partition).
+
+    Every producer batch settles before the round is judged: a refusal is told apart from the
+    broker being away, and nothing of a refused round is still in flight when it is isolated. On
+    failure raises the first SIZE_REFUSALS error, else the first error."""
+    producer = app.producer._ensure_producer()  # aiokafka's producer under Faust's
+    sent: list[tuple[str, int, int, Any]] = []
+    for (topic, partition), items in groups.items():
+        batch, n = producer.create_batch(), 0
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                sent.append((topic, partition, n, await producer.send_batch(batch, topic, partition=partition)))
+                batch, n = producer.create_batch(), 0
+                batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+            n += 1
+        sent.append((topic, partition, n, await producer.send_batch(batch, topic, partition=partition)))
+    results = await asyncio.gather(*(fut for *_, fut in sent), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise next((f for f in failures if isinstance(f, SIZE_REFUSALS)), failures[0])
+    last: dict[tuple[str, int], int] = {}
+    for (topic, partition, n, _), meta in zip(sent, results):
+        end = meta.offset + n - 1
+        if end > last.get((topic, partition), -1):
+            last[(topic, partition)] = end
+    return last
+
+
+def table_db(table: Any, partition: int) -> Any:
+    """The RocksDB (rocksdict `Rdict`, raw bytes) of one partition of a Faust table, opened if needed."""
+    return table.data._db_for_partition(partition)
+
+
+def open_db(table: Any, partition: int) -> Optional[Any]:
+    """The RocksDB of one partition of a table if this worker has it open, else None: Faust keeps
+    one per table partition, so a scan walks one partition in key order without the others."""
+    return getattr(table.data, "_dbs", {}).get(partition)
+
+
+def offset_key(table: Any) -> bytes:
+    """The key under which Faust keeps, in each partition's RocksDB, the changelog offset the
+    partition's data includes (where its recovery resumes). It is no table entry."""
+    return table.data.offset_key
+
+
+def write_partition(table: Any, partition: int, items: list[tuple[bytes, Optional[bytes]]],
+                    changelog_offset: Optional[int]) -> None:
+    """Apply `items` (key, value; None deletes) to one table partition's RocksDB in one atomic write
+    batch that also records `changelog_offset`, the offset of the last changelog record they
+    include, as Faust's `set_persisted_offset` does: a recovery resumes after it."""
+    batch = WriteBatch(raw_mode=True)
+    for k, v in items:
+        if v is None:
+            batch.delete(k)
+        else:
+            batch.put(k, v)
+    if changelog_offset is not None:
+        batch.put(table.data.offset_key, str(changelog_offset).encode())
+    table.data._db_for_partition(partition).write(batch)
