@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export SENDTRACK_KAFKA_BROKER ?= localhost:9092
 
-.PHONY: all install kafka-up kafka-down kafka-status test test-soak test-unit test-integration demo bench bench-quick bench-engine-memory bench-funnel-merge migrate worker clean
+.PHONY: all install browser kafka-up kafka-down kafka-status test test-soak test-unit test-integration demo bench bench-quick bench-engine-memory bench-funnel-merge bench-dashboard screenshot migrate worker clean
 
 all: install
 
@@ -18,6 +18,14 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 install: $(STAMP)
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (which cannot download a
+# browser of its own here). As root (CI) it is installed; otherwise, say how.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; fi; }
 
 kafka-up:
 	@scripts/kafka/kafka.sh up
@@ -32,7 +40,7 @@ test-unit: install
 	$(PY) -m pytest tests/unit -q -p no:cacheprovider
 
 # Starts the broker if none answers, runs everything, and stops what it started.
-test: install
+test: install browser
 	@started=0; \
 	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
 	$(PY) -m pytest tests -q -p no:cacheprovider -ra; rc=$$?; \
@@ -50,7 +58,7 @@ test-soak: install
 	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
 	exit $$rc
 
-test-integration: install kafka-up
+test-integration: install browser kafka-up
 	$(PY) -m pytest tests/integration -q -p no:cacheprovider -ra
 
 migrate: install
@@ -78,6 +86,18 @@ bench-engine-memory: install
 
 bench-funnel-merge: install
 	$(PY) bench/funnel_merge.py $(BENCH_ARGS)
+
+# The README's picture of the dashboard (docs/img/dashboard.png), from a worker fed simulated traffic.
+screenshot: install browser
+	@started=0; \
+	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
+	$(PY) scripts/screenshot.py $(SCREENSHOT_ARGS); rc=$$?; \
+	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
+	exit $$rc
+
+# The dashboard API's latency over a large database (BENCH_ARGS: see bench/dashboard.py --help).
+bench-dashboard: install
+	$(PY) bench/dashboard.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .kafka data

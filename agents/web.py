@@ -137,6 +137,7 @@ async def report_page(web, request, name: str):
     try:
         filters = reports.Filters(
             flow=q.get("flow"), campaign=q.get("campaign"), step=q.get("step"), action=q.get("action"),
+            provider=q.get("provider"),
             since=date.fromisoformat(q["since"]) if q.get("since") else None,
             until=date.fromisoformat(q["until"]) if q.get("until") else None,
         )

@@ -47,6 +47,7 @@ for i in $(seq 1 120); do
 done
 curl -sf "$api/health" >/dev/null || { echo "demo: the worker did not become healthy"; exit 1; }
 echo "worker is up (log: $SENDTRACK_DATA_DIR/worker.log)"
+echo "dashboard: $api/dashboard   (open it now: it fills up live while the simulation runs)"
 
 say "simulating $messages sends over ${seconds}s (all twelve actions, duplicates, reordering, orphans, malformed)"
 $bin/sendtrack simulate --messages "$messages" --duration "$seconds" --run-id "$run"
@@ -90,8 +91,10 @@ if [ "${DEMO_KEEP:-0}" = 1 ]; then
   trap - EXIT
   say "the worker keeps running (pid $worker_pid)"
   echo "reports:  SENDTRACK_WEB_PORT=$SENDTRACK_WEB_PORT $bin/sendtrack report funnel"
+  echo "dashboard: $api/dashboard"
   echo "API:      $api/reports/funnel   SQL: $api/query?q=SELECT+..."
+  echo "ClickHouse HTTP (DBeaver, Grafana, clickhouse-connect): http://127.0.0.1:${SENDTRACK_CLICKHOUSE_HTTP_PORT:-8123}"
   echo "stop it:  kill $worker_pid"
 else
-  say "done. DEMO_KEEP=1 make demo leaves the worker running for you to explore."
+  say "done. DEMO_KEEP=1 make demo leaves the worker running for you to explore (dashboard: $api/dashboard)."
 fi

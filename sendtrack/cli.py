@@ -86,7 +86,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     settings = get_settings()
     params = {k: v for k, v in {
         "flow": args.flow, "campaign": args.campaign, "step": args.step, "action": args.action,
-        "since": args.since, "until": args.until, "customer": args.customer_id, "by": args.by,
+        "provider": args.provider, "since": args.since, "until": args.until, "customer": args.customer_id, "by": args.by,
         "lang": args.lang,
     }.items() if v}
     doc = _report_from_api(args.name, params) if settings.clickhouse_is_embedded else None
@@ -95,7 +95,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         filters = reports.Filters(
             flow=args.flow, campaign=args.campaign, step=args.step, action=args.action,
-            since=date.fromisoformat(args.since) if args.since else None,
+            provider=args.provider, since=date.fromisoformat(args.since) if args.since else None,
             until=date.fromisoformat(args.until) if args.until else None,
         )
         from clickhouse_connect.driver.exceptions import DatabaseError
@@ -162,12 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("topics", help="create the Kafka topics").set_defaults(func=cmd_topics)
 
     p = sub.add_parser("report", help="print an analytics report")
-    p.add_argument("name", choices=["funnel", "status", "failures", "customer", "latency"])
+    p.add_argument("name", choices=["funnel", "status", "failures", "customer", "latency", "trend", "dead_letters"])
     p.add_argument("customer_id", nargs="?", help="for `customer`: the customer id")
     p.add_argument("--flow")
     p.add_argument("--campaign")
     p.add_argument("--step")
     p.add_argument("--action")
+    p.add_argument("--provider", help="not for funnel, trend and status: their views have no provider column")
     p.add_argument("--since", help="first send date, YYYY-MM-DD (UTC)")
     p.add_argument("--until", help="last send date, YYYY-MM-DD (UTC)")
     p.add_argument("--by", choices=["action", "flow", "campaign", "step"], default="action",

@@ -1,8 +1,8 @@
-"""The analyst reports: funnel, current status, failures, customer activity and latency."""
+"""The analyst reports: funnel, trend, current status, failures, dead letters, customer activity and latency."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Optional
 
@@ -20,6 +20,20 @@ VI_LABELS = {
 
 GROUP_COLUMNS = {"flow": "flow_id", "campaign": "campaign_id", "step": "step_id", "action": "action"}
 
+# The filters a report's view has columns for. A view without a dimension cannot be narrowed by it:
+# funnel_daily and current_status_daily have no provider, failure_reasons has no flow, campaign or
+# step, and dead_letters has none of them (a refused record may not even name a message).
+DIMENSIONS = ("flow", "campaign", "step", "action", "provider")
+FILTERABLE = {
+    "funnel": ("flow", "campaign", "step", "action"),
+    "trend": ("flow", "campaign", "step", "action"),
+    "status": ("flow", "campaign", "step", "action"),
+    "failures": ("action", "provider"),
+    "dead_letters": (),
+    "customer": ("flow", "campaign", "step", "action", "provider"),
+    "latency": ("flow", "campaign", "step", "action", "provider"),
+}
+
 
 @dataclass
 class Filters:
@@ -31,11 +45,12 @@ class Filters:
     action: Optional[str] = None
     since: Optional[date] = None
     until: Optional[date] = None
+    provider: Optional[str] = None
 
     def where(self, day_expr: str = "day", prefix: str = "") -> tuple[str, dict[str, Any]]:
         clauses, params = ["1"], {}
         for name, column in (("flow", "flow_id"), ("campaign", "campaign_id"), ("step", "step_id"),
-                             ("action", "action")):
+                             ("action", "action"), ("provider", "provider")):
             value = getattr(self, name)
             if value is not None:
                 clauses.append(f"{prefix}{column} = %({name})s")
@@ -47,6 +62,14 @@ class Filters:
             clauses.append(f"{day_expr} <= %(until)s")
             params["until"] = self.until
         return " AND ".join(clauses), params
+
+    def unapplied(self, report: str) -> list[str]:
+        """The filters set here that the report's view has no column for."""
+        return [d for d in DIMENSIONS if getattr(self, d) is not None and d not in FILTERABLE[report]]
+
+    def only(self, report: str) -> "Filters":
+        """These filters without the ones the report's view cannot apply (`unapplied`)."""
+        return replace(self, **{d: None for d in self.unapplied(report)})
 
 
 @dataclass
@@ -136,7 +159,12 @@ def customer(ch: ClickHouse, customer_id: str, f: Filters, vietnamese: bool = Fa
         f"arrayStringConcat(arrayMap(x -> concat(x.2, if(x.3, '*', ''), ' ', "
         f"formatDateTime(x.1, '%%H:%%i:%%S')), arraySort(x -> x.1, groupArray((c.occurred_at, c.status, c.inferred)))), ' > ') "
         f"FROM `{ch.database}`.messages AS m "
-        f"LEFT JOIN `{ch.database}`.status_changes AS c ON c.message_id = m.message_id "
+        # Only this customer's milestones: the join's right side is held in memory, and the whole
+        # status_changes log (millions of rows) went past the query's memory limit. The message ids
+        # select granules through status_changes_raw's primary key.
+        f"LEFT JOIN (SELECT message_id, occurred_at, status, inferred FROM `{ch.database}`.status_changes "
+        f"  WHERE message_id IN (SELECT message_id FROM `{ch.database}`.messages WHERE customer_id = %(customer)s)"
+        f") AS c ON c.message_id = m.message_id "
         f"WHERE m.customer_id = %(customer)s AND {where} "
         f"GROUP BY m.message_id, m.action, m.provider, m.flow_id, m.campaign_id, m.step_id, m.requested_at, "
         f"m.current_status, m.reason_code, m.reason ORDER BY m.requested_at",
@@ -183,12 +211,70 @@ def latency(ch: ClickHouse, f: Filters) -> Report:
     return out
 
 
-REPORTS = ("funnel", "status", "failures", "customer", "latency")
+TREND_STATUSES = ("sent", "delivered", "opened", "clicked", "failed")
+
+
+def trend(ch: ClickHouse, f: Filters) -> Report:
+    """Distinct messages per send day that reached sent, delivered, opened, clicked and failed."""
+    where, params = f.where()
+    _, rows = ch.query(
+        f"SELECT day, status, sum(messages) FROM `{ch.database}`.funnel_daily "
+        f"WHERE {where} AND status IN %(statuses)s GROUP BY day, status ORDER BY day",
+        {**params, "statuses": TREND_STATUSES},
+    )
+    days: dict[date, dict[str, int]] = {}
+    for day, status, n in rows:
+        days.setdefault(day, {})[status] = int(n)
+    out = Report("Daily trend: distinct messages per send day", ["day", *TREND_STATUSES])
+    out.rows = [[day, *(counts.get(s, 0) for s in TREND_STATUSES)] for day, counts in sorted(days.items())]
+    return out
+
+
+def dead_letters(ch: ClickHouse, f: Filters) -> Report:
+    """Refused records by source topic and error type; dates are the day of the refusal (UTC)."""
+    where, params = f.where("toDate(failed_at)")
+    _, rows = ch.query(
+        f"SELECT source_topic, error_type, count() AS n, max(failed_at) "
+        f"FROM `{ch.database}`.dead_letters WHERE {where} "
+        f"GROUP BY source_topic, error_type ORDER BY n DESC, source_topic, error_type",
+        params,
+    )
+    out = Report("Dead letters by type", ["source_topic", "error_type", "records", "last_failed_at"])
+    out.rows = [[topic, kind, int(n), last] for topic, kind, n, last in rows]
+    return out
+
+
+def choices(ch: ClickHouse, f: Filters) -> dict[str, list[str]]:
+    """The flows, campaigns, steps and actions that sent anything in the date range (funnel_daily's
+    keys only: ClickHouse leaves its distinct-message states unmerged)."""
+    where, params = replace(f, flow=None, campaign=None, step=None, action=None, provider=None).where()
+    _, rows = ch.query(
+        f"SELECT groupUniqArray(1000)(flow_id), groupUniqArray(1000)(campaign_id), "
+        f"groupUniqArray(1000)(step_id), groupUniqArray(100)(action) "
+        f"FROM (SELECT DISTINCT flow_id, campaign_id, step_id, action FROM `{ch.database}`.funnel_daily "
+        f"WHERE {where})",
+        params,
+    )
+    names = ("flow", "campaign", "step", "action")
+    return {name: sorted(v for v in values if v) for name, values in zip(names, rows[0])} if rows else \
+        {name: [] for name in names}
+
+
+REPORTS = ("funnel", "status", "failures", "customer", "latency", "trend", "dead_letters")
 
 
 def run(ch: ClickHouse, name: str, f: Filters, *, customer_id: Optional[str] = None, by: str = "action",
         vietnamese: bool = False) -> Report:
-    """One report by name (the CLI and the report API both come through here)."""
+    """One report by name (the CLI, the report API and the dashboard all come through here). A filter
+    the report's view has no column for is refused (the dashboard drops it first, with `Filters.only`,
+    and says so)."""
+    if name in FILTERABLE and f.unapplied(name):
+        raise ValueError(f"the {name} report cannot be filtered by {', '.join(f.unapplied(name))}: "
+                         f"its view has no such column")
+    if name == "trend":
+        return trend(ch, f)
+    if name == "dead_letters":
+        return dead_letters(ch, f)
     if name == "funnel":
         return funnel(ch, f, by)
     if name == "status":

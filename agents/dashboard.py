@@ -1,0 +1,129 @@
+"""The live funnel dashboard: a page, its static files and its JSON API, for readers only (docs/dashboard.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from datetime import date
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from agents.app import app
+from agents.web import analysts, reader_of
+from sendtrack import auth
+from sinks import reports
+from sinks.analyst import Refused
+
+STATIC = Path(__file__).with_name("static")
+# The page's own files, served from the package; the charting library comes from the plotly wheel.
+OWN_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+PLOTLY = "plotly.min.js"
+PANELS = ("funnel", "trend", "status", "failures", "dead_letters", "latency", "customer")
+
+try:
+    PLOTLY_VERSION = metadata.version("plotly")
+except metadata.PackageNotFoundError:  # the page still works, with tables only
+    PLOTLY_VERSION = ""
+
+_plotly: dict[str, bytes] = {}
+
+
+def _refuse(web, denied: auth.Denied, page: bool = False):
+    """401 with a basic-auth challenge (the browser asks once, then sends the credentials itself)."""
+    headers = {"WWW-Authenticate": 'Basic realm="sendtrack"'} if denied.status == 401 else None
+    if page:
+        return web.text(f"{denied.status}: {denied.message}\n", status=denied.status, headers=headers)
+    return web.json({"error": denied.message}, status=denied.status, headers=headers)
+
+
+def filters_of(query: Any) -> reports.Filters:
+    """The dashboard's filters from its query string; empty fields are no filter."""
+    value = lambda name: query.get(name) or None  # noqa: E731
+    return reports.Filters(
+        flow=value("flow"), campaign=value("campaign"), step=value("step"), action=value("action"),
+        provider=value("provider"),
+        since=date.fromisoformat(query["since"]) if value("since") else None,
+        until=date.fromisoformat(query["until"]) if value("until") else None,
+    )
+
+
+def _jsonable(rows: list) -> list:
+    return [[v.isoformat() if hasattr(v, "isoformat") else v for v in row] for row in rows]
+
+
+def panel(pool: Any, name: str, query: Any) -> dict[str, Any]:
+    """One panel's data: a report of sinks/reports.py run on the filters its view can apply, and the
+    filters it could not (blocking: call it from a thread)."""
+    f = filters_of(query)
+    vietnamese = query.get("lang") == "vi"
+    labels = reports.VI_LABELS if vietnamese else {}
+    if name == "choices":
+        return reports.choices(pool.trusted(), f)
+    if name not in PANELS:
+        raise ValueError(f"unknown panel {name!r}; expected one of {', '.join(PANELS)} or choices")
+    if name == "customer" and not query.get("customer"):
+        return {"title": "Customer activity", "columns": [], "rows": [], "unapplied": [], "labels": labels}
+    by = query.get("by") or "action"
+    if by not in reports.GROUP_COLUMNS:
+        raise ValueError(f"by must be one of {', '.join(reports.GROUP_COLUMNS)}")
+    report = reports.run(pool.trusted(), name, f.only(name), customer_id=query.get("customer"), by=by,
+                         vietnamese=vietnamese)
+    return {"title": report.title, "columns": report.columns, "rows": _jsonable(report.rows),
+            "unapplied": f.unapplied(name), "labels": labels}
+
+
+@app.page("/dashboard")
+async def dashboard_page(web, request):
+    """The dashboard's page. Readers only, like /reports."""
+    reader = reader_of(request)
+    if isinstance(reader, auth.Denied):
+        return _refuse(web, reader, page=True)
+    html = await asyncio.to_thread((STATIC / "dashboard.html").read_text)
+    return web.html(html.replace("__PLOTLY_VERSION__", PLOTLY_VERSION), headers={"Cache-Control": "no-cache"})
+
+
+@app.page("/dashboard/static/{name}")
+async def dashboard_static(web, request, name: str):
+    """The page's script and style, and the charting library (gzip-compressed when the browser takes it)."""
+    reader = reader_of(request)
+    if isinstance(reader, auth.Denied):
+        return _refuse(web, reader)
+    if name in OWN_FILES:
+        body = await asyncio.to_thread((STATIC / name).read_bytes)
+        return web.bytes(body, content_type=OWN_FILES[name], headers={"Cache-Control": "no-cache"})
+    if name != PLOTLY:
+        return web.json({"error": "not found"}, status=404)
+    if not _plotly:
+        try:
+            plain = await asyncio.to_thread(
+                (resources.files("plotly") / "package_data" / PLOTLY).read_bytes)
+        except (ModuleNotFoundError, FileNotFoundError):
+            return web.json({"error": "plotly is not installed: charts are off, tables still work"}, status=404)
+        _plotly["plain"] = plain
+        _plotly["gzip"] = await asyncio.to_thread(gzip.compress, plain, 6)
+    # The file changes only with the plotly package; the page asks for it with that version in the URL.
+    headers = {"Cache-Control": "private, max-age=31536000, immutable", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return web.bytes(_plotly["gzip"], content_type="text/javascript", headers=headers)
+    return web.bytes(_plotly["plain"], content_type="text/javascript", headers=headers)
+
+
+@app.page("/dashboard/api/{name}")
+async def dashboard_api(web, request, name: str):
+    """One panel's data as JSON ({title, columns, rows, unapplied, labels}), or the filter choices."""
+    reader = reader_of(request)
+    if isinstance(reader, auth.Denied):
+        return _refuse(web, reader)
+    pool = analysts()
+    if pool is None:
+        return web.json({"error": "ClickHouse is not open yet"}, status=503)
+    try:
+        body = await asyncio.to_thread(panel, pool, name, request.query)
+    except (ValueError, KeyError) as exc:
+        return web.json({"error": str(exc)}, status=400)
+    except Refused as exc:
+        return web.json({"error": exc.message, "code": exc.code}, status=exc.http_status)
+    return web.json(body, headers={"Cache-Control": "no-store"})
+
