@@ -195,7 +195,9 @@ def latency(ch: ClickHouse, f: Filters) -> Report:
         "countIf(opened_at IS NOT NULL AND delivered_at IS NOT NULL) AS n_o, "
         "quantilesExactIf(0.5, 0.9, 0.99)(dateDiff('millisecond', delivered_at, opened_at) / 1000, "
         "  opened_at IS NOT NULL AND delivered_at IS NOT NULL) AS q_o "
-        f"FROM `{ch.database}`.messages WHERE {where} GROUP BY action ORDER BY action",
+        # messages_agg FINAL folds each message's rows as the messages view does, merging in key
+        # order instead of holding every message's key in memory (migration 0008).
+        f"FROM `{ch.database}`.messages_agg FINAL WHERE {where} GROUP BY action ORDER BY action",
         params,
     )
     out = Report(

@@ -235,3 +235,14 @@ def test_the_parser_reads_what_it_is_meant_to():
     assert table_columns("status_changes_raw")["_version"] == "UInt64"
     assert view_columns("funnel_daily")[-1] == "messages"  # 0006's CREATE OR REPLACE wins over 0002
     assert "funnel_daily_states" in SQL[SQL.rindex("VIEW {db}.funnel_daily AS"):][:400]
+
+
+def test_current_status_daily_names_the_rank_as_the_messages_view_does():
+    """current_status_daily (migration 0008) reads messages_agg FINAL: its rank naming is the
+    messages view's, on the folded current_rank."""
+    naming = re.compile(r"transform\((?:max\()?current_rank\)?,.*?''\)\)", re.S)
+    in_view = naming.search(view_query("messages"))
+    in_daily = naming.search(view_query("current_status_daily"))
+    assert in_view and in_daily, "a view no longer names the rank with transform(current_rank, ...)"
+    assert " ".join(in_daily.group(0).split()) == " ".join(in_view.group(0).replace("max(current_rank)",
+                                                                                   "current_rank").split())
