@@ -120,7 +120,7 @@ async def dashboard_api(web, request, name: str):
     if pool is None:
         return web.json({"error": "ClickHouse is not open yet"}, status=503)
     try:
-        body = await asyncio.to_thread(panel, pool, name, request.query)
+        body = await pool.run(panel, pool, name, request.query)  # the readers' threads, not the sink's
     except (ValueError, KeyError) as exc:
         return web.json({"error": str(exc)}, status=400)
     except Refused as exc:
