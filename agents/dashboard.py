@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.app import app
-from agents.web import analysts, reader_of
+from agents.web import reader_of, reader_pool, refuse
 from sendtrack import auth
 from sinks import reports
 from sinks.analyst import Refused
@@ -27,14 +27,6 @@ except metadata.PackageNotFoundError:  # the page still works, with tables only
     PLOTLY_VERSION = ""
 
 _plotly: dict[str, bytes] = {}
-
-
-def _refuse(web, denied: auth.Denied, page: bool = False):
-    """401 with a basic-auth challenge (the browser asks once, then sends the credentials itself)."""
-    headers = {"WWW-Authenticate": 'Basic realm="sendtrack"'} if denied.status == 401 else None
-    if page:
-        return web.text(f"{denied.status}: {denied.message}\n", status=denied.status, headers=headers)
-    return web.json({"error": denied.message}, status=denied.status, headers=headers)
 
 
 def filters_of(query: Any) -> reports.Filters:
@@ -78,7 +70,7 @@ async def dashboard_page(web, request):
     """The dashboard's page. Readers only, like /reports."""
     reader = reader_of(request)
     if isinstance(reader, auth.Denied):
-        return _refuse(web, reader, page=True)
+        return refuse(web, reader, page=True)
     html = await asyncio.to_thread((STATIC / "dashboard.html").read_text)
     return web.html(html.replace("__PLOTLY_VERSION__", PLOTLY_VERSION), headers={"Cache-Control": "no-cache"})
 
@@ -88,7 +80,7 @@ async def dashboard_static(web, request, name: str):
     """The page's script and style, and the charting library (gzip-compressed when the browser takes it)."""
     reader = reader_of(request)
     if isinstance(reader, auth.Denied):
-        return _refuse(web, reader)
+        return refuse(web, reader)
     if name in OWN_FILES:
         body = await asyncio.to_thread((STATIC / name).read_bytes)
         return web.bytes(body, content_type=OWN_FILES[name], headers={"Cache-Control": "no-cache"})
@@ -113,12 +105,9 @@ async def dashboard_static(web, request, name: str):
 @app.page("/dashboard/api/{name}")
 async def dashboard_api(web, request, name: str):
     """One panel's data as JSON ({title, columns, rows, unapplied, labels}), or the filter choices."""
-    reader = reader_of(request)
-    if isinstance(reader, auth.Denied):
-        return _refuse(web, reader)
-    pool = analysts()
-    if pool is None:
-        return web.json({"error": "ClickHouse is not open yet"}, status=503)
+    pool, refused = reader_pool(web, request)
+    if refused is not None:
+        return refused
     try:
         body = await pool.run(panel, pool, name, request.query)  # the readers' threads, not the sink's
     except (ValueError, KeyError) as exc:

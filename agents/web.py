@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from datetime import date
-from typing import Optional
+from typing import Any, Optional
 
 from faust.utils import json as _json
 from faust.web import View
@@ -86,8 +86,12 @@ async def metrics_page(web, request):
     return web.text(metrics.render(), content_type="text/plain; version=0.0.4")
 
 
-def _refuse(web, denied: auth.Denied):
+def refuse(web, denied: auth.Denied, page: bool = False):
+    """The refusal of a reading request: 401 with a basic-auth challenge (a browser asks once, then
+    sends the credentials itself), or 403. As text for a page, else as JSON."""
     headers = {"WWW-Authenticate": 'Basic realm="sendtrack"'} if denied.status == 401 else None
+    if page:
+        return web.text(f"{denied.status}: {denied.message}\n", status=denied.status, headers=headers)
     return web.json({"error": denied.message}, status=denied.status, headers=headers)
 
 
@@ -105,6 +109,18 @@ def analysts() -> Optional[Analysts]:
     if _analysts is None and sink.ch is not None:
         _analysts = Analysts(settings, sink.ch)
     return _analysts
+
+
+def reader_pool(web, request) -> tuple[Optional[Analysts], Any]:
+    """(the readers' sessions, None) for a reader's request, or (None, the response that refuses it:
+    no credentials, or ClickHouse not open yet)."""
+    reader = reader_of(request)
+    if isinstance(reader, auth.Denied):
+        return None, refuse(web, reader)
+    pool = analysts()
+    if pool is None:
+        return None, web.json({"error": "ClickHouse is not open yet"}, status=503)
+    return pool, None
 
 
 def _jsonable(rows: list) -> list:
@@ -127,12 +143,9 @@ def _json_response(web, body: bytes):
 @app.page("/reports/{name}")
 async def report_page(web, request, name: str):
     """The same reports as `sendtrack report`, as JSON: {title, columns, rows}. Readers only."""
-    reader = reader_of(request)
-    if isinstance(reader, auth.Denied):
-        return _refuse(web, reader)
-    pool = analysts()
-    if pool is None:
-        return web.json({"error": "ClickHouse is not open yet"}, status=503)
+    pool, refused = reader_pool(web, request)
+    if refused is not None:
+        return refused
     q = request.query
     try:
         filters = reports.Filters(
@@ -171,12 +184,9 @@ class ClickHouseOutage(View):
 async def query_page(web, request):
     """One read-only statement for a reader: ?q=SELECT ... Runs as sinks/analyst.py says: parsed by
     ClickHouse, checked, on a readonly session with limits, off the event loop."""
-    reader = reader_of(request)
-    if isinstance(reader, auth.Denied):
-        return _refuse(web, reader)
-    pool = analysts()
-    if pool is None:
-        return web.json({"error": "ClickHouse is not open yet"}, status=503)
+    pool, refused = reader_pool(web, request)
+    if refused is not None:
+        return refused
     sql = request.query.get("q", "")
 
     def run() -> bytes:
