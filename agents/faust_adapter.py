@@ -183,9 +183,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
         batches: dict[BatchHandler, list[RecordEvent]] = {}
         ends: dict[TP, int] = {}
         rest: list[tuple[TP, Any]] = []
+        recovery = self.app.tables.recovery
+        restoring = recovery.active_tps if recovery.in_recovery else ()
         for tp, recs in records.items():
             if not recs or (active is not None and tp not in active):
                 continue
+            if tp in restoring:
+                recs = restore_bulk(recovery, tp, recs)
+                if not recs:
+                    continue
             handler = _handlers.get(tp.topic)
             if handler is None:
                 rest.extend((tp, r) for r in recs)
@@ -235,6 +241,51 @@ class BatchConsumer(faust_aiokafka.Consumer):
             for tp in revoked:
                 self._handled.pop(tp, None)
             await super().on_partitions_revoked(revoked)
+
+
+def restore_bulk(recovery: Any, tp: TP, recs: list) -> list:
+    """Apply a fetch of one changelog partition's records to its table's RocksDB in one write batch,
+    during recovery; returns the records left for Faust's own recovery path.
+
+    Faust recovers a table one record at a time (consumer callback, an event, the changelog queue,
+    a buffer of 1,000 events per table): about 10,000 changelog records/s on two cores, so 12 minutes
+    per million messages. Here every record before the partition's last one (its highwater, read by
+    Faust when recovery began) is written as it comes: the same puts and deletes Faust's
+    `apply_changelog_batch` makes, with the persisted offset, in one RocksDB write batch, and the
+    recovery's offset for the partition advances past them. The last record still takes Faust's path,
+    so Faust sees the partition reach its highwater and ends recovery itself. Nothing else reaches
+    Faust's path for the partition before it: its buffer never holds a record older than one written
+    here."""
+    highwater = recovery.active_highwaters.get(tp)
+    if highwater is None:
+        return recs
+    seen = recovery.active_offsets.get(tp)
+    bulk = [r for r in recs if r.offset < highwater and (seen is None or r.offset > seen)]
+    if bulk:
+        table = recovery.tp_to_table[tp]
+        write_partition(table, tp.partition, [(r.key, r.value) for r in bulk], bulk[-1].offset)
+        recovery.active_offsets[tp] = bulk[-1].offset
+        metrics.inc("state_restored_records_total", len(bulk))
+        _restore_progress(recovery, len(bulk))
+    return [r for r in recs if r.offset >= highwater]
+
+
+_progress = {"started": 0.0, "logged": 0.0, "records": 0}
+
+
+def _restore_progress(recovery: Any, n: int) -> None:
+    """Log the restore's progress every 10 s: a worker rebuilding millions of messages says so."""
+    now = time.monotonic()
+    if not _progress["started"] or now - _progress["logged"] > 60:
+        _progress.update(started=now, logged=now, records=0)  # a new recovery
+    _progress["records"] += n
+    if now - _progress["logged"] >= 10:
+        _progress["logged"] = now
+        rate = _progress["records"] / max(now - _progress["started"], 1e-9)
+        remaining = sum(max(hw - (recovery.active_offsets.get(tp) or 0), 0)
+                        for tp, hw in recovery.active_highwaters.items() if hw is not None)
+        log.info("restoring tables from their changelogs: %d records so far (%.0f/s), %d to go (about %.0f s)",
+                    _progress["records"], rate, remaining, remaining / rate if rate else 0)
 
 
 class BatchTransport(faust_aiokafka.Transport):
