@@ -9,12 +9,12 @@ from typing import Optional
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from clickhouse_connect.driver.exceptions import OperationalError
 from mode import Service
 
 from agents.app import app, dead_letters_topic, settings, status_changes_topic
 from sendtrack.metrics import metrics
 from sinks.clickhouse import ClickHouse, is_retriable
+from sinks import retention
 from sinks.migrate import migrate
 from sinks.writer import REJECTED_BY_CLICKHOUSE, Batch, Unwritable
 
@@ -30,16 +30,11 @@ class ClickHouseSink(Service):
         self.ch: Optional[ClickHouse] = None
         self.status_topic = status_changes_topic.get_topic_name()
         self.dead_topic = dead_letters_topic.get_topic_name()
-        self._outage_until = 0.0  # fault injection: inserts fail until this monotonic time
         self.ready = asyncio.Event()
         # Why the sink stopped for good (ClickHouse refused what it cannot set aside); None while it
         # runs. Its offsets stay where they were: nothing acknowledged is lost.
         self.failed: Optional[str] = None
         self._committed: dict[TopicPartition, int] = {}
-
-    def inject_outage(self, seconds: float) -> None:
-        """Make every insert fail as if ClickHouse were unreachable, for `seconds` (tests, chaos)."""
-        self._outage_until = time.monotonic() + seconds
 
     async def _open(self) -> None:
         """Connect and apply the migrations, retrying while ClickHouse is unavailable (a server that
@@ -49,6 +44,7 @@ class ClickHouseSink(Service):
             try:
                 ch = await asyncio.to_thread(ClickHouse.connect, settings)
                 await asyncio.to_thread(migrate, ch, log.info)
+                await asyncio.to_thread(retention.apply, ch, settings, log.info)
             except Exception as exc:
                 if not is_retriable(exc):
                     log.error("ClickHouse refused the connection or a migration: %r", exc)
@@ -133,8 +129,6 @@ class ClickHouseSink(Service):
         delay = 0.2
         while True:
             try:
-                if time.monotonic() < self._outage_until:
-                    raise OperationalError("injected ClickHouse outage")
                 started = time.perf_counter()
                 written = await asyncio.to_thread(batch.write, self.ch)
                 metrics.observe("clickhouse_insert_seconds", time.perf_counter() - started)

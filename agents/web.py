@@ -9,7 +9,6 @@ from datetime import date
 from typing import Any, Optional
 
 from faust.utils import json as _json
-from faust.web import View
 
 from agents import store
 from agents.app import app, settings
@@ -166,18 +165,6 @@ async def report_page(web, request, name: str):
     except Refused as exc:
         return web.json({"error": exc.message, "code": exc.code}, status=exc.http_status)
     return _json_response(web, body)
-
-
-@app.page("/debug/clickhouse-outage")
-class ClickHouseOutage(View):
-    """POST ?seconds=N: make the sink's inserts fail for N seconds (only with SENDTRACK_FAULT_INJECTION=1)."""
-
-    async def post(self, request):
-        if not settings.fault_injection:
-            return self.json({"error": "fault injection is disabled"}, status=404)
-        seconds = float(request.query.get("seconds", "10"))
-        sink.inject_outage(seconds)
-        return self.json({"outage_seconds": seconds})
 
 
 @app.page("/query")

@@ -190,7 +190,7 @@ def main() -> int:
         log(f"generated in {data['fill_seconds']} s, merged in {data['optimize_seconds']} s: "
             f"{data['status_change_rows']:,} status changes, {data['bytes_on_disk'] / 2**20:,.0f} MiB on disk")
     worker = Worker(Path(tmp.name), "bench-dashboard", data_dir=data_dir, readers=f"{READER[0]}:{READER[1]}",
-                    sink_batch_seconds=1, fault_injection="false")
+                    sink_batch_seconds=1)
     worker.start(timeout=180)
     try:
         results = measure(worker.port, args.repeat, data["messages"])

@@ -12,6 +12,9 @@ broker="${SENDTRACK_KAFKA_BROKER:?SENDTRACK_KAFKA_BROKER is not set}"
 partitions="${SENDTRACK_PARTITIONS:-8}"
 prefix="${SENDTRACK_TOPIC_PREFIX:-}"
 kafka_topics="${KAFKA_BIN:-/opt/kafka/bin}/kafka-topics.sh"
+# retention.ms as the worker sets it (sendtrack/topics.py retention_ms, docs/retention.md).
+retention_ms="$(awk -v d="${SENDTRACK_TOPIC_RETENTION_DAYS:-7}" 'BEGIN { printf "%d", d * 86400000 }')"
+webhook_retention_ms="$(awk -v h="${SENDTRACK_WEBHOOK_RETENTION_HOURS:-72}" 'BEGIN { printf "%d", h * 3600000 }')"
 
 say() { printf 'topics: %s\n' "$*"; }
 warn() { printf 'topics: %s\n' "$*" >&2; }
@@ -29,11 +32,11 @@ for name in "$@"; do
   if grep -qxF -e "$topic" <<<"$existing"; then
     continue
   fi
-  # The record limits the worker sets when it creates them (sendtrack/topics.py TOPIC_CONFIGS).
+  # The record limits and retention the worker sets when it creates them (sendtrack/topics.py).
   case "$name" in
-    provider-webhooks) config=(--config max.message.bytes=4194304) ;;
-    sendtrack-routed | sendtrack-by-provider-id) config=(--config max.message.bytes=1048576) ;;
-    *) config=() ;;
+    provider-webhooks) config=(--config max.message.bytes=4194304 --config "retention.ms=$webhook_retention_ms") ;;
+    sendtrack-routed | sendtrack-by-provider-id) config=(--config max.message.bytes=1048576 --config "retention.ms=$retention_ms") ;;
+    *) config=(--config "retention.ms=$retention_ms") ;;
   esac
   say "creating $topic ($partitions partitions)"
   "$kafka_topics" --bootstrap-server "$broker" --create --if-not-exists --topic "$topic" \

@@ -34,9 +34,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from sinks.clickhouse import ClickHouse
     from sinks.migrate import migrate
 
-    ch = ClickHouse.connect(get_settings())
+    from sinks import retention
+
+    settings = get_settings()
+    ch = ClickHouse.connect(settings)
     ran = migrate(ch)
     print(f"migrate: {len(ran)} migration(s) applied to {ch.database} ({ch.where})")
+    retention.apply(ch, settings)
     return 0
 
 

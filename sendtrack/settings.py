@@ -71,9 +71,14 @@ class Settings(BaseSettings):
     # Embedded ClickHouse: no new merge starts while merges hold more than this.
     merge_memory_mb: int = Field(default=256, ge=16)
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
+    # Retention (docs/retention.md). ClickHouse: days a table keeps its rows, 0 = forever.
+    retention_days: int = Field(default=400, ge=0)  # a customer's rows, from requested_at
+    aggregate_retention_days: int = Field(default=1095, ge=0)  # funnel counts, from their day
+    dead_letter_retention_days: int = Field(default=30, ge=0)  # dead letters and their payloads
+    # Kafka: retention.ms of the topics sendtrack creates (the changelogs are compacted instead).
+    topic_retention_days: float = Field(default=7, gt=0)
+    webhook_retention_hours: float = Field(default=72, gt=0)  # provider-webhooks: raw bodies
     log_level: str = "warn"
-    # Enables /debug/clickhouse-outage on the web server, for the reliability tests.
-    fault_injection: bool = False
 
     # Provider webhook secrets (docs/providers.md). Unset = that provider's webhook is refused.
     sendgrid_public_key: str = Field(default="", repr=False)

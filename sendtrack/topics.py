@@ -27,6 +27,14 @@ TOPIC_CONFIGS = {
 }
 
 
+def retention_ms(settings: Settings, name: str) -> int:
+    """retention.ms of a topic sendtrack creates (docs/retention.md): raw webhook requests are kept
+    SENDTRACK_WEBHOOK_RETENTION_HOURS, every other non-compacted topic SENDTRACK_TOPIC_RETENTION_DAYS."""
+    if name == "provider-webhooks":
+        return int(settings.webhook_retention_hours * 3_600_000)
+    return int(settings.topic_retention_days * 86_400_000)
+
+
 class TopicMismatch(RuntimeError):
     """A topic exists with another partition count: the join per message id would be wrong."""
 
@@ -40,7 +48,8 @@ async def ensure_topics(settings: Settings, changelogs: Sequence[str] = ()) -> l
     """
     names = [settings.topic(n) for n in CONTRACT + INTERNAL] + list(changelogs)
     configs = {t: {"cleanup.policy": "compact", **_RECORD_LIMIT} for t in changelogs}
-    configs.update({settings.topic(n): c for n, c in TOPIC_CONFIGS.items()})
+    configs.update({settings.topic(n): {**TOPIC_CONFIGS.get(n, {}), "retention.ms": str(retention_ms(settings, n))}
+                    for n in CONTRACT + INTERNAL})
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_broker, request_timeout_ms=15000)
     await admin.start()
     try:

@@ -49,7 +49,7 @@ def free_port() -> int:
 class Worker:
     """A `sendtrack worker` subprocess with its own topics, group, data dir and web port."""
 
-    def __init__(self, tmp: Path, name: str, **env: Any) -> None:
+    def __init__(self, tmp: Path, name: str, faults: bool = False, **env: Any) -> None:
         run = f"{name}-{uuid.uuid4().hex[:8]}"
         self.prefix = f"{run}."
         self.data_dir = tmp / run
@@ -63,11 +63,12 @@ class Worker:
             "SENDTRACK_WEB_PORT": str(self.port),
             "SENDTRACK_PARTITIONS": "4",
             "SENDTRACK_SINK_BATCH_SECONDS": "0.3",
-            "SENDTRACK_FAULT_INJECTION": "1",
             # The ClickHouse HTTP interface binds 8123 by default: off unless a test asks for it.
             "SENDTRACK_CLICKHOUSE_HTTP_PORT": "0",
             **{f"SENDTRACK_{k.upper()}": str(v) for k, v in env.items()},
         }
+        # With `faults`, the worker runs through tests/faults.py (POST /debug/clickhouse-outage).
+        self.command = [sys.executable, "-m", "tests.faults" if faults else "sendtrack.cli"]
         self.proc: Optional[subprocess.Popen] = None
         # The reader this test client presents, when the worker has SENDTRACK_READERS.
         self.auth: Optional[tuple[str, str]] = None
@@ -83,7 +84,7 @@ class Worker:
     def start(self, timeout: float = 90, engine_only: bool = False) -> "Worker":
         """Start and wait until healthy (with `engine_only`, until the engine is, whatever the sink)."""
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sendtrack.cli", "worker"], env=self.env,
+        self.proc = subprocess.Popen([*self.command, "worker"], env=self.env,
                                      cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -36,7 +36,7 @@ def expected_current(reached: set[str]) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One worker, one simulated run published while ClickHouse is unavailable for a while."""
-    w = Worker(tmp_path_factory.mktemp("e2e"), "e2e", orphan_ttl_seconds=3, sweep_interval_seconds=1)
+    w = Worker(tmp_path_factory.mktemp("e2e"), "e2e", faults=True, orphan_ttl_seconds=3, sweep_interval_seconds=1)
     w.start()
     traffic = simulate.generate(N_MESSAGES, seed=11, run_id="e2e")
     settings = Settings(kafka_broker=w.env["SENDTRACK_KAFKA_BROKER"], topic_prefix=w.prefix)

@@ -798,14 +798,23 @@ async def test_internal_and_changelog_topics_are_created_with_the_engines_record
     try:
         app_id = w.env["SENDTRACK_APP_ID"]
         mine = [t for t in await admin.list_topics()
-                if t in (w.topic("sendtrack-routed"), w.topic("sendtrack-by-provider-id"))
-                or (t.startswith(f"{app_id}-") and t.endswith("-changelog"))]
-        limits = {}
+                if t.startswith(w.prefix) or (t.startswith(f"{app_id}-") and t.endswith("-changelog"))]
+        configs = {}
         for topic in mine:
             for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)]):
                 for resource in response.resources:
-                    limits[topic] = {name: value for name, value, *_ in resource[4]}["max.message.bytes"]
+                    configs[topic] = {name: value for name, value, *_ in resource[4]}
     finally:
         await admin.close()
-    assert len(limits) == 7, limits  # two internal topics, five tables
-    assert set(limits.values()) == {str(RECORD_MAX_BYTES)}, limits
+    engine_written = {t: c["max.message.bytes"] for t, c in configs.items()
+                      if t in (w.topic("sendtrack-routed"), w.topic("sendtrack-by-provider-id")) or t.endswith("-changelog")}
+    assert len(engine_written) == 7, engine_written  # two internal topics, five tables
+    assert set(engine_written.values()) == {str(RECORD_MAX_BYTES)}, engine_written
+    # Retention (docs/retention.md): the defaults on every topic the worker created; changelogs compacted.
+    week, three_days = str(7 * 86_400_000), str(72 * 3_600_000)
+    retention = {t: (c["cleanup.policy"], c["retention.ms"]) for t, c in configs.items()}
+    assert retention.pop(w.topic("provider-webhooks")) == ("delete", three_days)
+    changelogs = {t: r for t, r in retention.items() if t.endswith("-changelog")}
+    assert len(changelogs) == 5 and {policy for policy, _ in changelogs.values()} == {"compact"}, changelogs
+    others = {t: r for t, r in retention.items() if t not in changelogs}
+    assert len(others) == 6 and set(others.values()) == {("delete", week)}, others

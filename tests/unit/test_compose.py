@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
@@ -240,9 +241,32 @@ def test_the_topics_service_sets_the_workers_record_limits() -> None:
 
     script = (ROOT / "docker" / "create-topics.sh").read_text()
     set_there = {name: value for names, value in
-                 re.findall(r"^\s+([a-z| -]+)\) config=\(--config max\.message\.bytes=(\d+)\)", script, re.M)
+                 re.findall(r"^\s+([a-z| -]+)\) config=\(--config max\.message\.bytes=(\d+) ", script, re.M)
                  for name in (n.strip() for n in names.split("|"))}
     assert set_there == {name: c["max.message.bytes"] for name, c in TOPIC_CONFIGS.items()}
+
+
+def test_the_topics_service_sets_the_workers_retention(tmp_path) -> None:
+    """docker/create-topics.sh gives each topic the retention.ms the worker would (sendtrack/topics.py),
+    from the same settings and defaults: run it against a stand-in kafka-topics.sh that records its
+    arguments."""
+    from sendtrack.settings import Settings
+    from sendtrack.topics import CONTRACT, INTERNAL, retention_ms
+
+    fake = tmp_path / "kafka-topics.sh"
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> "$(dirname "$0")/calls"\n')
+    fake.chmod(0o755)
+    names = list(CONTRACT + INTERNAL)
+    for env, settings in (({}, Settings()),
+                          ({"SENDTRACK_TOPIC_RETENTION_DAYS": "2.5", "SENDTRACK_WEBHOOK_RETENTION_HOURS": "6"},
+                           Settings(topic_retention_days=2.5, webhook_retention_hours=6))):
+        (tmp_path / "calls").unlink(missing_ok=True)
+        subprocess.run(["bash", str(ROOT / "docker" / "create-topics.sh"), *names], env={
+            "PATH": "/usr/bin:/bin", "SENDTRACK_KAFKA_BROKER": "b:9092", "KAFKA_BIN": str(tmp_path), **env},
+            capture_output=True, text=True, timeout=30)
+        created = {call.split("--topic ")[1].split()[0]: dict(re.findall(r"--config (\S+?)=(\S+)", call))
+                   for call in (tmp_path / "calls").read_text().splitlines() if "--create" in call}
+        assert {n: c["retention.ms"] for n, c in created.items()} == {n: str(retention_ms(settings, n)) for n in names}
 
 
 # Grafana (docs/grafana.md). Its provisioning files are written as JSON, which is YAML too, for the

@@ -14,6 +14,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from schemas.models import StatusChange
 from sendtrack.metrics import metrics
+from tests import faults
 from sendtrack.settings import Settings
 from sinks.clickhouse import ClickHouse, is_rejection, is_retriable
 from sinks.migrate import migrate
@@ -243,7 +244,7 @@ def test_an_outage_is_retried_and_then_the_batch_is_committed(ch):
 
     sink = ClickHouseSink()
     sink.ch = ch
-    sink.inject_outage(0.5)
+    faults.clickhouse_outage(0.5)
     consumer = Commits()
     batch = backfill(3)
 
