@@ -14,7 +14,7 @@ from mode import Service
 from agents.app import app, dead_letters_topic, settings, status_changes_topic
 from sendtrack.metrics import metrics
 from sinks.clickhouse import ClickHouse, is_retriable
-from sinks import retention
+from sinks import expectations, retention
 from sinks.migrate import migrate
 from sinks.writer import REJECTED_BY_CLICKHOUSE, Batch, Unwritable
 
@@ -45,6 +45,7 @@ class ClickHouseSink(Service):
                 ch = await asyncio.to_thread(ClickHouse.connect, settings)
                 await asyncio.to_thread(migrate, ch, log.info)
                 await asyncio.to_thread(retention.apply, ch, settings, log.info)
+                await asyncio.to_thread(expectations.apply, ch, settings, log.info)
             except Exception as exc:
                 if not is_retriable(exc):
                     log.error("ClickHouse refused the connection or a migration: %r", exc)

@@ -34,13 +34,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from sinks.clickhouse import ClickHouse
     from sinks.migrate import migrate
 
-    from sinks import retention
+    from sinks import expectations, retention
 
     settings = get_settings()
     ch = ClickHouse.connect(settings)
     ran = migrate(ch)
     print(f"migrate: {len(ran)} migration(s) applied to {ch.database} ({ch.where})")
     retention.apply(ch, settings)
+    expectations.apply(ch, settings)
     return 0
 
 
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("topics", help="create the Kafka topics").set_defaults(func=cmd_topics)
 
     p = sub.add_parser("report", help="print an analytics report")
-    p.add_argument("name", choices=["funnel", "status", "failures", "customer", "latency", "trend", "dead_letters"])
+    p.add_argument("name", choices=["funnel", "status", "failures", "customer", "latency", "trend", "dead_letters",
+                                    "unconfirmed"])
     p.add_argument("customer_id", nargs="?", help="for `customer`: the customer id")
     p.add_argument("--flow")
     p.add_argument("--campaign")

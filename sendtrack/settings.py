@@ -9,6 +9,15 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# Hours within which a provider's receipt (an outcome past "sent" / "processing") is expected, per
+# action; a message past it without one is "unconfirmed" (docs/contract.md, the unconfirmed view).
+# 0 = no receipt is expected (a timer only ever reports "sent").
+RECEIPT_EXPECTED_HOURS: dict[str, float] = {
+    "email": 24, "zalo_oa": 24, "zns": 72, "messenger": 24, "sms": 72, "ai_call": 2, "http_request": 1,
+    "timer": 0, "voucher": 24, "sync": 1, "start_flow": 1, "other": 24,
+}
+
+
 class Settings(BaseSettings):
     """Settings of the worker, the CLI and the tests (CONTRACT §5)."""
 
@@ -78,6 +87,8 @@ class Settings(BaseSettings):
     # Kafka: retention.ms of the topics sendtrack creates (the changelogs are compacted instead).
     topic_retention_days: float = Field(default=7, gt=0)
     webhook_retention_hours: float = Field(default=72, gt=0)  # provider-webhooks: raw bodies
+    # Overrides of RECEIPT_EXPECTED_HOURS, e.g. "sms:48,email:12".
+    receipt_expected_hours: str = ""
     log_level: str = "warn"
 
     # Provider webhook secrets (docs/providers.md). Unset = that provider's webhook is refused.
@@ -106,6 +117,29 @@ class Settings(BaseSettings):
                 f"SENDTRACK_ORPHAN_TTL_SECONDS ({self.orphan_ttl_seconds} s)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _receipt_hours_parse(self) -> "Settings":
+        self.receipt_hours  # noqa: B018 - raises on a bad value, at start rather than at first use
+        return self
+
+    @property
+    def receipt_hours(self) -> dict[str, float]:
+        """Hours to a provider's receipt per action: the defaults with SENDTRACK_RECEIPT_EXPECTED_HOURS over them."""
+        hours = dict(RECEIPT_EXPECTED_HOURS)
+        for item in filter(None, (part.strip() for part in self.receipt_expected_hours.split(","))):
+            action, _, value = item.partition(":")
+            action = action.strip()
+            if action not in hours:
+                raise ValueError(f"SENDTRACK_RECEIPT_EXPECTED_HOURS: unknown action {action!r} "
+                                 f"(one of {', '.join(hours)})")
+            try:
+                hours[action] = float(value)
+            except ValueError:
+                raise ValueError(f"SENDTRACK_RECEIPT_EXPECTED_HOURS: {item!r} is not action:hours") from None
+            if not hours[action] >= 0:
+                raise ValueError(f"SENDTRACK_RECEIPT_EXPECTED_HOURS: hours must be 0 or more in {item!r}")
+        return hours
 
     def topic(self, name: str) -> str:
         """The full name of one of the contract's topics."""

@@ -32,6 +32,7 @@ FILTERABLE = {
     "dead_letters": (),
     "customer": ("flow", "campaign", "step", "action", "provider"),
     "latency": ("flow", "campaign", "step", "action", "provider"),
+    "unconfirmed": ("flow", "campaign", "step", "action", "provider"),
 }
 
 
@@ -262,7 +263,28 @@ def choices(ch: ClickHouse, f: Filters) -> dict[str, list[str]]:
         {name: [] for name in names}
 
 
-REPORTS = ("funnel", "status", "failures", "customer", "latency", "trend", "dead_letters")
+def unconfirmed(ch: ClickHouse, f: Filters, limit: int = 1000) -> Report:
+    """Messages past the expected time to a provider's receipt without one (the `unconfirmed` view):
+    counted per action in the title, the oldest `limit` listed. Their status stays what it is."""
+    where, params = f.where("toDate(requested_at)")
+    params["limit"] = limit
+    view = f"`{ch.database}`.unconfirmed"
+    _, counts = ch.query(f"SELECT action, count() FROM {view} WHERE {where} GROUP BY action ORDER BY action", params)
+    _, rows = ch.query(
+        f"SELECT message_id, action, provider, flow_id, campaign_id, step_id, requested_at, current_status, "
+        f"waiting_hours, expected_hours FROM {view} WHERE {where} "
+        f"ORDER BY requested_at, message_id LIMIT %(limit)s", params)
+    total = sum(int(n) for _, n in counts)
+    per = ", ".join(f"{a} {int(n):,}" for a, n in counts)
+    title = (f"Unconfirmed: {total:,} messages without a provider receipt in the expected time"
+             + (f" ({per}); the oldest {len(rows):,} listed" if total else ""))
+    out = Report(title, ["message_id", "action", "provider", "flow_id", "campaign_id", "step_id", "requested_at",
+                         "current_status", "waiting_hours", "expected_hours"])
+    out.rows = [list(r) for r in rows]
+    return out
+
+
+REPORTS = ("funnel", "status", "failures", "customer", "latency", "trend", "dead_letters", "unconfirmed")
 
 
 def run(ch: ClickHouse, name: str, f: Filters, *, customer_id: Optional[str] = None, by: str = "action",
@@ -289,4 +311,6 @@ def run(ch: ClickHouse, name: str, f: Filters, *, customer_id: Optional[str] = N
         return customer(ch, customer_id, f, vietnamese)
     if name == "latency":
         return latency(ch, f)
+    if name == "unconfirmed":
+        return unconfirmed(ch, f)
     raise ValueError(f"unknown report {name!r}; expected one of {', '.join(REPORTS)}")

@@ -178,6 +178,20 @@ def test_report_commands(run):
     assert latency["email"]["sent_to_delivered_n"] == delivered
     assert latency["email"]["sent_to_delivered_p50"] > 0
 
+    # Unconfirmed: no outcome past sent/processing, and older than its action's expected hours. The
+    # simulation spreads requests over three days, so 24 h actions have some and 72 h ones almost none.
+    hours = Settings().receipt_hours
+
+    def waiting(now: float) -> set[str]:
+        return {m.message_id for m in traffic.messages if m.expected <= {"sent", "processing"} and hours[m.action]
+                and m.requested_at < now - hours[m.action] * 3.6e6}
+
+    before = waiting(time.time() * 1000)
+    rows = json.loads(report(w, "unconfirmed", "--format", "json"))
+    after = waiting(time.time() * 1000)  # a message may cross its deadline while the report runs
+    assert before <= {r["message_id"] for r in rows} <= after and len(before) > 0
+    assert {r["current_status"] for r in rows} <= {"sent", "processing"}
+
 
 def test_metrics_show_where_memory_and_time_go(run):
     w, traffic = run
