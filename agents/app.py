@@ -125,7 +125,7 @@ def _table(name: str, help: str) -> faust.TableT:
     return table
 
 
-messages_table = _table("messages", "message_id -> status state (sendtrack.status.new_state)")
+messages_table = _table("messages", "message_id -> status state (sendtrack.state.MessageState)")
 held_index = _table("held-index", "message_id -> when its first callback was held (orphan TTL)")
 provider_ids_table = _table("provider-ids", "provider\\x1fprovider_message_id -> [message_id, touched_at]")
 provider_held_table = _table("provider-held", "provider id -> callbacks waiting for their mapping")

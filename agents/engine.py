@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import itertools
 import logging
-import random
 import time
-from contextvars import ContextVar
 from typing import Any, Callable, Optional
 
 import orjson
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from faust.exceptions import ProducerSendError
 from faust.types import EventT
 
-from agents.faust_adapter import (SIZE_REFUSALS, batch_agent, offset_key, open_db, produce, table_db, use_event,
-                                  write_partition)
+from agents.faust_adapter import batch_agent, offset_key, open_db, use_event
+from agents.transaction import Outbox, Refused, TooLarge, new_outbox, outbox, shown_key
 from agents.app import (
     app,
     by_provider_id_topic,
@@ -34,9 +30,12 @@ from agents.app import (
     settings,
     status_changes_topic,
 )
-from schemas.models import Callback, DeadLetter, Invalid, SendRequest
+from schemas import dead_letters
+from schemas.models import Callback, Invalid, SendRequest
 from schemas.validate import ErrorType, TimeWindow, judged_at, parse_callback, parse_send_request
-from sendtrack import status
+from sendtrack import provider_ids, status, sweeps, watermarks
+from sendtrack import state as state_mod
+from sendtrack.state import MessageState
 from sendtrack.metrics import metrics
 from sendtrack.topics import RECORD_BUDGET_BYTES
 
@@ -62,11 +61,7 @@ RETENTION_MS = int(settings.state_retention_days * 86_400_000)
 # in one engine batch, where a tick to every partition at once held a batch for over a second.
 SWEEP_BATCH = 5_000
 SWEEP_TICKS = 4
-MAX_WATCHED = 256  # Messenger messages tracked per recipient for delivery/read watermarks
 TICK_KEY = b"\x00tick"
-BATCH_KEY = b"\x00batch"  # key of an internal record carrying a batch of items for one partition
-BATCH_RECORD_MAX = 512 * 1024  # bytes of items per internal record; a larger item travels alone
-_BATCH_ENVELOPE = len(BATCH_KEY) + len(b'{"batch":[]}')
 
 
 def now_ms() -> int:
@@ -91,253 +86,6 @@ def send_by_provider_id(key: str, doc: dict[str, Any]) -> None:
     outbox().add_internal(BY_PID, partition_for(key), dict(doc, k=key))
 
 
-# ---------------------------------------------------------------------------------------------
-# Output
-
-
-_DELETED = object()
-
-
-class TooLarge(Exception):
-    """What an input would produce or store does not fit in a Kafka record (RECORD_BUDGET_BYTES):
-    the input is refused as too_large and nothing of it stays."""
-
-
-class Refused(Exception):
-    """The broker refused records of a batch for what they are (over a topic's max.message.bytes).
-    Nothing of the batch was written to the tables."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(repr(error))
-        self.error = error
-
-
-class Outbox:
-    """Everything one batch changes: records to produce and table writes.
-
-    Commit order is what makes a crash lose nothing. First every record is produced and
-    acknowledged by the broker (retried until it is, unless the broker refuses records for their
-    size: see _apply_one_at_a_time): the outputs (status changes, dead letters,
-    internal records) and the tables' changelog records for this batch's writes. Then the writes are
-    applied to the tables' local RocksDB, each partition in one atomic write batch that also records
-    the changelog offset it now includes (what Faust reads at start-up to know where recovery
-    resumes). Only after that are the inputs' offsets committable (agents/faust_adapter.py). A crash
-    before then leaves the inputs uncommitted and re-read; a crash between the changelog and the
-    RocksDB write is repaired by Faust's recovery from the changelog. Reads within the batch see its
-    own staged writes.
-
-    The table writes are those Faust makes on `table[key] = value` (a changelog record to the
-    partition of the current event, then the store), batched: one produce round for the whole
-    batch instead of a buffered send and an acknowledgement callback per key.
-
-    Every record is sized when it is staged: a record (key and value, a table value with its key,
-    an internal item in its batch envelope) over RECORD_BUDGET_BYTES raises TooLarge, and the input
-    that staged it is rolled back to its savepoint (_apply_one, for_each_item). So the broker never
-    refuses one of the topics sendtrack creates.
-    """
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, Optional[bytes], Optional[bytes], Optional[int]]] = []
-        # Internal items (routed envelopes, provider-id operations), encoded, with their (topic,
-        # partition): a batch sends one record per partition holding all of them, not one per item.
-        self.items: list[tuple[str, int, bytes]] = []
-        # (table name, key) -> (table, encoded value or _DELETED, partition). Values are encoded when
-        # staged, to be sized; a read of a staged value decodes a copy of it.
-        self.writes: dict[tuple[str, str], tuple[Any, Any, int]] = {}
-        self._undo: list[tuple[tuple[str, str], Optional[tuple[Any, Any, int]]]] = []  # for rollback
-        self.event: Optional[EventT] = None  # the event being applied: table writes belong to its partition
-        self.produced = 0  # records acknowledged by the broker
-        # Seconds per phase of the commit: produce (serializing, then the broker's acknowledgements)
-        # and tables (the RocksDB writes).
-        self.timings: dict[str, float] = {}
-
-    def add(self, topic: str, key: Optional[bytes], value: bytes, partition: Optional[int] = None) -> None:
-        size = len(value) + (len(key) if key is not None else 0)
-        if size > RECORD_BUDGET_BYTES:
-            raise TooLarge(f"a record to {topic} would take {size} bytes, over {RECORD_BUDGET_BYTES}")
-        self.records.append((topic, key, value, partition))
-
-    def add_internal(self, topic: str, partition: int, item: dict[str, Any] | bytes) -> None:
-        """Stage an item for `topic`'s `partition` (an encoded item is taken as it is)."""
-        raw = item if isinstance(item, bytes) else orjson.dumps(item)
-        if len(raw) + _BATCH_ENVELOPE > RECORD_BUDGET_BYTES:
-            raise TooLarge(f"an internal record to {topic} would take {len(raw) + _BATCH_ENVELOPE} bytes, "
-                           f"over {RECORD_BUDGET_BYTES}")
-        self.items.append((topic, partition, raw))
-
-    def savepoint(self) -> tuple[int, int, int]:
-        return len(self.records), len(self.items), len(self._undo)
-
-    def rollback(self, savepoint: tuple[int, int, int]) -> None:
-        """Forget every record, item and table write staged since `savepoint`."""
-        records, items, undo = savepoint
-        del self.records[records:]
-        del self.items[items:]
-        while len(self._undo) > undo:
-            key, previous = self._undo.pop()
-            if previous is None:
-                del self.writes[key]
-            else:
-                self.writes[key] = previous
-
-    def _pack_internal(self) -> None:
-        """Turn the internal items into records `{"batch": [item, ...]}`, each under BATCH_RECORD_MAX
-        of items unless it holds a single larger item."""
-        groups: dict[tuple[str, int], list[bytes]] = {}
-        for topic, partition, raw in self.items:
-            groups.setdefault((topic, partition), []).append(raw)
-        for (topic, partition), items in groups.items():
-            chunk: list[bytes] = []
-            size = 0
-            for item in items:
-                if chunk and size + len(item) > BATCH_RECORD_MAX:
-                    self.add(topic, BATCH_KEY, b'{"batch":[' + b",".join(chunk) + b"]}", partition)
-                    chunk, size = [], 0
-                chunk.append(item)
-                size += len(item) + 1
-            self.add(topic, BATCH_KEY, b'{"batch":[' + b",".join(chunk) + b"]}", partition)
-        self.items.clear()
-
-    def get(self, table: Any, key: str) -> Any:
-        staged = self.writes.get((table.name, key))
-        if staged is not None:
-            # A copy: what an input changes in it stays out of the batch unless the input puts it.
-            return None if staged[1] is _DELETED else orjson.loads(staged[1])
-        return table.get(key)
-
-    def put(self, table: Any, key: str, value: Any) -> None:
-        raw = orjson.dumps(value)
-        size = len(raw) + len(key.encode())
-        if size > RECORD_BUDGET_BYTES:
-            raise TooLarge(f"the {table.name} entry of {_shown(key)} would take {size} bytes, "
-                           f"over {RECORD_BUDGET_BYTES}")
-        self._stage((table.name, key), (table, raw, self._partition()))
-
-    def delete(self, table: Any, key: str) -> None:
-        self._stage((table.name, key), (table, _DELETED, self._partition()))
-
-    def _stage(self, key: tuple[str, str], write: tuple[Any, Any, int]) -> None:
-        self._undo.append((key, self.writes.get(key)))
-        self.writes[key] = write
-
-    def touched(self) -> list[tuple[Any, str, int]]:
-        """(table, key, partition) of every table write staged."""
-        return [(table, key, partition) for (_, key), (table, _, partition) in self.writes.items()]
-
-    def restage(self, table: Any, key: str, partition: int) -> None:
-        """Stage `key` again with the value its table holds now (a deletion when none)."""
-        raw = table_db(table, partition).get(key.encode())
-        self.writes[(table.name, key)] = (table, _DELETED if raw is None else raw, partition)
-
-    def _partition(self) -> int:
-        if self.event is None:
-            raise RuntimeError("a table write outside of a record's context has no partition")
-        return self.event.message.partition
-
-    def staged(self, table: Any, key: str) -> bool:
-        return (table.name, key) in self.writes
-
-    async def commit(self, refusable: bool = False) -> None:
-        """Produce, then write the tables (see the class docstring). Shielded: a batch cancelled
-        mid-commit (shutdown, rebalance) still finishes producing before it writes its tables.
-
-        With `refusable`, records the broker refuses for their size raise Refused before any
-        table is written (apply_batch then isolates the inputs); without, they are retried."""
-        await asyncio.shield(self._commit(refusable))
-
-    async def _commit(self, refusable: bool) -> None:
-        started = time.perf_counter()
-        self._pack_internal()
-        # The changelog records of this batch's writes, in write order per partition.
-        stores: dict[tuple[Any, int], list[tuple[bytes, Optional[bytes]]]] = {}
-        for (_, key), (table, value, partition) in self.writes.items():
-            k = key.encode()
-            v = None if value is _DELETED else value
-            stores.setdefault((table, partition), []).append((k, v))
-            self.records.append((_changelog(table), k, v, partition))
-        self.writes.clear()
-        self._undo.clear()
-        last = await self._produce(refusable)
-        produced = time.perf_counter()
-        self.timings["produce"] = produced - started
-        for (table, partition), items in stores.items():
-            write_partition(table, partition, items, last.get((_changelog(table), partition)))
-        self.timings["tables"] = time.perf_counter() - produced
-
-    async def _produce(self, refusable: bool) -> dict[tuple[str, int], int]:
-        """Produce every record, one producer batch per (topic, partition); returns the offset of
-        the last record per (topic, partition).
-
-        Only a refusal of records for their size (SIZE_REFUSALS), with `refusable`, ends the retries. Any other
-        error is retried, including the ones aiokafka marks not retriable: a broker that is away
-        fails the batches that waited past the request timeout with KafkaTimeoutError (retriable =
-        False), a stopping producer with ProducerClosed, and neither says anything about the records."""
-        delay = 0.2
-        while True:
-            try:
-                return await self._produce_once()
-            except SIZE_REFUSALS as exc:
-                if refusable:
-                    raise Refused(exc) from exc
-                # Only records sized by construction come here (dead letters, outputs of the
-                # webhook adapter): a topic's max.message.bytes is below RECORD_MAX_BYTES.
-                log.error("the broker refused %d records for their size (%r); retrying in %.1f s",
-                          len(self.records), exc, delay)
-            except (KafkaError, ProducerSendError, OSError) as exc:
-                # The broker is away: retry the whole batch (duplicates are folded downstream). An
-                # error aiokafka marks not retriable that is no refusal of the records (a topic
-                # deleted, an authorization lost) is retried too, loudly: nothing is dropped.
-                level = logging.WARNING if getattr(exc, "retriable", True) or isinstance(
-                    exc, KafkaTimeoutError) else logging.ERROR
-                log.log(level, "producing %d records failed (%r); retrying in %.1f s", len(self.records), exc, delay)
-            metrics.inc("produce_retries_total", 1)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-    async def _produce_once(self) -> dict[tuple[str, int], int]:
-        if not self.records:
-            return {}
-        groups: dict[tuple[str, int], list[tuple[Optional[bytes], Optional[bytes]]]] = {}
-        for topic, key, value, partition in self.records:
-            if partition is None:  # keyed by message id, as Kafka's default partitioner would place it
-                partition = _key_partition(key)
-            groups.setdefault((topic, partition), []).append((key, value))
-        last = await produce(app, groups)
-        self.produced += len(self.records)
-        self.records = []
-        return last
-
-
-_changelogs: dict[str, str] = {}
-
-
-def _changelog(table: Any) -> str:
-    name = _changelogs.get(table.name)
-    if name is None:
-        name = _changelogs[table.name] = table.changelog_topic.get_topic_name()
-    return name
-
-
-def _key_partition(key: Optional[bytes]) -> int:
-    if key is None:
-        return random.randrange(N)
-    return (murmur2(key) & 0x7FFFFFFF) % N
-
-
-# Each batch gets its own outbox (a context variable: batches of different tasks never share one).
-_outbox: ContextVar[Outbox] = ContextVar("sendtrack_outbox")
-
-
-def outbox() -> Outbox:
-    return _outbox.get()
-
-
-def new_outbox() -> Outbox:
-    box = Outbox()
-    _outbox.set(box)
-    return box
-
-
 def emit_changes(changes: list) -> None:
     box = outbox()
     for change in changes:
@@ -345,46 +93,14 @@ def emit_changes(changes: list) -> None:
     metrics.inc("status_changes_total", len(changes))
 
 
-DEAD_LETTER_PAYLOAD_MAX = 512 * 1024  # original bytes kept per dead letter (fits a 1 MB record)
-DEAD_LETTER_ERROR_MAX = 2000
-DEAD_LETTER_KEY_MAX = 64 * 1024
-DEAD_LETTER_RECORD_MAX = 900_000  # under Kafka's default 1 MB record limit
 # A dead letter always fits its record (with its key): it can never be refused itself.
-assert DEAD_LETTER_RECORD_MAX + DEAD_LETTER_KEY_MAX <= RECORD_BUDGET_BYTES
+assert dead_letters.RECORD_MAX + dead_letters.KEY_MAX <= RECORD_BUDGET_BYTES
 
 
 def emit_dead_letter(origin: tuple[str, int, int], key: Optional[bytes], payload: bytes,
                      invalid: Invalid) -> None:
-    """Send a refused record to dead-letters with its original bytes and position.
-
-    A payload longer than DEAD_LETTER_PAYLOAD_MAX keeps its first bytes and says so in the error:
-    the record is still accounted for, and it stays at its topic/partition/offset in Kafka."""
-    error = invalid.error[:DEAD_LETTER_ERROR_MAX]
-    if len(payload) > DEAD_LETTER_PAYLOAD_MAX:
-        error += f" (payload truncated to its first {DEAD_LETTER_PAYLOAD_MAX} of {len(payload)} bytes)"
-        payload = payload[:DEAD_LETTER_PAYLOAD_MAX]
-    if key is not None and len(key) > DEAD_LETTER_KEY_MAX:
-        error += f" (key truncated to its first {DEAD_LETTER_KEY_MAX} of {len(key)} bytes)"
-        key = key[:DEAD_LETTER_KEY_MAX]
-    try:
-        text, encoding = payload.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(payload).decode(), "base64"
-    try:
-        key_text = key.decode("utf-8") if key is not None else None
-    except UnicodeDecodeError:
-        key_text = base64.b64encode(key).decode()
-    letter = DeadLetter(
-        source_topic=origin[0], partition=origin[1], offset=origin[2], key=key_text,
-        payload=text, payload_encoding=encoding, error_type=str(invalid.error_type),
-        error=error, failed_at=now_ms(),
-    )
-    value = orjson.dumps(letter)
-    while len(value) > DEAD_LETTER_RECORD_MAX:
-        # JSON escaping can make a payload several times longer: keep cutting until it fits.
-        letter.payload = letter.payload[: len(letter.payload) // 2]
-        letter.error = error + f" (payload truncated to fit a {DEAD_LETTER_RECORD_MAX}-byte record)"
-        value = orjson.dumps(letter)
+    """Send a refused record to dead-letters with its original bytes and position (schemas/dead_letters.py)."""
+    key, value = dead_letters.build(origin, key, payload, str(invalid.error_type), invalid.error, now_ms())
     outbox().add(DEAD_LETTERS, key, value)
     metrics.inc("dead_letters_total", 1, error_type=str(invalid.error_type))
 
@@ -411,32 +127,20 @@ def _origin(event: EventT) -> tuple[str, int, int]:
     return (m.topic, m.partition, m.offset)
 
 
-def _state_of(message_id: str) -> dict[str, Any]:
+def _state_of(message_id: str) -> MessageState:
     return outbox().get(messages_table, message_id) or status.new_state()
 
 
-def _reread(state: dict[str, Any], position: tuple[str, int, int]) -> bool:
-    """True when the record at `position` may be a re-read after a crash: some record of this message
-    at or after it on the same topic was applied before.
-
-    Only a hint, used to produce an applied record's changes again (same change_id). Whether a record
-    is applied is decided by its identity (the event id, the request's content), never by its offset:
-    Faust can hand the engine a later record without an earlier one (the earlier one is then re-read
-    after a restart), so "below the highest applied offset" does not mean "applied".
-    """
-    seen = state.get("off", {}).get(position[0])
-    return seen is not None and position[2] <= seen
+def _reread(state: MessageState, position: tuple[str, int, int]) -> bool:
+    return state_mod.is_reread(state, position[0], position[2])
 
 
-def _save(message_id: str, state: dict[str, Any], position: tuple[str, int, int], now: int) -> None:
-    # Only forward: a re-read of an earlier record must not hide that later ones were applied.
-    seen = state.setdefault("off", {})
-    seen[position[0]] = max(seen.get(position[0], -1), position[2])
-    state["t"] = now
+def _save(message_id: str, state: MessageState, position: tuple[str, int, int], now: int) -> None:
+    state_mod.mark_applied(state, position[0], position[2], now)
     outbox().put(messages_table, message_id, state)
 
 
-def _after_apply(message_id: str, state: dict[str, Any], outcome: status.Outcome, origin: tuple[str, int, int],
+def _after_apply(message_id: str, state: MessageState, outcome: status.Outcome, origin: tuple[str, int, int],
                  position: tuple[str, int, int], key: Optional[bytes], payload: bytes, now: int) -> None:
     if outcome.invalid is not None:
         emit_dead_letter(origin, key, payload, outcome.invalid)
@@ -589,10 +293,10 @@ def sweep(partition: int, now: int) -> None:
     """Expire held callbacks past the orphan TTL and evict state untouched past the retention."""
     for message_id, _ in _scan(held_index, partition):
         held_since = outbox().get(held_index, message_id)  # a write staged in this batch wins
-        if held_since is None or now - held_since < ORPHAN_TTL_MS:
+        if not sweeps.orphan_due(held_since, now, ORPHAN_TTL_MS):
             continue
         state = outbox().get(messages_table, message_id)
-        if state is not None and state["req"] is None:
+        if sweeps.drop_orphaned_state(state):
             for entry in state["held"]:
                 emit_dead_letter(tuple(entry["origin"]), message_id.encode(), orjson.dumps(entry["cb"]), Invalid(
                     ErrorType.ORPHAN,
@@ -603,7 +307,7 @@ def sweep(partition: int, now: int) -> None:
         outbox().delete(held_index, message_id)
     # A state holding callbacks is the orphan sweep's, whatever its age: it ends as dead letters,
     # never evicted silently (the two scans walk their tables independently).
-    evicted = _evict(messages_table, partition, now, lambda s: now if s.get("held") else s.get("t", 0))
+    evicted = _evict(messages_table, partition, now, lambda state: sweeps.message_touched(state, now))
     if evicted:
         metrics.inc("state_evicted_total", evicted, table="messages")
 
@@ -636,7 +340,7 @@ def _scan(table: Any, partition: int) -> list[tuple[str, Any]]:
 def _evict(table: Any, partition: int, now: int, touched) -> int:
     """Delete the stale entries among the next keys of one partition's scan (see _scan)."""
     stale = [key for key, value in _scan(table, partition)
-             if now - touched(value) > RETENTION_MS and not outbox().staged(table, key)]
+             if sweeps.stale(value, touched, now, RETENTION_MS) and not outbox().staged(table, key)]
     for key in stale:
         outbox().delete(table, key)
     return len(stale)
@@ -755,70 +459,40 @@ def apply_by_provider_id(pkey: str, doc: dict[str, Any], event: EventT, now: int
         apply_watermarks(pkey, doc, now)
         return
     box = outbox()
-    mapping = box.get(provider_ids_table, pkey)
+    mapping, held = box.get(provider_ids_table, pkey), box.get(provider_held_table, pkey)
     if op == "map":
-        if mapping is None or mapping[0] != doc["message_id"] or now - mapping[1] > 3_600_000:
-            box.put(provider_ids_table, pkey, [mapping[0] if mapping else doc["message_id"], now])
-        message_id = (mapping or [doc["message_id"]])[0]
-        held = box.get(provider_held_table, pkey)
-        if held:
-            for item in held["cbs"]:
-                body = dict(item["body"], message_id=message_id)
-                route(message_id, {"kind": "callback", "origin": item["origin"], "body": body})
-            box.delete(provider_held_table, pkey)
-        return
-    # op == "resolve"
-    if mapping is not None:
-        body = dict(doc["body"], message_id=mapping[0])
-        route(mapping[0], {"kind": "callback", "origin": doc["origin"], "body": body})
-        return
-    held = box.get(provider_held_table, pkey) or {"since": now, "cbs": []}
-    if any(item["body"]["event_id"] == doc["body"]["event_id"] for item in held["cbs"]):
-        return
-    entry = {"origin": doc["origin"], "body": doc["body"]}
-    refused = status.hold_refusal(held["cbs"], entry, f"provider id {_shown(pkey)}")
-    if refused is not None:
-        emit_dead_letter(tuple(doc["origin"]), pkey.encode(), orjson.dumps(doc["body"]), refused)
-        return
-    held["cbs"].append(entry)
-    box.put(provider_held_table, pkey, held)
+        decision = provider_ids.on_map(mapping, held, doc["message_id"], now)
+    else:  # "resolve"
+        decision = provider_ids.on_resolve(mapping, held, doc["origin"], doc["body"], now, f"provider id {_shown(pkey)}")
+    if decision.refused is not None:
+        emit_dead_letter(tuple(doc["origin"]), pkey.encode(), orjson.dumps(doc["body"]), decision.refused)
+    if decision.mapping is not None:
+        box.put(provider_ids_table, pkey, decision.mapping)
+    for message_id, envelope in decision.routes:
+        route(message_id, envelope)
+    if decision.held is not None:
+        box.put(provider_held_table, pkey, decision.held)
+    elif decision.delete_held:
+        box.delete(provider_held_table, pkey)
 
 
 def apply_watermarks(rkey: str, doc: dict[str, Any], now: int) -> None:
-    """A Messenger delivery/read watermark covers every message to that recipient requested at or
-    before it, including messages whose request is seen after the watermark. The index is per
-    recipient, so a receipt touches only that recipient's messages."""
-    entry = outbox().get(messenger_recipients, rkey) or {"msgs": [], "marks": {}, "t": now}
-    if doc["op"] == "watch":
-        if all(m[0] != doc["message_id"] for m in entry["msgs"]):
-            entry["msgs"].append([doc["message_id"], doc["requested_at"], []])
-    else:
-        mark = entry["marks"].get(doc["status"])
-        if mark is None or doc["watermark"] > mark[0]:
-            entry["marks"][doc["status"]] = [doc["watermark"], doc["event_id"], doc["occurred_at"]]
-    for msg in entry["msgs"]:
-        for status_name, (watermark, event_id, occurred_at) in entry["marks"].items():
-            if msg[1] <= watermark and status_name not in msg[2]:
-                msg[2].append(status_name)
-                body = {"event_id": f"{event_id}:{msg[0]}", "status": status_name, "occurred_at": occurred_at,
-                        "message_id": msg[0], "provider": "messenger"}
-                route(msg[0], {"kind": "callback", "origin": doc.get("origin", [BY_PID, -1, -1]), "body": body})
-    # A message that every kind of receipt has covered needs no more tracking; nor does one older
-    # than the retention, and the index keeps at most the newest MAX_WATCHED messages.
-    horizon = now - RETENTION_MS
-    entry["msgs"] = [m for m in entry["msgs"] if len(m[2]) < 2 and m[1] >= horizon][-MAX_WATCHED:]
-    entry["t"] = now
+    """A Messenger watermark, or a message to watch, for one recipient (sendtrack/watermarks.py)."""
+    entry, routes = watermarks.apply(outbox().get(messenger_recipients, rkey), doc, now, RETENTION_MS,
+                                     origin=doc.get("origin", [BY_PID, -1, -1]))
+    for message_id, envelope in routes:
+        route(message_id, envelope)
     outbox().put(messenger_recipients, rkey, entry)
 
 
 def _shown(pkey: str) -> str:
-    return repr(pkey.replace("\x1f", ":")[:200])
+    return shown_key(pkey)
 
 
 def sweep_provider_ids(partition: int, now: int) -> None:
     for pkey, _ in _scan(provider_held_table, partition):
         held = outbox().get(provider_held_table, pkey)  # a write staged in this batch wins
-        if held is None or now - held["since"] < ORPHAN_TTL_MS:
+        if not provider_ids.orphaned(held, now, ORPHAN_TTL_MS):
             continue
         for item in held["cbs"]:
             emit_dead_letter(tuple(item["origin"]), pkey.encode(), orjson.dumps(item["body"]), Invalid(
@@ -826,8 +500,8 @@ def sweep_provider_ids(partition: int, now: int) -> None:
                 f"no message is known for provider id {_shown(pkey)} after {settings.orphan_ttl_seconds} s",
             ))
         outbox().delete(provider_held_table, pkey)
-    _evict(provider_ids_table, partition, now, lambda m: m[1])
-    _evict(messenger_recipients, partition, now, lambda e: e["t"])
+    _evict(provider_ids_table, partition, now, sweeps.mapping_touched)
+    _evict(messenger_recipients, partition, now, sweeps.recipient_touched)
 
 
 @batch_agent(app, by_provider_id_topic, name="provider-id-resolver")

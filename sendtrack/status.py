@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from schemas.models import ACTIONS, Callback, Invalid, SendRequest, StatusChange
 from schemas.validate import ErrorType
+from sendtrack.state import INFERRED, IS_MACHINE, OCCURRED_AT, SOURCE, URL, MessageState, new_state  # noqa: F401 - re-exported
 
 # §2.2: reaching the key implies reaching each value (transitively, only within the action's set).
 IMPLIES: dict[str, tuple[str, ...]] = {
@@ -85,16 +86,6 @@ def change_id(message_id: str, status: str, event_id: str = "") -> str:
     return hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
 
 
-def new_state() -> dict[str, Any]:
-    """The state of a message nothing is known about yet.
-
-    req: the send request (dict) or None; ms: status -> [occurred_at, inferred, source event_id]
-    in the order reached; ev: digests of applied callback event_ids; held: callbacks waiting for the request,
-    each {"cb": callback, "origin": where it was read (opaque to this module)}.
-    """
-    return {"req": None, "ms": {}, "ev": [], "held": []}
-
-
 @dataclass(slots=True)
 class Outcome:
     """What applying one input did: the status changes it caused, or why it was refused."""
@@ -128,7 +119,7 @@ def _resolve_status(cb: Callback, action: str) -> str | Invalid:
     return status
 
 
-def _change(state: dict[str, Any], status: str, previous: str, now: int, *, current: str,
+def _change(state: MessageState, status: str, previous: str, now: int, *, current: str,
             kind: str = "milestone", event: Optional[list] = None) -> StatusChange:
     """A status change record. `event` is [event_id, occurred_at, url, is_machine] for engagement."""
     req = state["req"]
@@ -137,8 +128,8 @@ def _change(state: dict[str, Any], status: str, previous: str, now: int, *, curr
         inferred = False
     else:
         entry = state["ms"][status]
-        occurred_at, inferred, source = entry[0], entry[1], entry[2]
-        url, is_machine = (entry[3], entry[4]) if len(entry) > 3 else ("", False)
+        occurred_at, inferred, source = entry[OCCURRED_AT], entry[INFERRED], entry[SOURCE]
+        url, is_machine = (entry[URL], entry[IS_MACHINE]) if len(entry) > URL else ("", False)
     fail = state.get("fail") or ("", "", "")
     is_failure = status in FAILURE
     return StatusChange(
@@ -169,7 +160,7 @@ def _change(state: dict[str, Any], status: str, previous: str, now: int, *, curr
     )
 
 
-def _reach(state: dict[str, Any], status: str, occurred_at: int, source: str, now: int,
+def _reach(state: MessageState, status: str, occurred_at: int, source: str, now: int,
            cb: Callback | None) -> list[StatusChange]:
     """Reach `status` and what it implies; one change per milestone newly reached."""
     allowed = ACTIONS[state["req"]["action"]]
@@ -185,7 +176,7 @@ def _reach(state: dict[str, Any], status: str, occurred_at: int, source: str, no
     return changes
 
 
-def _record_failure(state: dict[str, Any], cb: Callback) -> bool:
+def _record_failure(state: MessageState, cb: Callback) -> bool:
     """Keep the reason of the earliest failure event, so a message's failure reason does not depend
     on the order callbacks arrive in. Ties on occurred_at go to the smallest (reason_code, reason,
     bounce_type): the same order ClickHouse's messages view folds with. True if the reason changed."""
@@ -207,7 +198,7 @@ def _request_doc(req: SendRequest) -> tuple[dict[str, Any], str]:
     return doc, content
 
 
-def request_conflict(state: dict[str, Any], req: SendRequest) -> Optional[Invalid]:
+def request_conflict(state: MessageState, req: SendRequest) -> Optional[Invalid]:
     """Why `req` is refused if the message was already requested with other content (§2.1)."""
     if state["req"] is None or state.get("rh") == _request_doc(req)[1]:
         return None
@@ -217,7 +208,7 @@ def request_conflict(state: dict[str, Any], req: SendRequest) -> Optional[Invali
     )
 
 
-def apply_request(state: dict[str, Any], req: SendRequest, now: int) -> Outcome:
+def apply_request(state: MessageState, req: SendRequest, now: int) -> Outcome:
     """Apply a send request (§2.1), then any callbacks held for it (§2.6)."""
     doc, content = _request_doc(req)
     if state["req"] is not None:
@@ -239,7 +230,7 @@ def apply_request(state: dict[str, Any], req: SendRequest, now: int) -> Outcome:
     return out
 
 
-def apply_callback(state: dict[str, Any], cb: Callback, now: int, origin: Any = None) -> Outcome:
+def apply_callback(state: MessageState, cb: Callback, now: int, origin: Any = None) -> Outcome:
     """Apply one canonical callback (§2.2-§2.8). Held if the request is not known yet."""
     seen = _digest(cb.event_id.encode())
     if seen in state["ev"]:
@@ -308,7 +299,7 @@ def _trim_engagement(kept: dict[str, list]) -> None:
         total -= size
 
 
-def _request_record(state: dict[str, Any], now: int) -> StatusChange:
+def _request_record(state: MessageState, now: int) -> StatusChange:
     """The record that makes an http_request known downstream before any milestone (status '').
 
     http_request has no `sent`, but a message awaiting its result still has a row in `messages`
@@ -320,7 +311,7 @@ def _request_record(state: dict[str, Any], now: int) -> StatusChange:
     )
 
 
-def replay_changes(state: dict[str, Any], source: str, now: int) -> list[StatusChange]:
+def replay_changes(state: MessageState, source: str, now: int) -> list[StatusChange]:
     """The milestone changes an already applied input caused, rebuilt from the state.
 
     Used when an input is re-read after a crash: its state update may have survived while the
@@ -333,7 +324,7 @@ def replay_changes(state: dict[str, Any], source: str, now: int) -> list[StatusC
     for status, entry in state["ms"].items():
         previous = current_status(reached)
         reached.append(status)
-        if entry[2] == source:
+        if entry[SOURCE] == source:
             out.append(_change(state, status, previous, now, current=current_status(reached)))
     if source == REQUEST_SOURCE and "sent" not in ACTIONS[state["req"]["action"]]:
         out.insert(0, _request_record(state, now))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import calendar
 import time
 from collections import Counter, deque
@@ -11,6 +10,7 @@ from typing import Any, NamedTuple, Optional
 
 import orjson
 
+from schemas import dead_letters
 from schemas.models import DeadLetter, StatusChange
 from schemas.validate import field_specs
 from sendtrack.status import ENGAGEMENT as ENGAGEMENT_STATUSES
@@ -129,12 +129,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _dead_row(value: bytes, topic: str, partition: int, offset: int, error_type: str, error: str) -> bytes:
-    try:
-        text, encoding = value.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(value).decode(), "base64"
-    row = [topic, partition, offset, None, text, encoding, error_type, error, int(time.time() * 1000)]
-    return orjson.dumps(dict(zip(DEAD_LETTER_COLUMNS, row)))
+    return dead_letters.build((topic, partition, offset), None, value, error_type, error, int(time.time() * 1000))[1]
 
 
 def _split(lines: list[Line]) -> list[list[Line]]:

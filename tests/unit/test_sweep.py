@@ -10,7 +10,7 @@ import orjson
 import pytest
 import rocksdict
 
-from agents import engine
+from agents import engine, transaction
 
 OFFSET_KEY = b"__faust\x00offset__"
 DAY_MS = 86_400_000
@@ -60,14 +60,14 @@ def evict_two_slices(table):
     now = 100 * DAY_MS
     stale_at, fresh_at = now - engine.RETENTION_MS - 1, now - engine.RETENTION_MS + DAY_MS
     keys = fill(table, engine.SWEEP_BATCH + 10, lambda i: stale_at if i % 2 == 0 else fresh_at)
-    box = engine.new_outbox()
+    box = transaction.new_outbox()
     box.event = SimpleNamespace(message=SimpleNamespace(partition=0))
     box.put(table, keys[0], {"t": now})  # touched in this very batch: kept
     evicted = engine._evict(table, 0, now, lambda value: value["t"])
     first_slice = keys[:engine.SWEEP_BATCH - 1]  # the offset key is the slice's first key
     expected = [k for i, k in enumerate(first_slice) if i % 2 == 0 and i != 0]
     assert evicted == len(expected)
-    deleted = sorted(key for (_, key), (_, value, _) in box.writes.items() if value is engine._DELETED)
+    deleted = sorted(key for (_, key), (_, value, _) in box.writes.items() if value is transaction._DELETED)
     assert deleted == expected
     # The next tick's slice holds the rest.
     assert engine._evict(table, 0, now, lambda value: value["t"]) == 5

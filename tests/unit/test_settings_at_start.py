@@ -1,0 +1,41 @@
+"""Settings are read when a command starts, not when a module is imported: the library (sendtrack/,
+sinks/, schemas/) imports without reading the environment, and only the worker's own modules
+(agents/, which `sendtrack worker` imports when it starts) read it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+IMPORT_ALL = """
+import importlib, pkgutil, sys
+names = []
+for package in ("sendtrack", "sinks", "schemas"):
+    module = importlib.import_module(package)
+    for info in pkgutil.walk_packages(module.__path__, package + "."):
+        if info.name != "sendtrack.__main__":
+            importlib.import_module(info.name)
+            names.append(info.name)
+print(len(names))
+"""
+
+
+def run(code: str) -> subprocess.CompletedProcess:
+    # An invalid setting: whatever reads the settings fails on it.
+    env = {**os.environ, "SENDTRACK_PARTITIONS": "not-a-number"}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_library_imports_without_reading_settings():
+    done = run(IMPORT_ALL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 20
+
+
+def test_the_worker_reads_them_when_it_starts():
+    done = run("import agents.app")
+    assert done.returncode != 0 and "partitions" in done.stderr.lower(), done.stderr[-2000:]
