@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from agents.app import app, settings
 from agents.web import analysts, readers
 from sendtrack import auth
+from sinks import native
 from sinks.analyst import Analysts, Refused
 
 logger = logging.getLogger(__name__)
@@ -121,8 +122,7 @@ class Errors:
 class Request:
     """What one HTTP request asks ClickHouse for, read as ClickHouse's HTTP interface reads it."""
 
-    def __init__(self, params: Mapping[str, str], headers: Mapping[str, str], body: str,
-                 max_seconds: float) -> None:
+    def __init__(self, params: Mapping[str, str], headers: Mapping[str, str], body: str) -> None:
         url_query = params.get("query", "")
         # ClickHouse runs the URL's query followed by the body (INSERT ... VALUES data comes there).
         self.sql = f"{url_query}\n{body}" if url_query and body else url_query or body
@@ -133,14 +133,20 @@ class Request:
                            if name.startswith("param_")}
         self.settings = {name: value for name, value in params.items()
                          if name not in TRANSPORT_PARAMETERS and not name.startswith("param_")}
-        # Grafana's ClickHouse data source sends its query timeout as max_execution_time with every
-        # query, which readonly=1 refuses unless equal. One up to the session's limit is taken: the
-        # query runs under that limit (SENDTRACK_QUERY_MAX_SECONDS), the client waits as long as it chose.
+        # Clients send their own timeout as max_execution_time with every query (Grafana's data source
+        # its query timeout, clickhouse-go its read timeout, 300 s by default), which readonly=1
+        # refuses unless equal. Any positive one is taken and the query runs under the session's
+        # limit, SENDTRACK_QUERY_MAX_SECONDS, whichever is lower; 0 (no limit) is refused.
         timeout = _seconds(self.settings.get("max_execution_time"))
-        if timeout is not None and 0 < timeout <= max_seconds:
+        if timeout is not None and timeout > 0:
             del self.settings["max_execution_time"]
         self.compression = params.get("enable_http_compression", "1") not in ("0", "false")
         self.native_compression = params.get("compress", "0") not in ("0", "false", "")
+        # Native is written for this protocol revision (clickhouse-go names its own): sinks/native.py.
+        try:
+            self.revision = int(params.get("client_protocol_version") or 0)
+        except ValueError:
+            self.revision = 0
 
 
 def _seconds(value: Optional[str]) -> Optional[float]:
@@ -304,7 +310,7 @@ class ClickHouseHTTP:
         pool = self.pool()
         if pool is None:
             return self.errors.response(439, "ClickHouse is not open yet: the worker is starting")
-        asked = Request(params, request.headers, body, pool.settings.query_max_seconds)
+        asked = Request(params, request.headers, body)
         started = time.monotonic_ns()
         try:
             if not self.server_info:
@@ -329,6 +335,13 @@ class ClickHouseHTTP:
             **self.server_info,
         }
         payload = result.body
+        if result.format == "Native" and asked.revision:
+            try:
+                payload = await self._in_thread(native.upgrade, payload, asked.revision)
+            except native.Unsupported as exc:
+                return self.errors.response(48, f"Native for client_protocol_version={asked.revision} is not "
+                                                f"available for {exc}: ask for another format (JSON, "
+                                                "RowBinaryWithNamesAndTypes, Arrow)")
         if asked.native_compression:
             payload = await self._in_thread(native_compress, payload)
         else:

@@ -14,6 +14,8 @@ import base64
 import gzip
 import json
 import re
+import shutil
+import subprocess
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -361,6 +363,52 @@ def test_panels_over_the_workers_clickhouse_http_interface(worker, dashboard):
         types = [column["type"] for column in doc["meta"]]
         rows = [[_typed(v, t) for v, t in zip(row, types)] for row in doc["data"]]
         assert rows == worker.sql(expanded), title
+
+
+# Grafana's ClickHouse data source reads through clickhouse-go (HTTP, Native format, the protocol
+# revision it names): tests/go is a reader built on the same client, from the Go module proxy.
+GO_READER = ROOT / "tests" / "go"
+
+
+@pytest.fixture(scope="module")
+def clickhouse_go() -> str:
+    if shutil.which("go") is None:
+        pytest.fail("the clickhouse-go test needs Go (1.26): the client Grafana's data source is built on")
+    binary = ROOT / "build" / "chgo"
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=GO_READER, check=True, timeout=600)
+    return str(binary)
+
+
+def read_with_clickhouse_go(binary: str, worker: Worker, sql: str) -> dict:
+    port = worker.env["SENDTRACK_CLICKHOUSE_HTTP_PORT"]
+    done = subprocess.run([binary, f"127.0.0.1:{port}", READER[0], READER[1], sql], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"clickhouse-go: {done.stderr.strip()}\n{sql}"
+    return json.loads(done.stdout)
+
+
+def test_panels_through_grafanas_client(worker, dashboard, clickhouse_go):
+    """Every panel's statement read by clickhouse-go from the embedded worker's HTTP interface, as
+    Grafana's data source reads it: the same rows as the readers' /query."""
+    everything = {name: None for name in VARIABLES}
+    for title, sql in panels(dashboard).items():
+        expanded = expand(sql, THROUGH_TODAY, everything)
+        assert read_with_clickhouse_go(clickhouse_go, worker, expanded)["rows"] == worker.sql(expanded), title
+
+
+def test_grafanas_client_reads_every_column_type_a_panel_can_return(worker, clickhouse_go):
+    sql = ("SELECT toDate('2026-12-01') AS d, toDateTime64('2026-12-01 10:00:00.123', 3, 'UTC') AS t, "
+           "toDateTime('2026-12-01 10:00:00', 'UTC') AS t2, 1.5 AS f, toUInt64(18446744073709551615) AS u, "
+           "toInt32(-7) AS i, [1, 2] AS a, CAST(NULL AS Nullable(Float64)) AS n, toDecimal64(1.25, 2) AS dec, "
+           "toLowCardinality(toNullable('x')) AS lcn, map('a', 1) AS m, tuple(1, 'x') AS tu, "
+           "toUUID('61f0c404-5cb3-11e7-907b-a6006ad3dba0') AS id, ['a', 'b'] AS sa, true AS b "
+           "FROM numbers(3)")
+    doc = read_with_clickhouse_go(clickhouse_go, worker, sql)
+    assert len(doc["rows"]) == 3 and doc["rows"] == worker.sql(sql)
+    # Many rows and blocks, and a LowCardinality column (the funnel's `action`): every row arrives.
+    many = read_with_clickhouse_go(clickhouse_go, worker, "SELECT number, toLowCardinality(toString(number % 7)) AS k, "
+                                   "toString(number) AS s FROM numbers(90000)")
+    assert len(many["rows"]) == 90000 and many["rows"][-1] == [89999, str(89999 % 7), "89999"]
 
 
 @pytest.mark.parametrize("sql, problem", [
