@@ -12,6 +12,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from agents.app import app, dead_letters_topic, settings, status_changes_topic
+from sendtrack import recipients
 from sendtrack.metrics import metrics
 from sinks.clickhouse import ClickHouse, is_retriable
 from sinks import expectations, retention
@@ -46,6 +47,7 @@ class ClickHouseSink(Service):
                 await asyncio.to_thread(migrate, ch, log.info)
                 await asyncio.to_thread(retention.apply, ch, settings, log.info)
                 await asyncio.to_thread(expectations.apply, ch, settings, log.info)
+                await asyncio.to_thread(recipients.apply, ch, log.info)
             except Exception as exc:
                 if not is_retriable(exc):
                     log.error("ClickHouse refused the connection or a migration: %r", exc)

@@ -42,6 +42,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     print(f"migrate: {len(ran)} migration(s) applied to {ch.database} ({ch.where})")
     retention.apply(ch, settings)
     expectations.apply(ch, settings)
+    from sendtrack import recipients
+
+    recipients.apply(ch)
     return 0
 
 
@@ -168,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="print an analytics report")
     p.add_argument("name", choices=["funnel", "status", "failures", "customer", "latency", "trend", "dead_letters",
-                                    "unconfirmed"])
+                                    "unconfirmed", "recipients"])
     p.add_argument("customer_id", nargs="?", help="for `customer`: the customer id")
     p.add_argument("--flow")
     p.add_argument("--campaign")

@@ -12,6 +12,9 @@ from sinks.clickhouse import ClickHouse
 FUNNEL_STATUSES = ("sent", "processing", "delivered", "opened", "clicked", "answered", "succeeded",
                    "failed", "bounced", "unsubscribed", "complained")
 
+# Messages opened or clicked by a person: an engagement event no machine made (is_machine false).
+PERSON = "opened_by_person"
+
 VI_LABELS = {
     "sent": "Đã gửi", "processing": "Đang xử lý", "delivered": "Đã nhận", "failed": "Đã thất bại",
     "opened": "Đã mở", "clicked": "Đã click", "unsubscribed": "Hủy đăng ký", "complained": "Báo xấu",
@@ -33,6 +36,7 @@ FILTERABLE = {
     "customer": ("flow", "campaign", "step", "action", "provider"),
     "latency": ("flow", "campaign", "step", "action", "provider"),
     "unconfirmed": ("flow", "campaign", "step", "action", "provider"),
+    "recipients": ("action", "provider"),
 }
 
 
@@ -98,10 +102,16 @@ def funnel(ch: ClickHouse, f: Filters, by: str = "action") -> Report:
     table: dict[tuple[str, str], dict[str, int]] = {}
     for g, action, status, n in rows:
         table.setdefault((g, action), {})[status] = int(n)
+    # Opens and clicks by people, not by machines (mail privacy prefetches, link scanners).
+    _, rows = ch.query(
+        f"SELECT {group} AS g, action, sum(messages) FROM `{ch.database}`.engagement_daily "
+        f"WHERE {where} AND kind = 'opened_by_person' GROUP BY g, action", params)
+    for g, action, n in rows:
+        table.setdefault((g, action), {})[PERSON] = int(n)
     out = Report(
         "Funnel: distinct messages that reached each status",
-        ([by] if by != "action" else []) + ["action", "messages", *FUNNEL_STATUSES,
-                                            "delivery_rate", "open_rate", "click_rate"],
+        ([by] if by != "action" else []) + ["action", "messages", *FUNNEL_STATUSES, PERSON,
+                                            "delivery_rate", "open_rate", "click_rate", "person_open_rate"],
     )
     for (g, action), counts in sorted(table.items()):
         base = counts.get("sent") or counts.get("succeeded", 0) + counts.get("failed", 0)
@@ -110,9 +120,9 @@ def funnel(ch: ClickHouse, f: Filters, by: str = "action") -> Report:
         rate = lambda status, part, whole: _rate(part, whole) if status in can else None  # noqa: E731
         out.rows.append(
             ([g] if by != "action" else [])
-            + [action, base, *(counts.get(s, 0) for s in FUNNEL_STATUSES),
+            + [action, base, *(counts.get(s, 0) for s in FUNNEL_STATUSES), counts.get(PERSON, 0),
                rate("delivered", delivered, base), rate("opened", counts.get("opened", 0), delivered),
-               rate("clicked", counts.get("clicked", 0), delivered)]
+               rate("clicked", counts.get("clicked", 0), delivered), rate("opened", counts.get(PERSON, 0), delivered)]
         )
     return out
 
@@ -284,7 +294,25 @@ def unconfirmed(ch: ClickHouse, f: Filters, limit: int = 1000) -> Report:
     return out
 
 
-REPORTS = ("funnel", "status", "failures", "customer", "latency", "trend", "dead_letters", "unconfirmed")
+def recipients(ch: ClickHouse, f: Filters) -> Report:
+    """Deliverability by mailbox provider (email domain) and Vietnamese carrier (phone prefix): where
+    delivery problems show (the `recipient_health` view, sendtrack/recipients.py)."""
+    where, params = f.where()
+    _, rows = ch.query(
+        f"SELECT action, mailbox_provider, carrier, sum(messages) AS n, sum(delivered), sum(bounced), sum(opened), "
+        f"sum(complained) FROM `{ch.database}`.recipient_health WHERE {where} "
+        f"GROUP BY action, mailbox_provider, carrier ORDER BY n DESC, action, mailbox_provider, carrier", params)
+    out = Report("Deliverability by mailbox provider and carrier",
+                 ["action", "mailbox_provider", "carrier", "messages", "delivered", "bounced", "opened", "complained",
+                  "delivery_rate", "bounce_rate", "open_rate", "complaint_rate"])
+    for action, mailbox, carrier, n, delivered, bounced, opened, complained in rows:
+        n, delivered, bounced, opened, complained = map(int, (n, delivered, bounced, opened, complained))
+        out.rows.append([action, mailbox, carrier, n, delivered, bounced, opened, complained,
+                         _rate(delivered, n), _rate(bounced, n), _rate(opened, delivered), _rate(complained, delivered)])
+    return out
+
+
+REPORTS = ("funnel", "status", "failures", "customer", "latency", "trend", "dead_letters", "unconfirmed", "recipients")
 
 
 def run(ch: ClickHouse, name: str, f: Filters, *, customer_id: Optional[str] = None, by: str = "action",
@@ -313,4 +341,6 @@ def run(ch: ClickHouse, name: str, f: Filters, *, customer_id: Optional[str] = N
         return latency(ch, f)
     if name == "unconfirmed":
         return unconfirmed(ch, f)
+    if name == "recipients":
+        return recipients(ch, f)
     raise ValueError(f"unknown report {name!r}; expected one of {', '.join(REPORTS)}")

@@ -47,7 +47,7 @@ async function get(name, extra) {
 
 // ---- rendering --------------------------------------------------------------------------------
 
-const RATE_COLUMNS = new Set(["delivery_rate", "open_rate", "click_rate", "share"]);
+const RATE_COLUMNS = new Set(["delivery_rate", "open_rate", "click_rate", "person_open_rate", "share"]);
 const TEXT_COLUMNS = new Set(["action", "flow", "campaign", "step", "provider", "reason_code", "reason", "current_status",
   "message_id", "flow_id", "campaign_id", "step_id", "requested_at", "timeline", "source_topic", "error_type",
   "last_failed_at", "day"]);

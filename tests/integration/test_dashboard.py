@@ -153,6 +153,13 @@ def test_the_dashboard_shows_the_views_numbers(worker, chromium):
         for status in ("sent", "delivered", "opened", "clicked", "failed"):
             if status in row:
                 assert int(row[status]) == view.get((row["action"], status), 0), (row, status)
+    # Opens by people (not machines) come from engagement_daily.
+    people = dict(worker.sql("SELECT action, toUInt64(sum(messages)) FROM sendtrack.engagement_daily "
+                             "WHERE kind = 'opened_by_person' GROUP BY action"))
+    assert people, "the scenario has opens by people"
+    for row in funnel:
+        if "opened_by_person" in row:
+            assert int(row["opened_by_person"]) == people.get(row["action"], 0), row
     # The scenario's own numbers, as a person would check them on camp-a and camp-b.
     by_action = {r["action"]: r for r in funnel}
     assert int(by_action["sms"]["delivered"]) == 1 and int(by_action["zalo_oa"]["opened"]) == 1
