@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     merge_memory_mb: int = Field(default=256, ge=16)
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
     # Retention (docs/retention.md). ClickHouse: days a table keeps its rows, 0 = forever.
-    retention_days: int = Field(default=400, ge=0)  # a customer's rows, from requested_at
+    retention_days: int = Field(default=730, ge=0)  # a customer's rows, from requested_at
     aggregate_retention_days: int = Field(default=1095, ge=0)  # funnel counts, from their day
     dead_letter_retention_days: int = Field(default=30, ge=0)  # dead letters and their payloads
     # Kafka: retention.ms of the topics sendtrack creates (the changelogs are compacted instead).
@@ -116,6 +116,17 @@ class Settings(BaseSettings):
                 f"SENDTRACK_STATE_RETENTION_DAYS ({self.state_retention_days}) must be longer than "
                 f"SENDTRACK_ORPHAN_TTL_SECONDS ({self.orphan_ttl_seconds} s)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _accepted_events_outlive_the_next_merge(self) -> "Settings":
+        for name, days in (("RETENTION_DAYS", self.retention_days),
+                           ("AGGREGATE_RETENTION_DAYS", self.aggregate_retention_days)):
+            if days and days < self.time_max_age_days:
+                raise ValueError(
+                    f"SENDTRACK_{name} ({days}) is shorter than SENDTRACK_TIME_MAX_AGE_DAYS "
+                    f"({self.time_max_age_days:g}): events the engine accepts would be deleted by ClickHouse at "
+                    "the next merge. Lower SENDTRACK_TIME_MAX_AGE_DAYS too, or keep the retention (docs/retention.md)")
         return self
 
     @model_validator(mode="after")

@@ -36,7 +36,9 @@ def expected_current(reached: set[str]) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One worker, one simulated run published while ClickHouse is unavailable for a while."""
-    w = Worker(tmp_path_factory.mktemp("e2e"), "e2e", faults=True, orphan_ttl_seconds=3, sweep_interval_seconds=1)
+    w = Worker(tmp_path_factory.mktemp("e2e"), "e2e", faults=True, orphan_ttl_seconds=3,
+               # The simulation spreads requests over three days: SMS and ZNS receipts expected within a day.
+               receipt_expected_hours="sms:24,zns:24", sweep_interval_seconds=1)
     w.start()
     traffic = simulate.generate(N_MESSAGES, seed=11, run_id="e2e")
     settings = Settings(kafka_broker=w.env["SENDTRACK_KAFKA_BROKER"], topic_prefix=w.prefix)
@@ -178,9 +180,8 @@ def test_report_commands(run):
     assert latency["email"]["sent_to_delivered_n"] == delivered
     assert latency["email"]["sent_to_delivered_p50"] > 0
 
-    # Unconfirmed: no outcome past sent/processing, and older than its action's expected hours. The
-    # simulation spreads requests over three days, so 24 h actions have some and 72 h ones almost none.
-    hours = Settings().receipt_hours
+    # Unconfirmed: no outcome past sent/processing, and older than its action's expected hours.
+    hours = Settings(receipt_expected_hours=w.env["SENDTRACK_RECEIPT_EXPECTED_HOURS"]).receipt_hours
 
     def waiting(now: float) -> set[str]:
         return {m.message_id for m in traffic.messages if m.expected <= {"sent", "processing"} and hours[m.action]

@@ -44,8 +44,9 @@ async def publish(topic: str, values: list[bytes]) -> list[tuple[int, int]]:
 def worker(tmp_path_factory):
     """A worker whose sink meets a backlog: the engine runs first (sink off) and turns a backfill of
     101 months of requests into status changes; the sink then starts and reads them in one batch.
-    The requests are up to 8.5 years old: the validation window is widened for a backfill."""
-    w = Worker(tmp_path_factory.mktemp("limits"), "limits", time_max_age_days=4000, sink_enabled="false",
+    The requests are up to 8.5 years old: the validation window and the retention are widened for a backfill."""
+    w = Worker(tmp_path_factory.mktemp("limits"), "limits", time_max_age_days=4000, retention_days=4000,
+               aggregate_retention_days=4000, sink_enabled="false",
                sink_batch_seconds=2)
     w.start()
     times = mid_month_times(MONTHS)

@@ -39,16 +39,16 @@ def ttl_of(ch: ClickHouse, table: str) -> str:
 def test_the_settings_become_each_tables_ttl_and_are_applied_once(ch):
     settings = Settings()
     changed = retention.apply(ch, settings, log=lambda *_: None)
-    assert changed == {"status_changes_raw": 400, "messages_agg": 400, "engagement_events_raw": 400,
-                       "funnel_daily_states": 1095, "dead_letters_raw": 30}
-    assert ttl_of(ch, "status_changes_raw") == "toDateTime(requested_at) + toIntervalDay(400)"
+    assert changed == {"status_changes_raw": 730, "messages_agg": 730, "engagement_events_raw": 730,
+                       "funnel_daily_states": 1095, "engagement_daily_states": 1095, "dead_letters_raw": 30}
+    assert ttl_of(ch, "status_changes_raw") == "toDateTime(requested_at) + toIntervalDay(730)"
     assert ttl_of(ch, "funnel_daily_states") == "day + toIntervalDay(1095)"
     assert ttl_of(ch, "dead_letters_raw") == "toDateTime(failed_at) + toIntervalDay(30)"
     assert retention.apply(ch, settings, log=lambda *_: None) == {}  # nothing changed: no ALTER
     # A setting changed: only that table's TTL changes; 0 removes it.
     assert retention.apply(ch, Settings(dead_letter_retention_days=0), log=lambda *_: None) == {"dead_letters_raw": 0}
     assert ttl_of(ch, "dead_letters_raw") == ""
-    assert ttl_of(ch, "messages_agg") == "toDateTime(requested_at) + toIntervalDay(400)"
+    assert ttl_of(ch, "messages_agg") == "toDateTime(requested_at) + toIntervalDay(730)"
 
 
 def test_rows_past_their_retention_are_deleted_and_the_others_stay(ch):
@@ -69,7 +69,8 @@ def test_rows_past_their_retention_are_deleted_and_the_others_stay(ch):
     before = {t: rows(ch, f"SELECT count() FROM {{db}}.{t}")[0][0] for t in every}
     assert before["messages_agg"] == 4 and before["dead_letters_raw"] == 2, before
 
-    retention.apply(ch, Settings(retention_days=365, aggregate_retention_days=480), log=lambda *_: None)
+    retention.apply(ch, Settings(retention_days=365, time_max_age_days=365, aggregate_retention_days=480),
+                    log=lambda *_: None)
     for table in every:
         ch.command(f"OPTIMIZE TABLE `{ch.database}`.{table} FINAL")
 
@@ -86,3 +87,12 @@ def test_topics_sendtrack_creates_get_retention_from_the_settings():
     assert retention_ms(settings, "status-changes") == 2 * 86_400_000
     assert retention_ms(settings, "sendtrack-routed") == 2 * 86_400_000
     assert retention_ms(settings, "provider-webhooks") == 6 * 3_600_000
+
+
+def test_a_retention_shorter_than_the_accepted_age_is_refused_at_start():
+    with pytest.raises(ValueError, match="SENDTRACK_RETENTION_DAYS \\(90\\) is shorter than SENDTRACK_TIME_MAX_AGE_DAYS"):
+        Settings(retention_days=90)
+    assert Settings(retention_days=90, time_max_age_days=90).retention_days == 90
+    assert Settings(retention_days=0).retention_days == 0  # forever
+    with pytest.raises(ValueError, match="SENDTRACK_AGGREGATE_RETENTION_DAYS \\(365\\)"):
+        Settings(aggregate_retention_days=365)
