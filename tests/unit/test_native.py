@@ -9,7 +9,6 @@ import pytest
 from sinks import native
 from sinks.clickhouse import ClickHouse
 from sendtrack.settings import Settings
-from tests.unit.test_sink_inserts import engine_path  # noqa: F401 - fixture
 
 
 @pytest.mark.parametrize("text, parsed", [
@@ -29,9 +28,8 @@ def test_type_grammar(text, parsed):
 
 
 @pytest.fixture(scope="module")
-def ch(engine_path):  # noqa: F811 - the fixture imported above
-    handle = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"), database="default")
-    yield handle
+def ch(engine_path):  # the engine's default database: these tests read no table
+    yield ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"), database="default")
 
 
 def native_of(ch: ClickHouse, sql: str) -> bytes:

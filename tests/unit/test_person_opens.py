@@ -4,26 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
 
 import orjson
-import pytest
 
-from sendtrack.settings import Settings
 from sinks import reports
 from sinks.clickhouse import ClickHouse
-from sinks.migrate import migrate
 from sinks.writer import Batch
-from tests.unit.test_sink_inserts import CHANGE, engine_path  # noqa: F401 - fixture
+from tests.unit.test_sink_inserts import CHANGE
 
 
-@pytest.fixture
-def ch(engine_path):  # noqa: F811 - the fixture imported above
-    handle = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"),
-                                database=f"ppl_{uuid.uuid4().hex[:10]}")
-    migrate(handle, log=lambda *_: None)
-    yield handle
-    handle.command(f"DROP DATABASE IF EXISTS `{handle.database}`")
 
 
 def changes(mid: str, milestones: list[str], events: list[tuple[str, bool]], campaign: str = "c") -> list[bytes]:

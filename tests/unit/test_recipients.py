@@ -4,18 +4,15 @@ table-driven in Python, the same in ClickHouse's view, and the report's rates.""
 from __future__ import annotations
 
 import dataclasses
-import uuid
 
 import orjson
 import pytest
 
 from sendtrack import recipients
-from sendtrack.settings import Settings
 from sinks import reports
 from sinks.clickhouse import ClickHouse
-from sinks.migrate import migrate
 from sinks.writer import Batch
-from tests.unit.test_sink_inserts import CHANGE, engine_path  # noqa: F401 - fixture
+from tests.unit.test_sink_inserts import CHANGE
 
 EXAMPLES = [
     # recipient, mailbox provider, carrier
@@ -45,13 +42,6 @@ def test_python_classification(recipient, mailbox, carrier):
     assert (recipients.mailbox_provider(recipient), recipients.carrier(recipient)) == (mailbox, carrier)
 
 
-@pytest.fixture
-def ch(engine_path):  # noqa: F811 - the fixture imported above
-    handle = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"),
-                                database=f"rcp_{uuid.uuid4().hex[:10]}")
-    migrate(handle, log=lambda *_: None)
-    yield handle
-    handle.command(f"DROP DATABASE IF EXISTS `{handle.database}`")
 
 
 def write(ch: ClickHouse, messages: list[tuple[str, str, str, list[str]]]) -> None:

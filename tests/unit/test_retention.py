@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 
 import orjson
 import pytest
@@ -14,20 +13,12 @@ from sendtrack.settings import Settings
 from sendtrack.topics import retention_ms
 from sinks import retention
 from sinks.clickhouse import ClickHouse
-from sinks.migrate import migrate
 from sinks.writer import Batch
-from tests.unit.test_sink_inserts import CHANGE, DEAD, engine_path, rows  # noqa: F401 - fixture
+from tests.unit.test_sink_inserts import CHANGE, DEAD, rows
 
 DAY_MS = 86_400_000
 
 
-@pytest.fixture
-def ch(engine_path):  # noqa: F811 - the fixture imported above
-    handle = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"),
-                                database=f"ret_{uuid.uuid4().hex[:10]}")
-    migrate(handle, log=lambda *_: None)
-    yield handle
-    handle.command(f"DROP DATABASE IF EXISTS `{handle.database}`")
 
 
 def ttl_of(ch: ClickHouse, table: str) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import uuid
 
 import orjson
 import pytest
@@ -15,9 +14,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from schemas.models import StatusChange
 from sendtrack.metrics import metrics
 from tests import faults
-from sendtrack.settings import Settings
 from sinks.clickhouse import ClickHouse, is_rejection, is_retriable
-from sinks.migrate import migrate
 from sinks.writer import (MAX_PARTITIONS_PER_INSERT, REJECTED_BY_CLICKHOUSE, STATUS, Batch, Unwritable,
                           partition_month)
 
@@ -30,30 +27,6 @@ CHANGE = StatusChange(
 DEAD = {"source_topic": "send-requests", "partition": 1, "offset": 7, "key": None, "payload": "{",
         "payload_encoding": "utf-8", "error_type": "undecodable", "error": "bad", "failed_at": 1_780_000_000_000}
 MONTH_MS = 31 * 86_400_000
-
-
-@pytest.fixture(scope="module")
-def engine_path(tmp_path_factory):
-    """chDB runs one engine per process: use the one an earlier test module opened (it stays open),
-    else open one here and close it afterwards, so that a later module can open its own."""
-    already = next(iter(ClickHouse._embedded), None)
-    if already is not None:
-        yield already
-        return
-    path = str(tmp_path_factory.mktemp("chdb"))
-    yield path
-    client = ClickHouse._embedded.pop(path, None)
-    if client is not None:
-        client.close()
-
-
-@pytest.fixture
-def ch(engine_path):
-    handle = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"),
-                                database=f"sink_{uuid.uuid4().hex[:10]}")
-    migrate(handle, log=lambda *_: None)
-    yield handle
-    handle.command(f"DROP DATABASE IF EXISTS `{handle.database}`")
 
 
 def rows(ch: ClickHouse, sql: str) -> list[tuple]:

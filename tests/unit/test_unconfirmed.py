@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 
 import orjson
 import pytest
@@ -13,20 +12,12 @@ import pytest
 from sendtrack.settings import Settings
 from sinks import expectations, reports
 from sinks.clickhouse import ClickHouse
-from sinks.migrate import migrate
 from sinks.writer import Batch
-from tests.unit.test_sink_inserts import CHANGE, engine_path, rows  # noqa: F401 - fixture
+from tests.unit.test_sink_inserts import CHANGE, rows
 
 HOUR_MS = 3_600_000
 
 
-@pytest.fixture
-def ch(engine_path):  # noqa: F811 - the fixture imported above
-    handle = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"),
-                                database=f"unc_{uuid.uuid4().hex[:10]}")
-    migrate(handle, log=lambda *_: None)
-    yield handle
-    handle.command(f"DROP DATABASE IF EXISTS `{handle.database}`")
 
 
 def publish(ch: ClickHouse, messages: list[tuple[str, str, float, list[str]]]) -> None:
