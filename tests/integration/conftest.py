@@ -97,7 +97,9 @@ class Worker:
             except OSError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"worker not healthy within {timeout} s: {self.tail()}")
+        tail = self.tail()
+        self.stop()  # a worker left running would go on using the cores the next tests need
+        raise RuntimeError(f"worker not healthy within {timeout} s: {tail}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
         if self.proc and self.proc.poll() is None:

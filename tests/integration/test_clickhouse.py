@@ -40,13 +40,15 @@ def run(tmp_path_factory):
                # The simulation spreads requests over three days: SMS and ZNS receipts expected within a day.
                receipt_expected_hours="sms:24,zns:24", sweep_interval_seconds=1)
     w.start()
-    traffic = simulate.generate(N_MESSAGES, seed=11, run_id="e2e")
-    settings = Settings(kafka_broker=w.env["SENDTRACK_KAFKA_BROKER"], topic_prefix=w.prefix)
-    # An outage of the sink's database while the traffic flows: rows must be delayed, not lost.
-    assert w.post("/debug/clickhouse-outage", seconds=8)["outage_seconds"] == 8
-    asyncio.run(simulate.publish(settings, traffic, progress=False))
-    yield w, traffic
-    w.stop()
+    try:
+        traffic = simulate.generate(N_MESSAGES, seed=11, run_id="e2e")
+        settings = Settings(kafka_broker=w.env["SENDTRACK_KAFKA_BROKER"], topic_prefix=w.prefix)
+        # An outage of the sink's database while the traffic flows: rows must be delayed, not lost.
+        assert w.post("/debug/clickhouse-outage", seconds=8)["outage_seconds"] == 8
+        asyncio.run(simulate.publish(settings, traffic, progress=False))
+        yield w, traffic
+    finally:
+        w.stop()
 
 
 def test_funnel_daily_equals_the_model(run):
