@@ -135,8 +135,8 @@ class Request:
                          if name not in TRANSPORT_PARAMETERS and not name.startswith("param_")}
         # Clients send their own timeout as max_execution_time with every query (Grafana's data source
         # its query timeout, clickhouse-go its read timeout, 300 s by default), which readonly=1
-        # refuses unless equal. Any positive one is taken and the query runs under the session's
-        # limit, SENDTRACK_QUERY_MAX_SECONDS, whichever is lower; 0 (no limit) is refused.
+        # refuses unless equal. Any positive one is accepted and ignored: the query runs under the
+        # session's limit, SENDTRACK_QUERY_MAX_SECONDS; 0 (no limit) is refused.
         timeout = _seconds(self.settings.get("max_execution_time"))
         if timeout is not None and timeout > 0:
             del self.settings["max_execution_time"]
@@ -335,13 +335,17 @@ class ClickHouseHTTP:
             **self.server_info,
         }
         payload = result.body
-        if result.format == "Native" and asked.revision:
+        if result.format.lower() == "native" and asked.revision:
             try:
                 payload = await self._in_thread(native.upgrade, payload, asked.revision)
             except native.Unsupported as exc:
                 return self.errors.response(48, f"Native for client_protocol_version={asked.revision} is not "
                                                 f"available for {exc}: ask for another format (JSON, "
                                                 "RowBinaryWithNamesAndTypes, Arrow)")
+            except Exception as exc:  # a layout misread: the client gets ClickHouse's kind of error
+                logger.exception("ClickHouse HTTP interface: Native for revision %d: %s", asked.revision, asked.sql[:200])
+                return self.errors.response(1002, f"Native for client_protocol_version={asked.revision} failed "
+                                                  f"({type(exc).__name__}: {exc}): ask for another format")
         if asked.native_compression:
             payload = await self._in_thread(native_compress, payload)
         else:

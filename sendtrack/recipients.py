@@ -44,13 +44,15 @@ VN_CARRIERS: dict[str, str] = {
 }
 
 _NOT_DIGIT = re.compile(r"[^0-9]")
+# ClickHouse's lower() changes ASCII letters only; the view and this module must agree.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def mailbox_provider(recipient: str) -> str:
     """The mailbox provider of an email address; '' for a recipient that is no email address."""
     if "@" not in recipient:
         return ""
-    return MAILBOX_PROVIDERS.get(recipient.rsplit("@", 1)[1].strip(" ").lower(), "other")
+    return MAILBOX_PROVIDERS.get(recipient.rsplit("@", 1)[1].strip(" ").translate(_ASCII_LOWER), "other")
 
 
 def national_number(recipient: str) -> str:

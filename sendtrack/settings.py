@@ -148,8 +148,8 @@ class Settings(BaseSettings):
                 hours[action] = float(value)
             except ValueError:
                 raise ValueError(f"SENDTRACK_RECEIPT_EXPECTED_HOURS: {item!r} is not action:hours") from None
-            if not hours[action] >= 0:
-                raise ValueError(f"SENDTRACK_RECEIPT_EXPECTED_HOURS: hours must be 0 or more in {item!r}")
+            if not 0 <= hours[action] <= 24 * 366:  # also refuses nan and inf
+                raise ValueError(f"SENDTRACK_RECEIPT_EXPECTED_HOURS: hours must be from 0 to 8784 (a year) in {item!r}")
         return hours
 
     def topic(self, name: str) -> str:

@@ -9,8 +9,9 @@ what a server writes for that revision:
 * from revision 54454, each column's type is followed by one byte saying whether the column has a
   custom serialization (never, here: chDB's result columns are written whole).
 
-`upgrade` inserts those bytes. Nothing else differs between the revisions for result blocks, so the
-column data is copied as chDB wrote it; it is read only to find where each column ends, which needs
+`upgrade` inserts those bytes. The column data is copied as chDB wrote it (one difference stays: at
+revision 0 a top-level DateTime column's type loses its time zone, `DateTime` for `DateTime('UTC')`,
+so a client shows its instants in the server's time zone, which is UTC for the embedded engine); it is read only to find where each column ends, which needs
 every type's layout: the types below, nested in any way. A type not among them (AggregateFunction,
 Dynamic, Variant, JSON, Object) raises Unsupported, and the client is told to ask for another format.
 """
@@ -56,10 +57,14 @@ def parse_type(text: str) -> Type:
     if open_at < 0 or not text.endswith(")"):
         return text, []
     name, inner = text[:open_at].strip(), text[open_at + 1:-1]
-    parts, depth, quote, start = [], 0, "", 0
+    parts, depth, quote, escaped, start = [], 0, "", False, 0
     for i, ch in enumerate(inner):
         if quote:
-            if ch == quote and inner[i - 1] != "\\":
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
                 quote = ""
         elif ch in "'`\"":
             quote = ch
@@ -71,9 +76,13 @@ def parse_type(text: str) -> Type:
             parts.append(inner[start:i])
             start = i + 1
     parts.append(inner[start:])
-    if name in ("Tuple", "Nested"):
+    if not inner.strip():
+        parts = []
+    if name == "Tuple":
         # Named elements: `name Type`; an element's type follows its name.
         return name, [parse_type(_element_type(p)) for p in parts]
+    if name == "Nested":  # stored as an array of tuples
+        return "Array", [("Tuple", [parse_type(_element_type(p)) for p in parts])]
     if name in ("Array", "Nullable", "LowCardinality", "Map"):
         return name, [parse_type(p) for p in parts]
     if name == "SimpleAggregateFunction":
@@ -82,7 +91,19 @@ def parse_type(text: str) -> Type:
 
 
 def _element_type(part: str) -> str:
+    """The type of a tuple element: `Type`, `name Type` or `` `any name` Type``."""
     part = part.strip()
+    if part.startswith("`"):
+        i, escaped = 1, False
+        while i < len(part):
+            if escaped:
+                escaped = False
+            elif part[i] == "\\":
+                escaped = True
+            elif part[i] == "`":
+                return part[i + 1:].strip()
+            i += 1
+        return part
     if " " in part.split("(")[0].strip():  # `name Type…`
         return part.partition(" ")[2].strip()
     return part
@@ -134,12 +155,14 @@ def _skip_prefix(r: _Reader, t: Type) -> None:
     name, args = t
     if name == "LowCardinality":
         r.take(8)  # the keys' serialization version
-    elif name in ("Array", "Nullable", "Tuple", "Nested", "Map"):
+    elif name in ("Array", "Nullable", "Tuple", "Map"):
         for arg in args:
             _skip_prefix(r, arg)
 
 
 def _skip_data(r: _Reader, t: Type, rows: int) -> None:
+    if not rows:
+        return  # no rows, no bytes: not even a LowCardinality's flags (an empty array's elements)
     name, args = t
     size = _fixed_size(t)
     if size is not None:
@@ -157,7 +180,9 @@ def _skip_data(r: _Reader, t: Type, rows: int) -> None:
         total = r.uint64()  # the last offset: the nested rows of the whole column
         elements = args if name == "Array" else [("Tuple", args)]
         _skip_data(r, elements[0], total)
-    elif name in ("Tuple", "Nested"):
+    elif name == "Tuple" and not args:
+        r.take(rows)  # an empty tuple is written as one byte per row
+    elif name == "Tuple":
         for arg in args:
             _skip_data(r, arg, rows)
     elif name == "LowCardinality":

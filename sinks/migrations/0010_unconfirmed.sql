@@ -1,4 +1,4 @@
--- Unconfirmed messages (docs/contract.md §4): past the expected time to a provider's receipt, still
+-- Unconfirmed messages (docs/contract.md §5): past the expected time to a provider's receipt, still
 -- "sent", "processing" or awaiting a first result. No status is invented: the view lists them with
 -- the status they have. The hours per action come from the settings (SENDTRACK_RECEIPT_EXPECTED_HOURS),
 -- written here by sinks/expectations.py at every start; the latest row per action counts.

@@ -22,12 +22,13 @@ ORDER BY prefix;
 -- One row per send day, action, provider, mailbox provider and carrier: messages, and how many were
 -- delivered, bounced, failed, opened, clicked, complained about or unsubscribed (distinct messages;
 -- a message counts once per column). Email recipients have a mailbox_provider and carrier '';
--- Vietnamese mobile numbers the reverse; anything else has both ''.
+-- Vietnamese mobile numbers the reverse; anything else has both ''. ifNull: a reader's session may
+-- run with join_use_nulls = 1, where an unmatched row's columns are NULL.
 CREATE VIEW IF NOT EXISTS {db}.recipient_health AS
 SELECT toDate(m.requested_at) AS day, m.action AS action, m.provider AS provider,
-       if(m.is_email, if(d.provider = '', 'other', d.provider), '') AS mailbox_provider,
+       if(m.is_email, if(ifNull(d.provider, '') = '', 'other', ifNull(d.provider, '')), '') AS mailbox_provider,
        if(NOT m.is_email AND length(m.national) = 10 AND startsWith(m.national, '0'),
-          if(c.carrier = '', 'other', c.carrier), '') AS carrier,
+          if(ifNull(c.carrier, '') = '', 'other', ifNull(c.carrier, '')), '') AS carrier,
        count() AS messages,
        countIf(m.delivered_at IS NOT NULL) AS delivered,
        countIf(m.bounced_at IS NOT NULL) AS bounced,

@@ -48,3 +48,8 @@ def test_the_sinks_rejected_rows_come_from_the_same_builder():
     assert list(row) == list(writer.DEAD_LETTER_COLUMNS)
     assert (row["source_topic"], row["partition"], row["offset"], row["key"], row["payload"]) == \
         ("status-changes", 2, 9, None, '{"status":1}')
+    # Bounded as every dead letter is: the record itself stays at its offset in Kafka.
+    big = writer._dead_row(b"x" * (dead_letters.PAYLOAD_MAX + 100), "status-changes", 2, 9, "r", "e" * 3000)
+    doc = orjson.loads(big)
+    assert len(doc["payload"]) == dead_letters.PAYLOAD_MAX and "payload truncated to its first" in doc["error"]
+    assert len(big) <= dead_letters.RECORD_MAX

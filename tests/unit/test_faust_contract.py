@@ -217,6 +217,12 @@ CONTRACT = [
              "the offsets restore_bulk advances are the ones recovery's end is judged on"),
     Internal("faust.tables.recovery.Recovery._slurp_changelogs", "reads", "active_offsets",
              "Faust's per-record path skips records at or below the offset restore_bulk reached"),
+    Internal("faust.tables.recovery.Recovery.__init__", "sets", "_active_events_received_at",
+             "restore_bulk notes an event per partition it writes, as Faust's path does"),
+    Internal("faust.tables.recovery.Recovery._verify_remaining", "reads", "_last_flush_at",
+             "restore_bulk's writes count as a flush: Faust warns while none happened"),
+    Internal("faust.tables.recovery.Recovery._set_recovery_started", "sets", "_recovery_started_at",
+             "the restore's progress log starts over with each recovery"),
     Internal(f"{STORE}.apply_changelog_batch", "signature", "(self, batch, to_key, to_value)",
              "restore_bulk writes what it writes: raw key and value, None deletes, and the offset"),
     # Public names of Faust's internals used outside the adapter.

@@ -67,3 +67,26 @@ def test_unknown_layouts_and_cut_data_are_refused(ch):
     data = native_of(ch, SQL)
     with pytest.raises(native.Truncated):
         native.upgrade(data[:-3], 54460)
+
+
+@pytest.mark.parametrize("sql", [
+    # An empty array of LowCardinality: its elements take no bytes, not even the flags.
+    "SELECT CAST([] AS Array(LowCardinality(String))) AS a, 1 AS z FROM numbers(2)",
+    "SELECT CAST(map() AS Map(LowCardinality(String), UInt8)) AS m, 1 AS z FROM numbers(2)",
+    "SELECT [toLowCardinality(toNullable('x'))] AS a, map(toLowCardinality('k'), [NULL, 1::UInt8]) AS m "
+    "FROM numbers(3)",
+    # An enum name ending in a backslash, then another column.
+    "SELECT CAST(tuple(number % 2, 1) AS Tuple(Enum8('a\\\\' = 0, 'b' = 1), Enum8('c' = 1))) AS t, 7 AS z "
+    "FROM numbers(2)",
+    # Backquoted element names, and an empty tuple.
+    "SELECT CAST(tuple(1, 'x') AS Tuple(`a b` UInt8, `f(x)` String)) AS t, () AS e, 2 AS z",
+])
+def test_nested_layouts_are_walked_to_their_end(ch, sql):
+    v0 = native_of(ch, sql)
+    columns = v0[0]
+    assert len(native.upgrade(v0, 54460)) == len(v0) + 8 + columns
+
+
+def test_nested_is_an_array_of_tuples():
+    assert native.parse_type("Nested(a String, b UInt8)") == \
+        ("Array", [("Tuple", [("String", []), ("UInt8", [])])])

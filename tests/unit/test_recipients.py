@@ -23,6 +23,7 @@ EXAMPLES = [
     ("d@hotmail.com", "outlook", ""),
     ("e@icloud.com", "icloud", ""),
     ("f@shop.example.vn", "other", ""),
+    ("g@yahoo.co.u\u212a", "other", ""),  # a Kelvin sign: not ASCII, left as it is (ClickHouse's lower() too)
     ("0987654321", "", "viettel"),
     ("+84 912 345 678", "", "vinaphone"),
     ("84901234567", "", "mobifone"),
@@ -67,6 +68,10 @@ def test_clickhouse_classifies_as_python_does(ch):
     for r, mailbox, carrier in EXAMPLES:
         expected[(mailbox, carrier)] = expected.get((mailbox, carrier), 0) + 1
     assert {(m, c): n for m, c, n in rows} == expected
+    # The same on a session that pads unmatched join rows with NULL.
+    _, padded = ch.query(f"SELECT mailbox_provider, carrier, toUInt64(sum(messages)) FROM `{ch.database}`.recipient_health "
+                         "GROUP BY mailbox_provider, carrier SETTINGS join_use_nulls = 1")
+    assert {(m, c): n for m, c, n in padded} == expected
 
 
 def test_the_report_gives_rates_per_mailbox_provider_and_carrier(ch):

@@ -77,5 +77,6 @@ def test_bad_expectations_are_refused_at_start():
         Settings(receipt_expected_hours="fax:3")
     with pytest.raises(ValueError, match="not action:hours"):
         Settings(receipt_expected_hours="sms")
-    with pytest.raises(ValueError, match="0 or more"):
-        Settings(receipt_expected_hours="sms:-1")
+    for bad in ("sms:-1", "sms:inf", "sms:nan", "sms:9000"):
+        with pytest.raises(ValueError, match="from 0 to 8784"):
+            Settings(receipt_expected_hours=bad)
