@@ -13,7 +13,7 @@ from sendtrack.settings import get_settings
 from sendtrack.topics import RECORD_MAX_BYTES, ensure_topics
 
 settings = get_settings()
-store.configure(settings.state_memory_mb)
+store.configure(settings.state_memory_mb, settings.restore_memory_mb)
 
 
 # JSON through orjson: table state is plain dicts and lists.
@@ -81,7 +81,7 @@ app = SendtrackApp(
 # from the OS page cache, which is not the worker's RSS.
 ROCKSDB_OPTIONS = {
     "driver": "rocksdict",
-    "write_buffer_size": 4 * 1024 * 1024,
+    "write_buffer_size": store.NORMAL_WRITE_BUFFER,
     "max_write_buffer_number": 2,
     "target_file_size_base": 16 * 1024 * 1024,
 }

@@ -9,7 +9,6 @@ from typing import Any, Callable, Optional
 
 import orjson
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from faust.exceptions import ProducerSendError
 from faust.types import EventT
 
@@ -37,6 +36,7 @@ from sendtrack import provider_ids, status, sweeps, watermarks
 from sendtrack import state as state_mod
 from sendtrack.state import MessageState
 from sendtrack.metrics import metrics
+from sendtrack.partitions import Placement
 from sendtrack.topics import RECORD_BUDGET_BYTES
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def partition_for(key: str) -> int:
-    """The partition Kafka's default partitioner gives this key (murmur2, as the Java client)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % N
+# The partition Kafka's default partitioner gives a key (murmur2, as the Java client), remembered
+# for the last keys: a record's message id is placed again for each status change it makes.
+partition_for = Placement(N)
 
 
 def provider_key(provider: str, provider_message_id: str) -> str:
@@ -89,7 +89,7 @@ def send_by_provider_id(key: str, doc: dict[str, Any]) -> None:
 def emit_changes(changes: list) -> None:
     box = outbox()
     for change in changes:
-        box.add(STATUS_CHANGES, change.message_id.encode(), orjson.dumps(change))
+        box.add(STATUS_CHANGES, change.message_id.encode(), orjson.dumps(change), partition_for(change.message_id))
     metrics.inc("status_changes_total", len(changes))
 
 

@@ -60,6 +60,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from rocksdict import WriteBatch
 
+from agents import store
+
 from sendtrack.metrics import metrics
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         rest: list[tuple[TP, Any]] = []
         recovery = self.app.tables.recovery
         restoring = recovery.active_tps if recovery.in_recovery else ()
+        if not restoring and store.bulk_loads():
+            end_bulk_loads()
         for tp, recs in records.items():
             if not recs or (active is not None and tp not in active):
                 continue
@@ -261,9 +265,10 @@ def restore_bulk(recovery: Any, tp: TP, recs: list) -> list:
         return recs
     seen = recovery.active_offsets.get(tp)
     bulk = [r for r in recs if r.offset < highwater and (seen is None or r.offset > seen)]
+    table = recovery.tp_to_table[tp]
     if bulk:
-        table = recovery.tp_to_table[tp]
-        write_partition(table, tp.partition, [(r.key, r.value) for r in bulk], bulk[-1].offset)
+        store.begin_bulk_load(table_db(table, tp.partition))
+        write_partition(table, tp.partition, [(r.key, r.value) for r in bulk], bulk[-1].offset, wal=False)
         recovery.active_offsets[tp] = bulk[-1].offset
         # What Faust's own path would note: an event arrived for the partition, and its writes are
         # flushed. Without it Faust warns every 5 s that no event came and no buffer was flushed.
@@ -272,7 +277,20 @@ def restore_bulk(recovery: Any, tp: TP, recs: list) -> list:
         recovery._last_flush_at = now
         metrics.inc("state_restored_records_total", len(bulk))
         _restore_progress(recovery, len(bulk))
-    return [r for r in recs if r.offset >= highwater]
+    rest = [r for r in recs if r.offset >= highwater]
+    if rest:  # the partition's last record: Faust's own path writes it, with the write-ahead log
+        store.end_bulk_load(table_db(table, tp.partition))
+    return rest
+
+
+def end_bulk_loads() -> None:
+    """Return every database still in bulk-load mode to its usual options (a recovery that ended
+    or restarted before a partition reached its last record)."""
+    try:
+        store.end_all_bulk_loads()
+    except Exception as exc:  # a database closed by a rebalance: closing flushed it
+        log.warning("ending the restore's bulk load: %r", exc)
+        store.forget_bulk_loads()
 
 
 _progress: dict[str, Any] = {"recovery": None, "started": 0.0, "logged": 0.0, "records": 0}
@@ -387,10 +405,11 @@ def offset_key(table: Any) -> bytes:
 
 
 def write_partition(table: Any, partition: int, items: list[tuple[bytes, Optional[bytes]]],
-                    changelog_offset: Optional[int]) -> None:
+                    changelog_offset: Optional[int], wal: bool = True) -> None:
     """Apply `items` (key, value; None deletes) to one table partition's RocksDB in one atomic write
     batch that also records `changelog_offset`, the offset of the last changelog record they
-    include, as Faust's `set_persisted_offset` does: a recovery resumes after it."""
+    include, as Faust's `set_persisted_offset` does: a recovery resumes after it. Without `wal`
+    (a restore's bulk load, agents/store.py) the batch skips RocksDB's write-ahead log."""
     batch = WriteBatch(raw_mode=True)
     for k, v in items:
         if v is None:
@@ -399,4 +418,8 @@ def write_partition(table: Any, partition: int, items: list[tuple[bytes, Optiona
             batch.put(k, v)
     if changelog_offset is not None:
         batch.put(table.data.offset_key, str(changelog_offset).encode())
-    table.data._db_for_partition(partition).write(batch)
+    db = table.data._db_for_partition(partition)
+    if wal:
+        db.write(batch)
+    else:
+        db.write(batch, store.NO_WAL)

@@ -176,7 +176,14 @@ def _check_id(doc: dict[str, Any], name: str) -> Invalid | None:
 _ID = re.compile(ID_PATTERN)  # fullmatch: Python's $ also matches before a final newline
 
 
+_CONTROL = re.compile(r"[\u0000-\u001f\u007f-\u009f]")  # what ID_PATTERN refuses
+
+
 def _check_id_characters(doc: dict[str, Any], names: tuple[str, ...]) -> Invalid | None:
+    # One search over all the ids (they are strings: _check_fields ran); the field by name only
+    # when one holds a control character.
+    if _CONTROL.search("".join([v for v in map(doc.get, names) if v is not None])) is None:
+        return None
     for name in names:
         value = doc.get(name)
         if value is not None and _ID.fullmatch(value) is None:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Memory for the tables' RocksDB databases together (half memtables, half block cache); reads
     # beyond it come from the OS page cache, outside the worker's RSS.
     state_memory_mb: int = Field(default=64, ge=16)
+    # Memtables of the tables being restored from their changelogs after the local state was lost
+    # (only while a restore runs): large memtables keep RocksDB from rewriting the data many times.
+    restore_memory_mb: int = Field(default=256, ge=16)
     # Memory one analyst query (/query, /reports, `sendtrack report`) may use; GROUP BY and ORDER BY
     # spill to disk past half of it. 0 = no limit.
     query_memory_mb: int = Field(default=256, ge=0)

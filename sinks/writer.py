@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import operator
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -43,19 +44,38 @@ def _types(model: type, columns: tuple[str, ...]) -> list[tuple[str, tuple[type,
     return [(c, (specs[c].type, type(None)) if specs[c].nullable else (specs[c].type,)) for c in columns]
 
 
-STATUS_TYPES = _types(StatusChange, STATUS_COLUMNS)
-ENGAGEMENT_TYPES = _types(StatusChange, ENGAGEMENT_COLUMNS)
-DEAD_LETTER_TYPES = _types(DeadLetter, DEAD_LETTER_COLUMNS)
+class Types:
+    """The JSON type each of some columns must have (see _types), checked per record.
+
+    A record's column types form a signature; the signatures already found good are remembered (a
+    few: the nullable columns' combinations), so most records are checked with two calls into C
+    (fetch the values, take their types) and one set lookup instead of a loop over the columns."""
+
+    def __init__(self, model: type, columns: tuple[str, ...]) -> None:
+        self.types = _types(model, columns)
+        self._values = operator.itemgetter(*columns)
+        self._good: set[tuple[type, ...]] = set()
+
+    def __iter__(self):
+        return iter(self.types)
+
+    def check(self, doc: Any) -> None:
+        if not isinstance(doc, dict):
+            raise TypeError(f"a JSON object is required, not {type(doc).__name__}")
+        signature = tuple(map(type, self._values(doc)))  # KeyError: a column is missing
+        if signature in self._good:
+            return
+        for (column, allowed), t in zip(self.types, signature):
+            # bool is an int in Python: a time or offset must be a real integer.
+            if t not in allowed:
+                raise TypeError(f"{column} must be {'/'.join(a.__name__ for a in allowed)}, not {t.__name__}")
+        if len(self._good) < 1024:
+            self._good.add(signature)
 
 
-def _check(doc: Any, types: list[tuple[str, tuple[type, ...]]]) -> None:
-    if not isinstance(doc, dict):
-        raise TypeError(f"a JSON object is required, not {type(doc).__name__}")
-    for column, allowed in types:
-        v = doc[column]
-        # bool is an int in Python: a time or offset must be a real integer.
-        if type(v) not in allowed:
-            raise TypeError(f"{column} must be {'/'.join(t.__name__ for t in allowed)}, not {type(v).__name__}")
+STATUS_TYPES = Types(StatusChange, STATUS_COLUMNS)
+ENGAGEMENT_TYPES = Types(StatusChange, ENGAGEMENT_COLUMNS)
+DEAD_LETTER_TYPES = Types(DeadLetter, DEAD_LETTER_COLUMNS)
 
 
 # The dead letter of a record ClickHouse refused to insert (the error holds its code and message).
@@ -83,8 +103,17 @@ def partition_month(ms: int) -> int:
     is one partition whatever it makes of it."""
     if not _MONTHS_FROM <= ms < _MONTHS_TO:
         return ms
-    year, month = time.gmtime(ms // 1000)[:2]
-    return year * 100 + month
+    day = ms // 86_400_000
+    month = _month_of_day.get(day)
+    if month is None:
+        if len(_month_of_day) > 10_000:
+            _month_of_day.clear()
+        year, mon = time.gmtime(day * 86_400)[:2]
+        month = _month_of_day[day] = year * 100 + mon
+    return month
+
+
+_month_of_day: dict[int, int] = {}  # days since the epoch -> YYYYMM, for the days seen lately
 
 
 class Line(NamedTuple):
@@ -118,7 +147,13 @@ class Unwritable(Exception):
 
 def _provenance(topic: str, partition: int, offset: int) -> bytes:
     """What the sink appends to a status change: the record's position (it closes the object)."""
-    return b',"_topic":' + orjson.dumps(topic) + b',"_partition":%d,"_offset":%d}' % (partition, offset)
+    head = _topic_field.get(topic)
+    if head is None:
+        head = _topic_field[topic] = b',"_topic":' + orjson.dumps(topic)
+    return head + b',"_partition":%d,"_offset":%d}' % (partition, offset)
+
+
+_topic_field: dict[str, bytes] = {}
 
 
 def _describe(exc: BaseException) -> str:
@@ -178,11 +213,11 @@ class Batch:
         self.records += 1
         try:
             doc = orjson.loads(value)
-            _check(doc, STATUS_TYPES)
+            STATUS_TYPES.check(doc)
             kind = doc["kind"]
             engaged = doc["status"] in ENGAGEMENT_STATUSES and doc["event_id"] and not doc["inferred"]
             if engaged:
-                _check(doc, ENGAGEMENT_TYPES)
+                ENGAGEMENT_TYPES.check(doc)
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self._unreadable(value, topic, partition, offset, f"unreadable status change: {exc!r}")
             return
@@ -196,7 +231,7 @@ class Batch:
     def add_dead_letter(self, value: bytes, topic: str, partition: int, offset: int) -> None:
         self.records += 1
         try:
-            _check(orjson.loads(value), DEAD_LETTER_TYPES)
+            DEAD_LETTER_TYPES.check(orjson.loads(value))
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self._unreadable(value, topic, partition, offset, f"unreadable dead letter: {exc!r}")
             return

@@ -11,6 +11,7 @@ import rocksdict
 from faust.stores.rocksdb import Store
 from faust.types import TP
 
+from agents import store
 from agents.faust_adapter import restore_bulk
 
 TOPIC = TP("app-messages-changelog", 3)
@@ -61,3 +62,63 @@ def test_a_partition_faust_has_no_highwater_for_is_left_alone(tmp_path):
     recs = records(range(3))
     assert restore_bulk(recovery, TOPIC, recs) is recs
     assert stored(db) == {} and Store.offset_key not in db
+
+
+def test_a_partition_bulk_loads_until_its_last_record_comes_then_is_flushed(tmp_path):
+    db, recovery = setup(tmp_path, highwater=9)
+    restore_bulk(recovery, TOPIC, records(range(6)))
+    assert store.bulk_loading(db)
+    assert db.property_int_value("rocksdb.num-entries-active-mem-table") > 0  # not yet on disk
+    left = restore_bulk(recovery, TOPIC, records(range(6, 10)))
+    assert [r.offset for r in left] == [9]
+    # Before Faust's own path writes the last record (with the write-ahead log), every record
+    # written without the log is in a file on disk, and the database has its usual options.
+    assert not store.bulk_loading(db)
+    assert db.property_int_value("rocksdb.num-entries-active-mem-table") == 0
+    assert db.property_int_value("rocksdb.num-immutable-mem-table") == 0
+
+
+CRASH = """
+import os, sys
+from types import SimpleNamespace
+sys.path.insert(0, {root!r})
+import rocksdict
+from faust.stores.rocksdb import Store
+from faust.types import TP
+from agents import store
+from agents.faust_adapter import restore_bulk
+tp = TP("app-messages-changelog", 3)
+db = rocksdict.Rdict({path!r}, rocksdict.Options(raw_mode=True))
+table = SimpleNamespace(data=SimpleNamespace(offset_key=Store.offset_key, _db_for_partition=lambda _: db))
+recovery = SimpleNamespace(active_highwaters={{tp: 10_000}}, active_offsets={{}}, tp_to_table={{tp: table}},
+                           _active_events_received_at={{}}, _last_flush_at=None, _recovery_started_at=1.0)
+def fetch(offsets):
+    recs = [SimpleNamespace(offset=o, key=b"k%d" % o, value=b"v%d" % o) for o in offsets]
+    assert restore_bulk(recovery, tp, recs) == []
+fetch(range(0, 100))
+fetch(range(100, 200))
+db.flush()  # what a full memtable does on its own
+fetch(range(200, 300))
+os._exit(9)  # killed: no close, nothing else flushed
+"""
+
+
+def test_a_worker_killed_mid_restore_keeps_a_consistent_prefix(tmp_path):
+    """Bulk-load writes skip RocksDB's write-ahead log: a crash loses what was not flushed, and
+    with it the changelog offset of the same batches, so the next recovery resumes exactly after
+    what the disk holds (a real RocksDB, a real process exit)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = str(tmp_path / "db")
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", CRASH.format(root=root, path=path)], capture_output=True)
+    assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+    db = rocksdict.Rdict(path, rocksdict.Options(raw_mode=True))
+    try:
+        offset = int(db[Store.offset_key])
+        assert offset == 199  # the last flushed batch's; the third fetch was never on disk
+        assert stored(db) == {b"k%d" % o: b"v%d" % o for o in range(offset + 1)}
+    finally:
+        db.close()
