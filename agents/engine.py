@@ -463,7 +463,7 @@ def apply_by_provider_id(pkey: str, doc: dict[str, Any], event: EventT, now: int
     if op == "map":
         decision = provider_ids.on_map(mapping, held, doc["message_id"], now)
     else:  # "resolve"
-        decision = provider_ids.on_resolve(mapping, held, doc["origin"], doc["body"], now, f"provider id {_shown(pkey)}")
+        decision = provider_ids.on_resolve(mapping, held, doc["origin"], doc["body"], now, f"provider id {shown_key(pkey)}")
     if decision.refused is not None:
         emit_dead_letter(tuple(doc["origin"]), pkey.encode(), orjson.dumps(doc["body"]), decision.refused)
     if decision.mapping is not None:
@@ -485,10 +485,6 @@ def apply_watermarks(rkey: str, doc: dict[str, Any], now: int) -> None:
     outbox().put(messenger_recipients, rkey, entry)
 
 
-def _shown(pkey: str) -> str:
-    return shown_key(pkey)
-
-
 def sweep_provider_ids(partition: int, now: int) -> None:
     for pkey, _ in _scan(provider_held_table, partition):
         held = outbox().get(provider_held_table, pkey)  # a write staged in this batch wins
@@ -497,7 +493,7 @@ def sweep_provider_ids(partition: int, now: int) -> None:
         for item in held["cbs"]:
             emit_dead_letter(tuple(item["origin"]), pkey.encode(), orjson.dumps(item["body"]), Invalid(
                 ErrorType.ORPHAN,
-                f"no message is known for provider id {_shown(pkey)} after {settings.orphan_ttl_seconds} s",
+                f"no message is known for provider id {shown_key(pkey)} after {settings.orphan_ttl_seconds} s",
             ))
         outbox().delete(provider_held_table, pkey)
     _evict(provider_ids_table, partition, now, sweeps.mapping_touched)

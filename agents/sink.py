@@ -12,11 +12,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from agents.app import app, dead_letters_topic, settings, status_changes_topic
-from sendtrack import recipients
 from sendtrack.metrics import metrics
 from sinks.clickhouse import ClickHouse, is_retriable
-from sinks import expectations, retention
-from sinks.migrate import migrate
+from sinks.migrate import prepare
 from sinks.writer import REJECTED_BY_CLICKHOUSE, Batch, Unwritable
 
 log = logging.getLogger(__name__)
@@ -44,10 +42,7 @@ class ClickHouseSink(Service):
         while not self.should_stop:
             try:
                 ch = await asyncio.to_thread(ClickHouse.connect, settings)
-                await asyncio.to_thread(migrate, ch, log.info)
-                await asyncio.to_thread(retention.apply, ch, settings, log.info)
-                await asyncio.to_thread(expectations.apply, ch, settings, log.info)
-                await asyncio.to_thread(recipients.apply, ch, log.info)
+                await asyncio.to_thread(prepare, ch, settings, log.info)
             except Exception as exc:
                 if not is_retriable(exc):
                     log.error("ClickHouse refused the connection or a migration: %r", exc)

@@ -32,19 +32,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from sinks.clickhouse import ClickHouse
-    from sinks.migrate import migrate
-
-    from sinks import expectations, retention
+    from sinks.migrate import prepare
 
     settings = get_settings()
     ch = ClickHouse.connect(settings)
-    ran = migrate(ch)
+    ran = prepare(ch, settings)
     print(f"migrate: {len(ran)} migration(s) applied to {ch.database} ({ch.where})")
-    retention.apply(ch, settings)
-    expectations.apply(ch, settings)
-    from sendtrack import recipients
-
-    recipients.apply(ch)
     return 0
 
 

@@ -39,3 +39,15 @@ def test_the_library_imports_without_reading_settings():
 def test_the_worker_reads_them_when_it_starts():
     done = run("import agents.app")
     assert done.returncode != 0 and "partitions" in done.stderr.lower(), done.stderr[-2000:]
+
+
+def test_every_setting_is_documented_in_the_contract():
+    """docs/contract.md's settings table names every field of Settings (as its environment variable)."""
+    from pathlib import Path
+
+    from sendtrack.settings import Settings
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
+    prefix = Settings.model_config["env_prefix"].upper()
+    missing = [name for name in Settings.model_fields if f"`{prefix}{name.upper()}`" not in doc]
+    assert not missing, f"settings without a row in docs/contract.md: {missing}"
