@@ -9,6 +9,7 @@ from datetime import date
 from typing import Any, Optional
 
 from faust.utils import json as _json
+from faust.web import View
 
 from agents import store
 from agents.app import app, settings
@@ -17,8 +18,11 @@ from sendtrack import auth, memory
 from sendtrack.metrics import metrics
 from sinks import reports
 from sinks.analyst import Analysts, Refused
+from sinks import erasure
+from sinks.erasure import erase_customer
 
 readers = auth.Readers(settings.readers)
+admins = auth.Readers(settings.admins)
 log = logging.getLogger(__name__)
 
 
@@ -185,3 +189,22 @@ async def query_page(web, request):
     except Refused as exc:  # the analyst's error goes back to the analyst, with ClickHouse's code
         return web.json({"error": exc.message, "code": exc.code}, status=exc.http_status)
     return _json_response(web, body)
+
+
+@app.page("/admin/erase")
+class Erase(View):
+    """POST /admin/erase?customer=ID: erase a customer's personal data (sinks/erasure.py). Admins
+    only (SENDTRACK_ADMINS); answers with what was erased and what stays until retention."""
+
+    async def post(self, request):
+        admin = auth.authenticate_admin(admins, request.headers)
+        if isinstance(admin, auth.Denied):
+            return refuse(self.web, admin)
+        customer = request.query.get("customer", "")
+        if not customer:
+            return self.web.json({"error": "customer is required (?customer=ID)"}, status=400)
+        if sink.ch is None:
+            return self.web.json({"error": "ClickHouse is not open yet"}, status=503)
+        log.warning("erase: admin %r erases %s", admin.name, erasure.subject(customer))
+        erased = await asyncio.to_thread(erase_customer, sink.ch, customer, log.info)
+        return self.web.json(erasure.report(erased, settings))

@@ -80,6 +80,20 @@ class Readers:
         return Reader("")
 
 
+def authenticate_admin(admins: Readers, headers: Mapping[str, str]) -> Reader | Denied:
+    """An admin's request (SENDTRACK_ADMINS): credentials always, even from loopback; none
+    configured means the admin endpoints are off. A reader's credentials are not an admin's."""
+    if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return Denied(403, "cross-site requests are refused")
+    if not admins.configured:
+        return Denied(403, "no admins are configured (SENDTRACK_ADMINS): erasure through the API is off")
+    name, password = _credentials(headers)
+    if name is None:
+        return Denied(401, "admin credentials required (HTTP basic auth)")
+    admin = admins.check(name, password or "")
+    return admin if admin is not None else Denied(401, "wrong admin name or password")
+
+
 def basic_auth_header(spec: str) -> Optional[str]:
     """The Authorization header of the first reader in SENDTRACK_READERS (the CLI reads the
     worker's report API as that reader), or None when none is configured."""
