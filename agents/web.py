@@ -11,7 +11,7 @@ from typing import Any, Optional
 from faust.utils import json as _json
 from faust.web import View
 
-from agents import store
+from agents import engine, store
 from agents.app import app, settings
 from agents.sink import sink
 from sendtrack import auth, memory
@@ -54,11 +54,11 @@ async def health(web, request):
     """Whether the worker is applying records and writing them. Open to all (load balancers,
     orchestrators): it names no host, path or customer."""
     sink_ready = (sink.ch is not None and sink.ready.is_set()) or not settings.sink_enabled
-    engine = engine_ready()
+    engine_ok = engine_ready()
     failed = getattr(sink, "failed", None)
-    ok = sink_ready and engine and not failed
+    ok = sink_ready and engine_ok and not failed
     body = {"status": "ok" if ok else ("failed" if failed else "starting"),
-            "engine": "ready" if engine else "starting",
+            "engine": "ready" if engine_ok else "starting",
             "sink": "failed" if failed else ("ready" if sink_ready else "starting"),
             "clickhouse": ("embedded" if settings.clickhouse_is_embedded else "server") if sink.ch else None}
     if failed:
@@ -207,4 +207,5 @@ class Erase(View):
             return self.web.json({"error": "ClickHouse is not open yet"}, status=503)
         log.warning("erase: admin %r erases %s", admin.name, erasure.subject(customer))
         erased = await asyncio.to_thread(erase_customer, sink.ch, customer, log.info)
+        await engine.request_erasure(erased.message_ids)
         return self.web.json(erasure.report(erased, settings))

@@ -103,9 +103,28 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
         ch = ClickHouse.connect(settings)
         prepare(ch, settings, log=lambda *_: None)
-        doc = report(erase_customer(ch, args.customer, log=lambda line: print(line, file=sys.stderr)), settings)
+        erased = erase_customer(ch, args.customer, log=lambda line: print(line, file=sys.stderr))
+        asyncio.run(_send_to_engine(settings, erased.message_ids))
+        doc = report(erased, settings)
     print(json.dumps(doc, indent=2, ensure_ascii=False))
     return 0
+
+
+async def _send_to_engine(settings: Any, message_ids: list[str]) -> None:
+    """The engine's part of an erasure, when no worker took the request: the records its workers
+    apply when they read them (sinks.erasure.engine_records)."""
+    from aiokafka import AIOKafkaProducer
+
+    from sendtrack.batches import BATCH_KEY
+    from sinks.erasure import engine_records
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_broker, acks="all", max_request_size=1024 * 1024)
+    await producer.start()
+    try:
+        for partition, value in engine_records(message_ids, settings.partitions):
+            await producer.send_and_wait(settings.topic("sendtrack-routed"), value, key=BATCH_KEY, partition=partition)
+    finally:
+        await producer.stop()
 
 
 def _erase_through_api(customer: str) -> Optional[dict[str, Any]]:

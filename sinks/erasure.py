@@ -28,6 +28,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+import orjson
+
+from sendtrack import batches
+from sendtrack.partitions import partition
 from sinks.clickhouse import ClickHouse
 
 SYNC = "SETTINGS mutations_sync = 2"
@@ -41,10 +45,21 @@ class Erased:
     messages: int = 0  # the customer's messages (by message id)
     recipients: int = 0  # distinct recipients they were sent to
     rows: dict[str, int] = field(default_factory=dict)  # rows changed or deleted, per table
+    message_ids: list[str] = field(default_factory=list, repr=False)  # for the engine's state
 
     def as_dict(self) -> dict:
         return {"customer_id": self.customer_id, "messages": self.messages, "recipients": self.recipients,
                 "rows": dict(self.rows)}
+
+
+def engine_records(message_ids: list[str], partitions: int) -> list[tuple[int, bytes]]:
+    """(partition, value) of the `sendtrack-routed` records (under BATCH_KEY) that make the engine
+    forget `message_ids` (agents/engine.py `erase_message`)."""
+    items: dict[int, list[bytes]] = {}
+    for mid in message_ids:
+        items.setdefault(partition(mid.encode(), partitions), []).append(
+            orjson.dumps({"kind": "erase", "message_id": mid}))
+    return [(p, value) for p, encoded in sorted(items.items()) for value in batches.pack(encoded)]
 
 
 def subject(customer_id: str) -> str:
@@ -72,7 +87,7 @@ def erase_customer(ch: ClickHouse, customer_id: str, log: Callable[[str], None] 
         f" UNION ALL SELECT message_id, recipient FROM {db}.engagement_events_raw WHERE customer_id = {{c:String}})", c)
     ids = sorted({m for m, _ in rows})
     recipients = sorted({r for _, r in rows if r})
-    result.messages, result.recipients = len(ids), len(recipients)
+    result.messages, result.recipients, result.message_ids = len(ids), len(recipients), ids
     log(f"erase: {subject(customer_id)}: {len(ids)} message(s), {len(recipients)} recipient(s)")
 
     # Dead letters first: the payloads that name the customer are found through the other tables'
@@ -114,16 +129,24 @@ def report(erased: Erased, settings) -> dict:
     POST /admin/erase answer it."""
     topics = settings.topic_retention_days
     return {
-        "erased": {"clickhouse": erased.as_dict()},
+        "erased": {
+            "clickhouse": erased.as_dict(),
+            "engine_state": {
+                "messages": len(erased.message_ids),
+                "how": "an erase record per message to sendtrack-routed: the engine replaces the message's "
+                       "state (request, milestones, held callbacks, engagement URLs) with a marker and deletes "
+                       "the provider ids and Messenger recipient it registered; later inputs for those messages "
+                       "are dropped",
+            },
+        },
         "not_erased": [
             {"where": "Kafka: send-requests, provider-callbacks, status-changes, dead-letters",
              "why": "append-only topics: Kafka cannot edit a record",
              "gone_within": f"{topics:g} days (SENDTRACK_TOPIC_RETENTION_DAYS)"},
             {"where": "Kafka: provider-webhooks (raw webhook bodies)", "why": "append-only topic",
              "gone_within": f"{settings.webhook_retention_hours:g} hours (SENDTRACK_WEBHOOK_RETENTION_HOURS)"},
-            {"where": "the engine's state (RocksDB and its compacted changelogs)",
-             "why": "not erased by this version (issue 17): a message's state holds its request",
-             "gone_within": f"{settings.state_retention_days:g} days after the message's last event "
-                            "(SENDTRACK_STATE_RETENTION_DAYS), then compaction"},
+            {"where": "the tables' changelog topics: the values before the erasure",
+             "why": "a compacted topic drops a key's older values when Kafka compacts it",
+             "gone_within": f"{settings.topic_retention_days:g} days (max.compaction.lag.ms of the changelogs)"},
         ],
     }

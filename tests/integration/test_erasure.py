@@ -9,10 +9,13 @@ import base64
 import json
 import subprocess
 import sys
+import time
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
-from tests.integration.conftest import ROOT, Worker, cb, produce, req
+from tests.integration.conftest import BROKER, ROOT, Worker, cb, produce, req
+from tests.integration.test_reliability import table_state
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +35,16 @@ def worker(tmp_path_factory):
     for i in range(3):
         records.append(req(f"al-{i}", customer_id="cus-alice", recipient="alice@gmail.com"))
         records.append(req(f"bo-{i}", customer_id="cus-bob", recipient="bob@gmail.com"))
+    # A Messenger message: the engine indexes its recipient (a page-scoped id) for read receipts.
+    records.append(req("al-m", action="messenger", provider="messenger", customer_id="cus-alice",
+                       recipient="psid-alice-42"))
     asyncio.run(produce(w.topic("send-requests"), records))
-    asyncio.run(produce(w.topic("provider-callbacks"), [cb(f"{who}-{i}", f"d-{who}-{i}", "delivered")
-                                                        for who in ("al", "bo") for i in range(3)]))
+    # Callbacks with the provider's id too: the engine keeps provider id -> message id.
+    asyncio.run(produce(w.topic("provider-callbacks"), [
+        cb(f"{who}-{i}", f"d-{who}-{i}", "delivered", provider="sendgrid", provider_message_id=f"sg-{who}-{i}")
+        for who in ("al", "bo") for i in range(3)]))
     w.wait_for("SELECT count() FROM sendtrack.messages WHERE current_status = 'delivered'", [[6]])
+    w.wait_for("SELECT count() FROM sendtrack.messages", [[7]])
     yield w
     w.stop()
 
@@ -67,10 +76,11 @@ def test_an_admin_erases_a_customer_and_the_counts_stay(worker):
 
     status, body = worker.request("POST", "/admin/erase", headers=basic(*ADMIN), customer="cus-alice")
     assert status == 200, body
-    assert body["erased"]["clickhouse"]["messages"] == 3
+    assert body["erased"]["clickhouse"]["messages"] == 4
+    assert body["erased"]["engine_state"]["messages"] == 4
     assert any("status-changes" in item["where"] for item in body["not_erased"])
 
-    assert customers(worker) == [["", "", 3], ["cus-bob", "bob@gmail.com", 3]]
+    assert customers(worker) == [["", "", 4], ["cus-bob", "bob@gmail.com", 3]]
     for table in ("status_changes_raw", "messages_agg", "engagement_events_raw", "dead_letters_raw"):
         assert worker.sql(holding.format(table)) == [[0]], table
     assert worker.sql("SELECT * FROM sendtrack.funnel_daily ORDER BY ALL") == funnel
@@ -85,9 +95,61 @@ def test_sendtrack_erase_goes_through_the_running_worker(worker):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["erased"]["clickhouse"]["messages"] == 3
-    assert customers(worker) == [["", "", 6]]
+    assert customers(worker) == [["", "", 7]]
 
     env["SENDTRACK_ADMINS"] = "dpo:not-the-password"
     refused = subprocess.run([sys.executable, "-m", "sendtrack.cli", "erase", "--customer", "cus-bob"], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "wrong admin name or password" in refused.stderr
+
+
+def test_the_engine_forgets_the_customers_and_drops_their_late_inputs(worker):
+    """After the two erasures above: the engine replaced the erased messages' states; a late
+    callback for one of them changes nothing; then, with the worker stopped, no key or value of
+    any table's RocksDB, and no latest record of any changelog, holds the customers' ids,
+    recipients or provider ids."""
+    deadline = time.monotonic() + 60
+    while worker.metrics().get("sendtrack_erased_messages_total", 0) < 7 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker.metrics().get("sendtrack_erased_messages_total", 0) == 7  # alice's 4, then bob's 3
+    asyncio.run(produce(worker.topic("provider-callbacks"), [cb("al-0", "late-open", "opened")]))
+    deadline = time.monotonic() + 60
+    while worker.metrics().get("sendtrack_erased_inputs_total", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker.metrics().get("sendtrack_erased_inputs_total", 0) == 1
+    assert worker.sql("SELECT count() FROM sendtrack.status_changes_raw WHERE message_id = 'al-0' "
+                      "AND status = 'opened'") == [[0]]
+
+    changelogs = asyncio.run(latest_changelog_values(worker))
+    worker.stop()
+    state = table_state(worker.data_dir)
+    assert sum(len(v) for v in state.values()) > 0
+    needles = (b"alice", b"cus-bob", b"bob@gmail.com", b"sg-al-", b"sg-bo-")
+    for db, items in state.items():
+        for k, v in items.items():
+            assert not any(n in k or n in v for n in needles), (db, k, v)
+    assert changelogs, "no changelog records read"
+    for (topic, key), value in changelogs.items():
+        assert not any(n in (value or b"") for n in needles), (topic, key, value)
+
+
+async def latest_changelog_values(w: Worker) -> dict:
+    """The latest value of every key of every table's changelog topic (None: a tombstone)."""
+    app_id = w.env["SENDTRACK_APP_ID"]
+    consumer = AIOKafkaConsumer(bootstrap_servers=BROKER, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topics = sorted(t for t in await consumer.topics() if t.startswith(app_id) and t.endswith("-changelog"))
+        assert topics, "no changelog topics"
+        consumer.subscribe(topics)
+        latest: dict = {}
+        idle = 0
+        while idle < 3:
+            batch = await consumer.getmany(timeout_ms=1000)
+            idle = 0 if batch else idle + 1
+            for records in batch.values():
+                for r in records:
+                    latest[(r.topic, r.key)] = r.value
+        return latest
+    finally:
+        await consumer.stop()

@@ -108,3 +108,20 @@ def test_erasing_again_or_an_unknown_customer_changes_nothing(ch):
     assert again.messages == 0 and set(again.rows.values()) == {0}
     assert erase_customer(ch, "nobody", log=lambda *_: None).messages == 0
     assert (counts(ch), rows(ch, "SELECT count() FROM {db}.messages_agg")) == before
+
+
+def test_the_engine_is_told_per_partition_of_each_message():
+    from sendtrack.partitions import partition
+    from sinks.erasure import engine_records
+
+    ids = [f"msg-{i}" for i in range(150_000)]
+    records = engine_records(ids, 8)
+    seen = []
+    for p, value in records:
+        items = orjson.loads(value)["batch"]
+        assert len(value) <= 512 * 1024 + 64
+        for item in items:
+            assert item["kind"] == "erase" and partition(item["message_id"].encode(), 8) == p
+            seen.append(item["message_id"])
+    assert sorted(seen) == sorted(ids) and len(records) > 8  # large partitions take several records
+    assert engine_records([], 8) == []
