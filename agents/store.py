@@ -11,12 +11,15 @@ and one write buffer manager, which flushes the fullest memtables once their tot
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import rocksdict
 from faust.stores import rocksdb as faust_rocksdb
 from faust.stores import STORES
 
+log = logging.getLogger(__name__)
 _shared: dict[str, Any] = {}
 
 
@@ -60,12 +63,6 @@ def bulk_loads() -> int:
     return len(_loading)
 
 
-def forget_bulk_loads() -> None:
-    _loading.clear()
-    if _shared:
-        _shared["write_buffers"].set_buffer_size(_shared["memtables"])
-
-
 def end_bulk_load(db: Any) -> None:
     """Flush what the bulk load wrote and return the database to its usual options.
 
@@ -75,10 +72,17 @@ def end_bulk_load(db: Any) -> None:
     next recovery resumes from there. What must never happen is a write *with* the log landing
     after unflushed ones (a replayed log would then record an offset past data that is gone): so
     the database is flushed here, before Faust's own recovery path or the engine writes to it."""
-    if _loading.pop(id(db), None) is None:
+    if id(db) not in _loading:
         return
-    db.flush()
-    db.set_options({"write_buffer_size": str(NORMAL_WRITE_BUFFER)})
+    try:
+        db.flush()
+        db.set_options({"write_buffer_size": str(NORMAL_WRITE_BUFFER)})
+    except Exception:
+        # Writing on with the log after batches that may not be on disk would break the order
+        # above; exiting keeps it (the files hold a consistent prefix, the restore resumes there).
+        log.critical("flushing a restored table partition failed; exiting", exc_info=True)
+        os._exit(70)
+    del _loading[id(db)]
     if not _loading and _shared:
         _shared["write_buffers"].set_buffer_size(_shared["memtables"])
 
@@ -105,7 +109,21 @@ class SharedRocksDBOptions(faust_rocksdb.RocksDBOptions):
 
 
 class Store(faust_rocksdb.Store):
-    """`sendtrack-rocksdb://`: faust's RocksDB store on the shared memory budget."""
+    """`sendtrack-rocksdb://`: faust's RocksDB store on the shared memory budget, which ends a bulk
+    load (a restore) of the partitions it gives up."""
+
+    def revoke_partitions(self, table: Any, tps: Any) -> None:
+        # Faust drops a revoked partition's database without closing it. One still restoring is
+        # flushed and returned to its usual options first, and no longer held here: a later
+        # assignment opens it again (its lock is released when the last reference goes).
+        from agents.faust_adapter import open_db  # the adapter imports this module
+
+        for tp in tps:
+            if tp.topic in table.changelog_topic.topics:
+                db = open_db(table, tp.partition)
+                if db is not None:
+                    end_bulk_load(db)
+        super().revoke_partitions(table, tps)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

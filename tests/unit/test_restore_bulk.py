@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 import rocksdict
 from faust.stores.rocksdb import Store
 from faust.types import TP
@@ -122,3 +124,24 @@ def test_a_worker_killed_mid_restore_keeps_a_consistent_prefix(tmp_path):
         assert stored(db) == {b"k%d" % o: b"v%d" % o for o in range(offset + 1)}
     finally:
         db.close()
+
+
+def test_a_partition_revoked_mid_restore_is_flushed_and_let_go(tmp_path):
+    """Faust drops a revoked partition's database without closing it: the store ends its bulk load
+    first (flushed, usual options), so nothing holds it and a later assignment can open it again."""
+    db, recovery = setup(tmp_path, highwater=9)
+    restore_bulk(recovery, TOPIC, records(range(6)))
+    assert store.bulk_loading(db)
+    faust_store = object.__new__(store.Store)  # Faust's own revoke_partitions runs on it
+    faust_store._dbs = {TOPIC.partition: db}
+    table = SimpleNamespace(changelog_topic=SimpleNamespace(topics={TOPIC.topic}), data=faust_store)
+    faust_store.revoke_partitions(table, {TOPIC})
+    assert faust_store._dbs == {}  # Faust let it go
+    assert not store.bulk_loading(db) and store.bulk_loads() == 0
+    assert db.property_int_value("rocksdb.num-entries-active-mem-table") == 0  # on disk first
+
+
+@pytest.fixture(autouse=True)
+def no_bulk_load_left():
+    yield
+    store.end_all_bulk_loads()  # a test's database left in bulk-load mode does not leak into the next
