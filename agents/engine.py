@@ -496,8 +496,11 @@ def apply_by_provider_id(pkey: str, doc: dict[str, Any], event: EventT, now: int
     if op in ("watch", "watermark"):
         apply_watermarks(pkey, doc, now)
         return
-    if op == "forget":  # an erased customer's provider id or Messenger recipient
-        for table in (provider_ids_table, provider_held_table, messenger_recipients):
+    if op == "forget":
+        # An erased customer's provider id: the mapping to the message id stays (it names no one,
+        # and routes a late callback to the message's marker, which drops it); callbacks held for
+        # it go. A Messenger recipient's entry (keyed by the person's page-scoped id) goes.
+        for table in (provider_held_table, messenger_recipients):
             if outbox().get(table, pkey) is not None:
                 outbox().delete(table, pkey)
         return
@@ -549,14 +552,14 @@ async def provider_id_resolver(events: list) -> None:
     await apply_batch(events, handle_by_provider_id)
 
 
-async def request_erasure(message_ids: list[str]) -> int:
+async def request_erasure(message_ids: list[str]) -> dict[int, int]:
     """Send the engine the records that make it forget `message_ids` (`erase_message`, on each
-    message's partition); returns how many were sent, once the broker acknowledged them."""
-    records = erasure.engine_records(message_ids, N)
-    for partition, value in records:
+    message's partition); returns the offset of the last one per partition, once acknowledged."""
+    last: dict[int, int] = {}
+    for partition, value in erasure.engine_records(message_ids, N):
         sent = await routed_topic.send(key=BATCH_KEY, value=value, partition=partition)
-        await sent
-    return len(records)
+        last[partition] = (await sent).offset
+    return last
 
 
 _tick_order = itertools.cycle(range(N))

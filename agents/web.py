@@ -14,7 +14,7 @@ from faust.web import View
 from agents import engine, store
 from agents.app import app, settings
 from agents.sink import sink
-from sendtrack import auth, memory
+from sendtrack import auth, memory, settle
 from sendtrack.metrics import metrics
 from sinks import reports
 from sinks.analyst import Analysts, Refused
@@ -22,7 +22,7 @@ from sinks import erasure
 from sinks.erasure import erase_customer
 
 readers = auth.Readers(settings.readers)
-admins = auth.Readers(settings.admins)
+admins = auth.Readers(settings.admins, "SENDTRACK_ADMINS")
 log = logging.getLogger(__name__)
 
 
@@ -206,6 +206,14 @@ class Erase(View):
         if sink.ch is None:
             return self.web.json({"error": "ClickHouse is not open yet"}, status=503)
         log.warning("erase: admin %r erases %s", admin.name, erasure.subject(customer))
-        erased = await asyncio.to_thread(erase_customer, sink.ch, customer, log.info)
-        await engine.request_erasure(erased.message_ids)
-        return self.web.json(erasure.report(erased, settings))
+        # The engine first: once it applied the erase records and the sink wrote every status change
+        # made before, nothing of the customer arrives after ClickHouse is changed.
+        ids, recipients = await asyncio.to_thread(erasure.find, sink.ch, customer)
+        done = await settle.settled(settings, await engine.request_erasure(ids)) if ids else True
+        more, more_recipients = await asyncio.to_thread(erasure.find, sink.ch, customer)
+        late = sorted(set(more) - set(ids))  # in the sink's backlog when first asked
+        if late:
+            await engine.request_erasure(late)
+        found = (sorted(set(ids) | set(more)), sorted(set(recipients) | set(more_recipients)))
+        erased = await asyncio.to_thread(erase_customer, sink.ch, customer, log.info, found)
+        return self.web.json(erasure.report(erased, settings, settled=done))

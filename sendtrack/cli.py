@@ -69,7 +69,9 @@ def _worker_api(what: str, method: str, path: str, params: dict[str, str], crede
     first pair of `credentials`; None when no worker answers. A refusal ends the command."""
     settings = get_settings()
     url = f"http://{settings.web_host}:{settings.web_port}{path}?{urllib.parse.urlencode(params)}"
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+    if method == "POST":
+        request.add_header("Content-Type", "application/json")
     header = basic_auth_header(credentials)
     if header:
         request.add_header("Authorization", header)
@@ -82,8 +84,15 @@ def _worker_api(what: str, method: str, path: str, params: dict[str, str], crede
         except ValueError:
             message = str(exc)
         raise SystemExit(f"{what}: {message}")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return None  # no worker: the command runs on its own
+        raise SystemExit(f"{what}: the worker did not answer ({exc.reason}); nothing was run here")
+    except ConnectionRefusedError:
         return None
+    except (ConnectionError, TimeoutError) as exc:
+        # A worker that is there but slow still holds the database: never open it here as well.
+        raise SystemExit(f"{what}: the worker did not answer in time ({exc!r}); nothing was run here")
 
 
 def _report_from_api(name: str, params: dict[str, str]) -> Optional[dict[str, Any]]:
@@ -98,14 +107,15 @@ def cmd_erase(args: argparse.Namespace) -> int:
     doc = _erase_through_api(args.customer) if settings.clickhouse_is_embedded else None
     if doc is None:
         from sinks.clickhouse import ClickHouse
-        from sinks.erasure import erase_customer, report
+        from sinks.erasure import erase_customer, find, report
         from sinks.migrate import prepare
 
         ch = ClickHouse.connect(settings)
         prepare(ch, settings, log=lambda *_: None)
-        erased = erase_customer(ch, args.customer, log=lambda line: print(line, file=sys.stderr))
-        asyncio.run(_send_to_engine(settings, erased.message_ids))
-        doc = report(erased, settings)
+        found = find(ch, args.customer)
+        asyncio.run(_send_to_engine(settings, found[0]))  # the engine's part first: it is idempotent
+        erased = erase_customer(ch, args.customer, log=lambda line: print(line, file=sys.stderr), found=found)
+        doc = report(erased, settings, settled=False)
     print(json.dumps(doc, indent=2, ensure_ascii=False))
     return 0
 

@@ -43,6 +43,7 @@ def load(ch) -> None:
         (b"a1", b'{"message_id":"a1","event_id":"dup","status":"bogus"}'),  # by message id
         (None, orjson.dumps({"customer_id": ALICE, "message_id": "zz", "action": "teleport"})),  # names her
         (None, orjson.dumps({"to": ALICE_PHONE, "text": "hi"})),  # names a recipient of hers
+        (None, b"\xff\xfe to=" + ALICE_MAIL.encode()),  # not UTF-8: kept base64, names her address
         (b"b1", b'{"message_id":"b1","status":"bogus"}'),
         (None, orjson.dumps({"customer_id": BOB + "-other", "note": ALICE[:-1]})),  # similar, not hers
     ]):
@@ -89,9 +90,13 @@ def test_an_erased_customer_is_nowhere_and_every_count_stays(ch):
 
     for needle in (ALICE, ALICE_MAIL, ALICE_PHONE):
         assert found(ch, needle) == {}, needle
+        # The mutations' own texts (system.mutations, which readers can query) name messages only.
+        assert rows(ch, f"SELECT count() FROM system.mutations WHERE database = '{ch.database}' "
+                        f"AND position(command, '{needle}') > 0") == [(0,)], needle
+    assert rows(ch, f"SELECT count() FROM system.mutations WHERE database = '{ch.database}'")[0][0] >= 4
     assert counts(ch) == before
     assert erased.messages == 3 and erased.recipients == 2
-    assert erased.rows["dead_letters_raw"] == 3 and erased.rows["messages_agg"] == 3
+    assert erased.rows["dead_letters_raw"] == 4 and erased.rows["messages_agg"] == 3
     assert erased.rows["status_changes_raw"] == 9 and erased.rows["engagement_events_raw"] == 1
     # Bob's dead letters, and the one that only resembles Alice's id, stay.
     assert rows(ch, "SELECT count() FROM {db}.dead_letters_raw")[0][0] == 2
