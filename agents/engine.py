@@ -158,19 +158,16 @@ def _after_apply(message_id: str, state: MessageState, outcome: status.Outcome, 
     _save(message_id, state, position, now)
 
 
-def _erased(state: MessageState) -> bool:
-    """The message's customer was erased: its inputs change nothing until the marker is evicted."""
-    if "erased" in state:
-        metrics.inc("erased_inputs_total", 1)
-        return True
-    return False
+def _drop_erased() -> None:
+    """An input for a message whose customer was erased changes nothing (until the marker is evicted)."""
+    metrics.inc("erased_inputs_total", 1)
 
 
 def handle_request(req: SendRequest, origin: tuple[str, int, int], position: tuple[str, int, int],
                    key: Optional[bytes], payload: bytes, now: int) -> None:
     state = _state_of(req.message_id)
-    if _erased(state):
-        return
+    if "erased" in state:
+        return _drop_erased()
     outcome = status.apply_request(state, req, now)
     if outcome.duplicate:
         if _reread(state, position):  # its changes may not have reached the topic before a crash
@@ -189,8 +186,8 @@ def handle_callback(cb: Callback, origin: tuple[str, int, int], position: tuple[
     message_id = cb.message_id
     assert message_id is not None
     state = _state_of(message_id)
-    if _erased(state):
-        return
+    if "erased" in state:
+        return _drop_erased()
     outcome = status.apply_callback(state, cb, now, origin=list(origin))
     if outcome.duplicate:
         if _reread(state, position):
