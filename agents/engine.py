@@ -36,7 +36,9 @@ from sendtrack import provider_ids, status, sweeps, watermarks
 from sendtrack import state as state_mod
 from sendtrack.state import MessageState
 from sendtrack.metrics import metrics
+from sendtrack.batches import BATCH_KEY
 from sendtrack.partitions import Placement
+from sinks import erasure
 from sendtrack.topics import RECORD_BUDGET_BYTES
 
 log = logging.getLogger(__name__)
@@ -156,9 +158,16 @@ def _after_apply(message_id: str, state: MessageState, outcome: status.Outcome, 
     _save(message_id, state, position, now)
 
 
+def _drop_erased() -> None:
+    """An input for a message whose customer was erased changes nothing (until the marker is evicted)."""
+    metrics.inc("erased_inputs_total", 1)
+
+
 def handle_request(req: SendRequest, origin: tuple[str, int, int], position: tuple[str, int, int],
                    key: Optional[bytes], payload: bytes, now: int) -> None:
     state = _state_of(req.message_id)
+    if "erased" in state:
+        return _drop_erased()
     outcome = status.apply_request(state, req, now)
     if outcome.duplicate:
         if _reread(state, position):  # its changes may not have reached the topic before a crash
@@ -177,6 +186,8 @@ def handle_callback(cb: Callback, origin: tuple[str, int, int], position: tuple[
     message_id = cb.message_id
     assert message_id is not None
     state = _state_of(message_id)
+    if "erased" in state:
+        return _drop_erased()
     outcome = status.apply_callback(state, cb, now, origin=list(origin))
     if outcome.duplicate:
         if _reread(state, position):
@@ -255,6 +266,9 @@ def apply_routed(envelope: dict[str, Any], position: tuple[str, int, int], now: 
     if kind == "tick":
         sweep(position[1], envelope["now"])
         return
+    if kind == "erase":
+        erase_message(envelope["message_id"], now)
+        return
     origin = tuple(envelope["origin"])
     body = envelope["raw"] if "raw" in envelope else envelope["body"]  # a request's own bytes (route_request)
     key = body["message_id"].encode()
@@ -262,6 +276,27 @@ def apply_routed(envelope: dict[str, Any], position: tuple[str, int, int], now: 
         handle_request(SendRequest(**body), origin, position, key, orjson.dumps(body), now)
     else:
         handle_callback(Callback(**body), origin, position, key, orjson.dumps(body), now)
+
+
+def erase_message(message_id: str, now: int) -> None:
+    """Forget what the state holds of an erased customer's message (`sendtrack erase`): the request,
+    milestones, held callbacks, engagement URLs, and the provider ids and Messenger recipient it
+    registered. A marker takes its place, so a late callback or a replayed request for it changes
+    nothing, until the marker is evicted like any state. Every write is a changelog record: the old
+    values leave the compacted changelog when Kafka compacts it."""
+    box = outbox()
+    state = box.get(messages_table, message_id)
+    if state is not None and "erased" in state:
+        return
+    for pkey in (state or {}).get("pm", []):
+        send_by_provider_id(pkey, {"op": "forget"})
+    req = (state or {}).get("req") or {}
+    if req.get("action") == "messenger" and req.get("recipient"):
+        send_by_provider_id(recipient_key(req["recipient"]), {"op": "forget"})
+    box.put(messages_table, message_id, state_mod.erased(now))
+    if state is not None and state.get("hi"):
+        box.delete(held_index, message_id)
+    metrics.inc("erased_messages_total", 1)
 
 
 def for_each_item(event: EventT, items: list[dict[str, Any]], apply) -> None:
@@ -458,6 +493,14 @@ def apply_by_provider_id(pkey: str, doc: dict[str, Any], event: EventT, now: int
     if op in ("watch", "watermark"):
         apply_watermarks(pkey, doc, now)
         return
+    if op == "forget":
+        # An erased customer's provider id: the mapping to the message id stays (it names no one,
+        # and routes a late callback to the message's marker, which drops it); callbacks held for
+        # it go. A Messenger recipient's entry (keyed by the person's page-scoped id) goes.
+        for table in (provider_held_table, messenger_recipients):
+            if outbox().get(table, pkey) is not None:
+                outbox().delete(table, pkey)
+        return
     box = outbox()
     mapping, held = box.get(provider_ids_table, pkey), box.get(provider_held_table, pkey)
     if op == "map":
@@ -504,6 +547,16 @@ def sweep_provider_ids(partition: int, now: int) -> None:
 async def provider_id_resolver(events: list) -> None:
     """Keep provider id -> message id, and re-key callbacks that name only the provider id."""
     await apply_batch(events, handle_by_provider_id)
+
+
+async def request_erasure(message_ids: list[str]) -> dict[int, int]:
+    """Send the engine the records that make it forget `message_ids` (`erase_message`, on each
+    message's partition); returns the offset of the last one per partition, once acknowledged."""
+    last: dict[int, int] = {}
+    for partition, value in erasure.engine_records(message_ids, N):
+        sent = await routed_topic.send(key=BATCH_KEY, value=value, partition=partition)
+        last[partition] = (await sent).offset
+    return last
 
 
 _tick_order = itertools.cycle(range(N))

@@ -14,6 +14,7 @@ from mode import Service
 from agents.app import app, dead_letters_topic, settings, status_changes_topic
 from sendtrack.metrics import metrics
 from sinks.clickhouse import ClickHouse, is_retriable
+from sendtrack.settle import SINK_GROUP
 from sinks.migrate import prepare
 from sinks.writer import REJECTED_BY_CLICKHOUSE, Batch, Unwritable
 
@@ -64,7 +65,7 @@ class ClickHouseSink(Service):
         consumer = AIOKafkaConsumer(
             self.status_topic, self.dead_topic,
             bootstrap_servers=settings.kafka_broker,
-            group_id=f"{settings.app_id}-clickhouse-sink",
+            group_id=SINK_GROUP.format(app_id=settings.app_id),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # The sink stops polling while ClickHouse is down; it must not be thrown out of the group.

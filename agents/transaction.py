@@ -24,6 +24,8 @@ from faust.types import EventT
 
 from agents.app import app, settings
 from agents.faust_adapter import SIZE_REFUSALS, produce, table_db, write_partition
+from sendtrack import batches
+from sendtrack.batches import BATCH_KEY
 from sendtrack.metrics import metrics
 from sendtrack.partitions import partition as key_partition
 from sendtrack.topics import RECORD_BUDGET_BYTES
@@ -31,9 +33,7 @@ from sendtrack.topics import RECORD_BUDGET_BYTES
 log = logging.getLogger(__name__)
 
 N = settings.partitions
-BATCH_KEY = b"\x00batch"  # key of an internal record carrying a batch of items for one partition
-BATCH_RECORD_MAX = 512 * 1024  # bytes of items per internal record; a larger item travels alone
-_BATCH_ENVELOPE = len(BATCH_KEY) + len(b'{"batch":[]}')
+_BATCH_ENVELOPE = batches.ENVELOPE
 
 
 def shown_key(key: str) -> str:
@@ -133,15 +133,8 @@ class Outbox:
         for topic, partition, raw in self.items:
             groups.setdefault((topic, partition), []).append(raw)
         for (topic, partition), items in groups.items():
-            chunk: list[bytes] = []
-            size = 0
-            for item in items:
-                if chunk and size + len(item) > BATCH_RECORD_MAX:
-                    self.add(topic, BATCH_KEY, b'{"batch":[' + b",".join(chunk) + b"]}", partition)
-                    chunk, size = [], 0
-                chunk.append(item)
-                size += len(item) + 1
-            self.add(topic, BATCH_KEY, b'{"batch":[' + b",".join(chunk) + b"]}", partition)
+            for value in batches.pack(items):
+                self.add(topic, BATCH_KEY, value, partition)
         self.items.clear()
 
     def get(self, table: Any, key: str) -> Any:

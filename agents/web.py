@@ -9,16 +9,20 @@ from datetime import date
 from typing import Any, Optional
 
 from faust.utils import json as _json
+from faust.web import View
 
-from agents import store
+from agents import engine, store
 from agents.app import app, settings
 from agents.sink import sink
-from sendtrack import auth, memory
+from sendtrack import auth, memory, settle
 from sendtrack.metrics import metrics
 from sinks import reports
 from sinks.analyst import Analysts, Refused
+from sinks import erasure
+from sinks.erasure import erase_customer
 
 readers = auth.Readers(settings.readers)
+admins = auth.Readers(settings.admins, "SENDTRACK_ADMINS")
 log = logging.getLogger(__name__)
 
 
@@ -50,11 +54,11 @@ async def health(web, request):
     """Whether the worker is applying records and writing them. Open to all (load balancers,
     orchestrators): it names no host, path or customer."""
     sink_ready = (sink.ch is not None and sink.ready.is_set()) or not settings.sink_enabled
-    engine = engine_ready()
+    engine_ok = engine_ready()
     failed = getattr(sink, "failed", None)
-    ok = sink_ready and engine and not failed
+    ok = sink_ready and engine_ok and not failed
     body = {"status": "ok" if ok else ("failed" if failed else "starting"),
-            "engine": "ready" if engine else "starting",
+            "engine": "ready" if engine_ok else "starting",
             "sink": "failed" if failed else ("ready" if sink_ready else "starting"),
             "clickhouse": ("embedded" if settings.clickhouse_is_embedded else "server") if sink.ch else None}
     if failed:
@@ -185,3 +189,31 @@ async def query_page(web, request):
     except Refused as exc:  # the analyst's error goes back to the analyst, with ClickHouse's code
         return web.json({"error": exc.message, "code": exc.code}, status=exc.http_status)
     return _json_response(web, body)
+
+
+@app.page("/admin/erase")
+class Erase(View):
+    """POST /admin/erase?customer=ID: erase a customer's personal data (sinks/erasure.py). Admins
+    only (SENDTRACK_ADMINS); answers with what was erased and what stays until retention."""
+
+    async def post(self, request):
+        admin = auth.authenticate_admin(admins, request.headers)
+        if isinstance(admin, auth.Denied):
+            return refuse(self.web, admin)
+        customer = request.query.get("customer", "")
+        if not customer:
+            return self.web.json({"error": "customer is required (?customer=ID)"}, status=400)
+        if sink.ch is None:
+            return self.web.json({"error": "ClickHouse is not open yet"}, status=503)
+        log.warning("erase: admin %r erases %s", admin.name, erasure.subject(customer))
+        # The engine first: once it applied the erase records and the sink wrote every status change
+        # made before, nothing of the customer arrives after ClickHouse is changed.
+        ids, recipients = await asyncio.to_thread(erasure.find, sink.ch, customer)
+        done = await settle.settled(settings, await engine.request_erasure(ids)) if ids else True
+        more, more_recipients = await asyncio.to_thread(erasure.find, sink.ch, customer)
+        late = sorted(set(more) - set(ids))  # in the sink's backlog when first asked
+        if late:
+            await engine.request_erasure(late)
+        found = (sorted(set(ids) | set(more)), sorted(set(recipients) | set(more_recipients)))
+        erased = await asyncio.to_thread(erase_customer, sink.ch, customer, log.info, found)
+        return self.web.json(erasure.report(erased, settings, settled=done))

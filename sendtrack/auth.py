@@ -35,14 +35,14 @@ def _digest(secret: str) -> bytes:
 class Readers:
     """The configured readers (SENDTRACK_READERS = "name:password,name:password")."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, setting: str = "SENDTRACK_READERS") -> None:
         self._passwords: dict[str, bytes] = {}
         for item in (part.strip() for part in spec.split(",")):
             if not item:
                 continue
             name, sep, password = item.partition(":")
             if not sep or not name or not password:
-                raise ValueError("SENDTRACK_READERS must be 'name:password' pairs separated by commas")
+                raise ValueError(f"{setting} must be 'name:password' pairs separated by commas")
             self._passwords[name] = _digest(password)
 
     def __len__(self) -> int:
@@ -78,6 +78,24 @@ class Readers:
             return Denied(403, "no readers are configured (SENDTRACK_READERS): reading endpoints answer "
                                "loopback clients only")
         return Reader("")
+
+
+def authenticate_admin(admins: Readers, headers: Mapping[str, str]) -> Reader | Denied:
+    """An admin's request (SENDTRACK_ADMINS): credentials always, even from loopback; none
+    configured means the admin endpoints are off. A reader's credentials are not an admin's."""
+    if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return Denied(403, "cross-site requests are refused")
+    # A form a page posts cannot set this type without the browser asking first (CORS preflight,
+    # which the worker never grants), whether or not the browser sends Fetch Metadata.
+    if headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+        return Denied(415, "send Content-Type: application/json")
+    if not admins.configured:
+        return Denied(403, "no admins are configured (SENDTRACK_ADMINS): erasure through the API is off")
+    name, password = _credentials(headers)
+    if name is None:
+        return Denied(401, "admin credentials required (HTTP basic auth)")
+    admin = admins.check(name, password or "")
+    return admin if admin is not None else Denied(401, "wrong admin name or password")
 
 
 def basic_auth_header(spec: str) -> Optional[str]:

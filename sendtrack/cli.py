@@ -63,22 +63,84 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_from_api(name: str, params: dict[str, str]) -> Optional[dict[str, Any]]:
-    """The report from a running worker's API (embedded mode: the worker holds the database)."""
+def _worker_api(what: str, method: str, path: str, params: dict[str, str], credentials: str,
+                timeout: float) -> Optional[dict[str, Any]]:
+    """A running worker's answer (embedded mode: the worker holds the database), presenting the
+    first pair of `credentials`; None when no worker answers. A refusal ends the command."""
     settings = get_settings()
-    url = f"http://{settings.web_host}:{settings.web_port}/reports/{name}?{urllib.parse.urlencode(params)}"
-    request = urllib.request.Request(url)
-    header = basic_auth_header(settings.readers)
+    url = f"http://{settings.web_host}:{settings.web_port}{path}?{urllib.parse.urlencode(params)}"
+    request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+    if method == "POST":
+        request.add_header("Content-Type", "application/json")
+    header = basic_auth_header(credentials)
     if header:
         request.add_header("Authorization", header)
     try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read() or b"{}")
-        raise SystemExit(f"report: {body.get('error', exc)}")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        try:
+            message = json.loads(exc.read() or b"{}").get("error", str(exc))
+        except ValueError:
+            message = str(exc)
+        raise SystemExit(f"{what}: {message}")
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return None  # no worker: the command runs on its own
+        raise SystemExit(f"{what}: the worker did not answer ({exc.reason}); nothing was run here")
+    except ConnectionRefusedError:
         return None
+    except (ConnectionError, TimeoutError) as exc:
+        # A worker that is there but slow still holds the database: never open it here as well.
+        raise SystemExit(f"{what}: the worker did not answer in time ({exc!r}); nothing was run here")
+
+
+def _report_from_api(name: str, params: dict[str, str]) -> Optional[dict[str, Any]]:
+    return _worker_api("report", "GET", f"/reports/{name}", params, get_settings().readers, 60)
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    """Erase a customer's personal data (sinks/erasure.py). With embedded ClickHouse a running
+    worker holds the database: the erasure goes through its API as the first SENDTRACK_ADMINS pair;
+    with no worker running, or with a server, it runs here."""
+    settings = get_settings()
+    doc = _erase_through_api(args.customer) if settings.clickhouse_is_embedded else None
+    if doc is None:
+        from sinks.clickhouse import ClickHouse
+        from sinks.erasure import erase_customer, find, report
+        from sinks.migrate import prepare
+
+        ch = ClickHouse.connect(settings)
+        prepare(ch, settings, log=lambda *_: None)
+        found = find(ch, args.customer)
+        asyncio.run(_send_to_engine(settings, found[0]))  # the engine's part first: it is idempotent
+        erased = erase_customer(ch, args.customer, log=lambda line: print(line, file=sys.stderr), found=found)
+        doc = report(erased, settings, settled=False)
+    print(json.dumps(doc, indent=2, ensure_ascii=False))
+    return 0
+
+
+async def _send_to_engine(settings: Any, message_ids: list[str]) -> None:
+    """The engine's part of an erasure, when no worker took the request: the records its workers
+    apply when they read them (sinks.erasure.engine_records)."""
+    from aiokafka import AIOKafkaProducer
+
+    from sendtrack.batches import BATCH_KEY
+    from sinks.erasure import engine_records
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_broker, acks="all", max_request_size=1024 * 1024)
+    await producer.start()
+    try:
+        for partition, value in engine_records(message_ids, settings.partitions):
+            await producer.send_and_wait(settings.topic("sendtrack-routed"), value, key=BATCH_KEY, partition=partition)
+    finally:
+        await producer.stop()
+
+
+def _erase_through_api(customer: str) -> Optional[dict[str, Any]]:
+    """The erasure by a running worker (POST /admin/erase), or None when no worker answers."""
+    return _worker_api("erase: the running worker refused", "POST", "/admin/erase", {"customer": customer},
+                       get_settings().admins, 600)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -178,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--lang", choices=["en", "vi"], default="en", help="vi: Vietnamese status labels")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("erase", help="erase a customer's personal data (prints what was erased and what stays)")
+    p.add_argument("--customer", required=True, help="the customer id, as send requests carry it")
+    p.set_defaults(func=cmd_erase)
 
     p = sub.add_parser("simulate", help="publish realistic traffic for all twelve actions")
     p.add_argument("--messages", type=int, default=10_000)

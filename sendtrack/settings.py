@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Readers of customer data (reports, SQL, the dashboard): "name:password" pairs, comma-separated
     # (docs/security.md). Empty = the reading endpoints answer loopback clients only.
     readers: str = Field(default="", repr=False)
+    # Admins: "name:password" pairs like the readers'. Only they may erase a customer through the
+    # API (POST /admin/erase; `sendtrack erase` presents the first pair). Empty = no erasure by API.
+    admins: str = Field(default="", repr=False)
     # Hard limits on every analyst query (/query, /reports, the ClickHouse HTTP interface), set as
     # ClickHouse settings under readonly=1 so that the query cannot lift them.
     query_max_seconds: float = Field(default=30.0, gt=0)

@@ -39,6 +39,9 @@ class MessageState(TypedDict, total=False):
     t: int  # when last touched (ms): eviction after SENDTRACK_STATE_RETENTION_DAYS
     hi: bool  # listed in the held-index table (it holds callbacks)
     pm: list[str]  # provider ids it registered (at most 8)
+    # Added by an erasure (`sendtrack erase`): the state is only this marker (with `t`), and the
+    # message's inputs are dropped until it is evicted.
+    erased: int  # when the customer was erased (ms)
 
 
 def new_state() -> MessageState:
@@ -65,3 +68,11 @@ def mark_applied(state: MessageState, topic: str, offset: int, now: int) -> None
     seen = state.setdefault("off", {})
     seen[topic] = max(seen.get(topic, -1), offset)
     state["t"] = now
+
+
+def erased(now: int) -> MessageState:
+    """The state of an erased customer's message: nothing of the customer, only when it was erased."""
+    state = new_state()
+    state["erased"] = now
+    state["t"] = now
+    return state

@@ -47,7 +47,10 @@ async def ensure_topics(settings: Settings, changelogs: Sequence[str] = ()) -> l
     consumer still saw its new changelog with 0 partitions crashed its agent (PartitionsMismatch).
     """
     names = [settings.topic(n) for n in CONTRACT + INTERNAL] + list(changelogs)
-    configs = {t: {"cleanup.policy": "compact", **_RECORD_LIMIT} for t in changelogs}
+    # A changelog's older values (an erased customer's, an evicted message's) are compacted away
+    # within max.compaction.lag.ms: Kafka rolls and compacts a segment once it is that old.
+    configs = {t: {"cleanup.policy": "compact", "max.compaction.lag.ms": str(retention_ms(settings, "changelog")),
+                   **_RECORD_LIMIT} for t in changelogs}
     configs.update({settings.topic(n): {**TOPIC_CONFIGS.get(n, {}), "retention.ms": str(retention_ms(settings, n))}
                     for n in CONTRACT + INTERNAL})
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_broker, request_timeout_ms=15000)

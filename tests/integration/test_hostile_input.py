@@ -816,5 +816,7 @@ async def test_internal_and_changelog_topics_are_created_with_the_engines_record
     assert retention.pop(w.topic("provider-webhooks")) == ("delete", three_days)
     changelogs = {t: r for t, r in retention.items() if t.endswith("-changelog")}
     assert len(changelogs) == 5 and {policy for policy, _ in changelogs.values()} == {"compact"}, changelogs
+    # An erased customer's old values leave a changelog within a week (docs/retention.md, "Erasure").
+    assert {configs[t]["max.compaction.lag.ms"] for t in changelogs} == {week}
     others = {t: r for t, r in retention.items() if t not in changelogs}
     assert len(others) == 6 and set(others.values()) == {("delete", week)}, others

@@ -60,3 +60,29 @@ def test_loopback_addresses():
     assert is_loopback("::ffff:127.0.0.1")
     assert not is_loopback("10.0.0.1") and not is_loopback("::ffff:10.0.0.1") and not is_loopback("")
     assert not is_loopback("localhost") and not is_loopback(None)
+
+
+def test_admins_always_need_their_own_credentials():
+    from sendtrack.auth import Denied, Readers, authenticate_admin
+
+    admins = Readers("dpo:s3cret", "SENDTRACK_ADMINS")
+    json = {"Content-Type": "application/json"}
+    assert authenticate_admin(Readers(""), json) == Denied(
+        403, "no admins are configured (SENDTRACK_ADMINS): erasure through the API is off")
+    assert authenticate_admin(admins, json).status == 401  # loopback or not: no anonymous admin
+    assert authenticate_admin(admins, {**json, "Authorization": "Basic " + b64("analyst:s3cret")}).status == 401
+    assert authenticate_admin(admins, {**json, "Authorization": "Basic " + b64("dpo:wrong")}).status == 401
+    assert authenticate_admin(admins, {**json, "Authorization": "Basic " + b64("dpo:s3cret"),
+                                       "Sec-Fetch-Site": "cross-site"}).status == 403
+    # A cross-site form (no Fetch Metadata from an old browser, cached basic credentials) is refused.
+    form = {"Authorization": "Basic " + b64("dpo:s3cret"), "Content-Type": "application/x-www-form-urlencoded"}
+    assert authenticate_admin(admins, form).status == 415
+    assert authenticate_admin(admins, {**json, "Authorization": "Basic " + b64("dpo:s3cret")}).name == "dpo"
+    with pytest.raises(ValueError, match="SENDTRACK_ADMINS must be"):
+        Readers("nocolon", "SENDTRACK_ADMINS")
+
+
+def b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
