@@ -191,6 +191,8 @@ CONTRACT = [
              "a table partition's RocksDB, opened if needed (writes, re-staging)"),
     Internal(f"{STORE}.__init__", "sets", "_dbs", "the open RocksDBs per partition (the sweep's scans)"),
     Internal(STORE, "attribute", "offset_key", "where Faust keeps a partition's changelog offset"),
+    Internal(f"{STORE}.revoke_partitions", "signature", "(self, table, tps)",
+             "agents/store.py ends a restoring partition's bulk load here before Faust drops its database"),
     Internal(f"{STORE}.persisted_offset", "signature", "(self, tp)",
              "what Faust's recovery reads back from the offset written with a batch's writes"),
     Internal("faust.tables.base.Collection.changelog_topic", "reads", "_changelog_topic",
