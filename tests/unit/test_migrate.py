@@ -43,14 +43,11 @@ def test_the_old_funnel_view_is_dropped_before_its_parts_are_attached():
 def test_sendtrack_migrate_prepares_a_new_database_and_a_second_run_changes_nothing(tmp_path):
     """`sendtrack migrate` (a real process on the embedded engine): the migrations, the retention
     TTLs, the expected receipt hours and the lookup tables, as the worker's sink prepares them."""
+    import json
     import os
     import subprocess
     import sys
     from pathlib import Path
-
-    from sendtrack.settings import Settings
-    from sinks.clickhouse import ClickHouse
-    from sinks.migrate import applied
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "SENDTRACK_DATA_DIR": str(tmp_path), "SENDTRACK_RETENTION_DAYS": "900",
@@ -64,10 +61,30 @@ def test_sendtrack_migrate_prepares_a_new_database_and_a_second_run_changes_noth
     second = run()
     assert second.returncode == 0 and "0 migration(s) applied" in second.stdout, second.stderr[-2000:]
 
-    ch = ClickHouse.connect(Settings(data_dir=tmp_path))
-    assert applied(ch) == {m.version for m in available()}
-    create = ch.query(f"SHOW CREATE TABLE {ch.database}.status_changes_raw")[1][0][0]
+    # Read back in a process of its own: chDB runs one engine per process, and this test process
+    # may already have one open at another path.
+    read = subprocess.run([sys.executable, "-c", READ_BACK], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert read.returncode == 0, read.stderr[-2000:]
+    got = json.loads(read.stdout)
+    assert set(got["applied"]) == {m.version for m in available()}
+    create = got["create"]
     assert "toIntervalDay(900)" in create.replace(" ", "") or "INTERVAL 900 DAY" in create, create
-    hours = dict(ch.query(f"SELECT action, hours FROM {ch.database}.receipt_expectations FINAL")[1])
-    assert hours["sms"] == 12
-    assert ch.query(f"SELECT count() FROM {ch.database}.mailbox_domains")[1][0][0] > 0
+    assert got["hours"]["sms"] == 12
+    assert got["domains"] > 0
+
+
+READ_BACK = """
+import json
+from sendtrack.settings import get_settings
+from sinks.clickhouse import ClickHouse
+from sinks.migrate import applied
+ch = ClickHouse.connect(get_settings())
+db = ch.database
+print(json.dumps({
+    "applied": sorted(applied(ch)),
+    "create": ch.query(f"SHOW CREATE TABLE {db}.status_changes_raw")[1][0][0],
+    "hours": {a: h for a, h in ch.query(f"SELECT action, hours FROM {db}.receipt_expectations FINAL")[1]},
+    "domains": ch.query(f"SELECT count() FROM {db}.mailbox_domains")[1][0][0],
+}))
+"""
