@@ -188,7 +188,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         recovery = self.app.tables.recovery
         restoring = recovery.active_tps if recovery.in_recovery else ()
         if not restoring and store.bulk_loads():
-            end_bulk_loads()
+            # A recovery that ended before a partition reached its last record (a revoked
+            # partition's bulk load ends in agents/store.py).
+            store.end_all_bulk_loads()
         for tp, recs in records.items():
             if not recs or (active is not None and tp not in active):
                 continue
@@ -281,12 +283,6 @@ def restore_bulk(recovery: Any, tp: TP, recs: list) -> list:
     if rest:  # the partition's last record: Faust's own path writes it, with the write-ahead log
         store.end_bulk_load(table_db(table, tp.partition))
     return rest
-
-
-def end_bulk_loads() -> None:
-    """Return every database still in bulk-load mode to its usual options (a recovery that ended
-    before a partition reached its last record; a revoked partition's ends in agents/store.py)."""
-    store.end_all_bulk_loads()
 
 
 _progress: dict[str, Any] = {"recovery": None, "started": 0.0, "logged": 0.0, "records": 0}

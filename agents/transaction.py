@@ -33,7 +33,6 @@ from sendtrack.topics import RECORD_BUDGET_BYTES
 log = logging.getLogger(__name__)
 
 N = settings.partitions
-_BATCH_ENVELOPE = batches.ENVELOPE
 
 
 def shown_key(key: str) -> str:
@@ -106,8 +105,8 @@ class Outbox:
     def add_internal(self, topic: str, partition: int, item: dict[str, Any] | bytes) -> None:
         """Stage an item for `topic`'s `partition` (an encoded item is taken as it is)."""
         raw = item if isinstance(item, bytes) else orjson.dumps(item)
-        if len(raw) + _BATCH_ENVELOPE > RECORD_BUDGET_BYTES:
-            raise TooLarge(f"an internal record to {topic} would take {len(raw) + _BATCH_ENVELOPE} bytes, "
+        if len(raw) + batches.ENVELOPE > RECORD_BUDGET_BYTES:
+            raise TooLarge(f"an internal record to {topic} would take {len(raw) + batches.ENVELOPE} bytes, "
                            f"over {RECORD_BUDGET_BYTES}")
         self.items.append((topic, partition, raw))
 

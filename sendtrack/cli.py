@@ -83,7 +83,7 @@ def _worker_api(what: str, method: str, path: str, params: dict[str, str], crede
             message = json.loads(exc.read() or b"{}").get("error", str(exc))
         except ValueError:
             message = str(exc)
-        raise SystemExit(f"{what}: {message}")
+        raise SystemExit(f"{what}: the worker refused: {message}")
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ConnectionRefusedError):
             return None  # no worker: the command runs on its own
@@ -139,7 +139,7 @@ async def _send_to_engine(settings: Any, message_ids: list[str]) -> None:
 
 def _erase_through_api(customer: str) -> Optional[dict[str, Any]]:
     """The erasure by a running worker (POST /admin/erase), or None when no worker answers."""
-    return _worker_api("erase: the running worker refused", "POST", "/admin/erase", {"customer": customer},
+    return _worker_api("erase", "POST", "/admin/erase", {"customer": customer},
                        get_settings().admins, 600)
 
 
