@@ -19,7 +19,8 @@ class Metrics:
         self._histograms: dict[str, list] = {}
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        self._counters[(name, tuple(sorted(labels.items())))] += amount
+        # Some are counted for every record: no sort for none or one label.
+        self._counters[(name, tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items()))] += amount
 
     def set(self, name: str, value: float, **labels: str) -> None:
         self._gauges[(name, tuple(sorted(labels.items())))] = value

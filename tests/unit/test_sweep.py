@@ -1,7 +1,8 @@
 """The sweep's scans and evictions (agents/engine.py) on a real RocksDB, without Kafka.
 
-The sweep of a partition walks its tables a slice at a time (SWEEP_BATCH keys per tick), resuming
-where the last tick stopped, so no engine batch holds a walk of a whole partition."""
+The sweep of a partition walks its tables a slice at a time (SWEEP_BATCH keys per tick for expiry,
+EVICT_BATCH for eviction), resuming where the last tick stopped, so no engine batch holds a walk of a
+whole partition."""
 
 import contextvars
 from types import SimpleNamespace
@@ -59,12 +60,12 @@ def test_eviction_deletes_only_stale_unstaged_entries_of_its_slice(table):
 def evict_two_slices(table):
     now = 100 * DAY_MS
     stale_at, fresh_at = now - engine.RETENTION_MS - 1, now - engine.RETENTION_MS + DAY_MS
-    keys = fill(table, engine.SWEEP_BATCH + 10, lambda i: stale_at if i % 2 == 0 else fresh_at)
+    keys = fill(table, engine.EVICT_BATCH + 10, lambda i: stale_at if i % 2 == 0 else fresh_at)
     box = transaction.new_outbox()
     box.event = SimpleNamespace(message=SimpleNamespace(partition=0))
     box.put(table, keys[0], {"t": now})  # touched in this very batch: kept
     evicted = engine._evict(table, 0, now, lambda value: value["t"])
-    first_slice = keys[:engine.SWEEP_BATCH - 1]  # the offset key is the slice's first key
+    first_slice = keys[:engine.EVICT_BATCH - 1]  # the offset key is the slice's first key
     expected = [k for i, k in enumerate(first_slice) if i % 2 == 0 and i != 0]
     assert evicted == len(expected)
     deleted = sorted(key for (_, key), (_, value, _) in box.writes.items() if value is transaction._DELETED)
