@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="print an analytics report")
     p.add_argument("name", choices=["funnel", "status", "failures", "customer", "latency", "trend", "dead_letters",
-                                    "unconfirmed", "recipients"])
+                                    "unconfirmed", "recipients", "health"])
     p.add_argument("customer_id", nargs="?", help="for `customer`: the customer id")
     p.add_argument("--flow")
     p.add_argument("--campaign")

@@ -18,6 +18,17 @@ RECEIPT_EXPECTED_HOURS: dict[str, float] = {
 }
 
 
+# Deliverability health (the deliverability_health view): a rate's warning and critical thresholds,
+# in percent. Amazon SES reviews an account at 5 % bounces and 0.1 % complaints and may pause it at
+# 10 %; Gmail and Yahoo require bulk senders to stay under 0.3 % spam reports, the critical one here
+# (SES's pause is at 0.5 %). Failures and unsubscribes have no provider's figure: these are ours.
+# Bounce and failure rates are over messages sent, complaint and unsubscribe rates over messages
+# delivered, as in the recipients report.
+HEALTH_THRESHOLDS: dict[str, tuple[float, float]] = {
+    "bounce": (5, 10), "complaint": (0.1, 0.3), "failure": (10, 20), "unsubscribe": (0.5, 1),
+}
+
+
 class Settings(BaseSettings):
     """Settings of the worker, the CLI and the tests (CONTRACT §5)."""
 
@@ -95,6 +106,11 @@ class Settings(BaseSettings):
     webhook_retention_hours: float = Field(default=72, gt=0)  # provider-webhooks: raw bodies
     # Overrides of RECEIPT_EXPECTED_HOURS, e.g. "sms:48,email:12".
     receipt_expected_hours: str = ""
+    # Overrides of HEALTH_THRESHOLDS, warning/critical in percent, e.g. "bounce:4/8,complaint:0.08/0.3".
+    health_thresholds: str = ""
+    # A rate is judged only over at least this many messages (sent, or delivered for complaints and
+    # unsubscribes): 1 bounce in 3 sends is not an alert.
+    health_min_messages: int = Field(default=100, ge=1)
     log_level: str = "warn"
 
     # Provider webhook secrets (docs/providers.md). Unset = that provider's webhook is refused.
@@ -157,6 +173,34 @@ class Settings(BaseSettings):
             if not 0 <= hours[action] <= 24 * 366:  # also refuses nan and inf
                 raise ValueError(f"SENDTRACK_RECEIPT_EXPECTED_HOURS: hours must be from 0 to 8784 (a year) in {item!r}")
         return hours
+
+    @model_validator(mode="after")
+    def _health_thresholds_parse(self) -> "Settings":
+        self.health_limits  # noqa: B018 - raises on a bad value, at start rather than at first use
+        return self
+
+    @property
+    def health_limits(self) -> dict[str, tuple[float, float]]:
+        """Warning and critical thresholds per rate, as fractions (0.05 = 5 %): HEALTH_THRESHOLDS with
+        SENDTRACK_HEALTH_THRESHOLDS over them."""
+        percent = dict(HEALTH_THRESHOLDS)
+        for item in filter(None, (part.strip() for part in self.health_thresholds.split(","))):
+            metric, _, value = item.partition(":")
+            metric = metric.strip()
+            if metric not in percent:
+                raise ValueError(f"SENDTRACK_HEALTH_THRESHOLDS: unknown rate {metric!r} (one of {', '.join(percent)})")
+            warning, slash, critical = value.partition("/")
+            try:
+                if not slash:
+                    raise ValueError
+                percent[metric] = (float(warning), float(critical))
+            except ValueError:
+                raise ValueError(f"SENDTRACK_HEALTH_THRESHOLDS: {item!r} is not rate:warning/critical "
+                                 "(percent, e.g. bounce:5/10)") from None
+            if not 0 < percent[metric][0] <= percent[metric][1] <= 100:  # also refuses nan and inf
+                raise ValueError(f"SENDTRACK_HEALTH_THRESHOLDS: in {item!r} the warning must be above 0 and "
+                                 "at most the critical, and the critical at most 100 (percent)")
+        return {metric: (w / 100, c / 100) for metric, (w, c) in percent.items()}
 
     def topic(self, name: str) -> str:
         """The full name of one of the contract's topics."""

@@ -1,6 +1,8 @@
-"""The hours to a provider's receipt per action, from the settings into ClickHouse, where the
-`unconfirmed` view (migration 0010) reads them. Written at every start of the sink and on
-`sendtrack migrate`, only when they differ from what the table holds."""
+"""What the settings expect, from the settings into ClickHouse, where views read it: the hours to a
+provider's receipt per action (the `unconfirmed` view, migration 0010) and the deliverability
+health thresholds per rate (the `deliverability_health` view, migration 0013). Written at every
+start of the sink and on `sendtrack migrate`, only where they differ from what the table holds
+(the latest row per key counts)."""
 
 from __future__ import annotations
 
@@ -18,10 +20,32 @@ def current(ch: ClickHouse) -> dict[str, float]:
 def apply(ch: ClickHouse, settings: Settings, log: Callable[[str], None] = print) -> dict[str, float]:
     """Write the settings' hours where they differ from the table's; returns what was written."""
     wanted = settings.receipt_hours
-    have = current(ch)
-    changed = {action: hours for action, hours in wanted.items() if have.get(action) != hours}
+    changed = {action: hours for action, hours in wanted.items() if current(ch).get(action) != hours}
     if changed:
         ch.insert("receipt_expectations", [list(changed), list(changed.values())], ["action", "hours"])
         log("unconfirmed: a receipt is expected within " + ", ".join(
             f"{a} {h:g} h" if h else f"{a} (none expected)" for a, h in sorted(changed.items())))
+    return changed
+
+
+def current_thresholds(ch: ClickHouse) -> dict[str, tuple[float, float, int]]:
+    _, rows = ch.query(f"SELECT metric, argMax(warning, set_at), argMax(critical, set_at), argMax(min_volume, set_at) "
+                       f"FROM `{ch.database}`.health_thresholds GROUP BY metric")
+    return {metric: (float(w), float(c), int(n)) for metric, w, c, n in rows}
+
+
+def apply_thresholds(ch: ClickHouse, settings: Settings,
+                     log: Callable[[str], None] = print) -> dict[str, tuple[float, float, int]]:
+    """Write the settings' health thresholds (fractions) and minimum volume where they differ from
+    the table's; returns what was written."""
+    wanted = {metric: (w, c, settings.health_min_messages) for metric, (w, c) in settings.health_limits.items()}
+    have = current_thresholds(ch)
+    changed = {metric: limits for metric, limits in wanted.items() if have.get(metric) != limits}
+    if changed:
+        columns = list(zip(*changed.values()))
+        ch.insert("health_thresholds", [list(changed), *map(list, columns)],
+                  ["metric", "warning", "critical", "min_volume"])
+        log("deliverability health: " + ", ".join(
+            f"{m} warning at {w:.2%}, critical at {c:.2%}" for m, (w, c, _) in sorted(changed.items()))
+            + f" (rates over at least {settings.health_min_messages} messages)")
     return changed

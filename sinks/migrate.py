@@ -86,7 +86,7 @@ def migrate(ch: ClickHouse, log=print, up_to: Optional[int] = None) -> list[Migr
 
 def prepare(ch: ClickHouse, settings, log=print) -> list[Migration]:
     """Everything a database needs before the sink writes or a reader reads: the migrations, then
-    the tables that follow the settings (retention TTLs, expected receipt hours) and the maintained
+    the tables that follow the settings (retention TTLs, expected receipt hours, health thresholds) and the maintained
     lookup tables (mailbox domains, carrier prefixes). Each step writes only what changed. Returns
     the migrations applied now. The worker's sink and `sendtrack migrate` both call it."""
     from sendtrack import recipients
@@ -95,5 +95,6 @@ def prepare(ch: ClickHouse, settings, log=print) -> list[Migration]:
     ran = migrate(ch, log)
     retention.apply(ch, settings, log)
     expectations.apply(ch, settings, log)
+    expectations.apply_thresholds(ch, settings, log)
     recipients.apply(ch, log)
     return ran

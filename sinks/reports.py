@@ -37,6 +37,7 @@ FILTERABLE = {
     "latency": ("flow", "campaign", "step", "action", "provider"),
     "unconfirmed": ("flow", "campaign", "step", "action", "provider"),
     "recipients": ("action", "provider"),
+    "health": ("action", "provider"),
 }
 
 
@@ -312,7 +313,36 @@ def recipients(ch: ClickHouse, f: Filters) -> Report:
     return out
 
 
-REPORTS = ("funnel", "status", "failures", "customer", "latency", "trend", "dead_letters", "unconfirmed", "recipients")
+HEALTH_STATES = ("critical", "warning", "ok")
+
+
+def health(ch: ClickHouse, f: Filters) -> Report:
+    """Deliverability health (the `deliverability_health` view): bounce, complaint, failure and
+    unsubscribe rates over the last 24 hours and 7 days per action, provider and mailbox provider
+    ('*': all of them), judged against the thresholds in the settings. Worst first; a rate over
+    fewer messages than the minimum volume is listed, not judged (`measured` false)."""
+    if f.since or f.until:
+        raise ValueError("the health report covers the last 24 hours and 7 days: it takes no dates")
+    where, params = f.where()
+    _, rows = ch.query(
+        f"SELECT period, action, provider, mailbox_provider, metric, events, volume, rate, warning, critical, "
+        f"measured, state FROM `{ch.database}`.deliverability_health WHERE {where} "
+        f"ORDER BY indexOf(['critical', 'warning', 'ok'], state), measured DESC, period, action, provider, "
+        f"mailbox_provider = '*' DESC, mailbox_provider, metric", params)
+    out = Report("", ["period", "action", "provider", "mailbox_provider", "metric", "events", "volume", "rate",
+                      "warning", "critical", "measured", "state"])
+    for period, action, provider, mailbox, metric, events, volume, rate, warning, critical, measured, state in rows:
+        out.rows.append([period, action, provider, mailbox, metric, int(events), int(volume), round(float(rate), 4),
+                         float(warning), float(critical), bool(measured), state])
+    judged = {state: sum(1 for r in out.rows if r[-1] == state) for state in HEALTH_STATES}
+    out.title = (f"Deliverability health, last 24 hours and 7 days: {judged['critical']} critical, "
+                 f"{judged['warning']} warning, {judged['ok']} ok"
+                 + (f" ({sum(1 for r in out.rows if not r[-2])} of them under the minimum volume)" if out.rows else ""))
+    return out
+
+
+REPORTS = ("funnel", "status", "failures", "customer", "latency", "trend", "dead_letters", "unconfirmed", "recipients",
+           "health")
 
 
 def run(ch: ClickHouse, name: str, f: Filters, *, customer_id: Optional[str] = None, by: str = "action",
@@ -343,4 +373,6 @@ def run(ch: ClickHouse, name: str, f: Filters, *, customer_id: Optional[str] = N
         return unconfirmed(ch, f)
     if name == "recipients":
         return recipients(ch, f)
+    if name == "health":
+        return health(ch, f)
     raise ValueError(f"unknown report {name!r}; expected one of {', '.join(REPORTS)}")

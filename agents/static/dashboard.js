@@ -2,7 +2,7 @@
 "use strict";
 
 const FILTERS = ["since", "until", "flow", "campaign", "step", "action", "provider", "by", "lang"];
-const PANELS = ["funnel", "trend", "status", "failures", "dead_letters", "latency", "customer"];
+const PANELS = ["funnel", "trend", "status", "failures", "health", "dead_letters", "latency", "customer"];
 const COLORS = {
   sent: "#4c78a8", processing: "#9ecae9", delivered: "#54a24b", opened: "#eeca3b", clicked: "#f58518",
   answered: "#b279a2", succeeded: "#72b7b2", failed: "#e45756", bounced: "#ff9d98",
@@ -13,7 +13,7 @@ const TREND = ["sent", "delivered", "opened", "clicked", "failed"];
 const VI_WORDS = { action: "Hành động", current_status: "Trạng thái", customer_activity: "Báo cáo Hoạt động khách hàng" };
 const SOURCES = {
   funnel: "funnel_daily", trend: "funnel_daily", status: "current_status_daily", failures: "failure_reasons",
-  dead_letters: "dead_letters", latency: "messages", customer: "messages",
+  dead_letters: "dead_letters", latency: "messages", customer: "messages", health: "deliverability_health",
 };
 
 const params = new URLSearchParams(location.search);
@@ -234,6 +234,35 @@ function renderLatency(doc) {
   $(".body", panel).innerHTML = unappliedNote("latency", doc.unapplied) + html;
 }
 
+// A rate with the precision its thresholds need (complaints are judged at tenths of a percent).
+const healthPct = (r) => (r * 100).toFixed(r > 0 && r < 0.01 ? 2 : 1) + "%";
+
+function renderHealth(doc) {
+  const panel = $("#health");
+  const note = unappliedNote("health", doc.unapplied);
+  if (!doc.rows.length) { empty(panel, "No messages requested in the last 7 days."); $(".body", panel).insertAdjacentHTML("afterbegin", note); return; }
+  const at = (r, c) => r[doc.columns.indexOf(c)];
+  const measured = doc.rows.filter((r) => at(r, "measured"));
+  const alerts = measured.filter((r) => at(r, "state") !== "ok");
+  const count = (s) => measured.filter((r) => at(r, "state") === s).length;
+  const row = (r) => `<tr data-state="${esc(at(r, "state"))}"><td><span class="state ${esc(at(r, "state"))}">${esc(at(r, "state"))}</span></td>` +
+    `<td>${esc(at(r, "period"))}</td><td>${esc(at(r, "provider"))}</td>` +
+    `<td>${esc(at(r, "mailbox_provider") === "*" ? "all" : at(r, "mailbox_provider"))}</td><td>${esc(at(r, "metric"))}</td>` +
+    `<td class="num" data-col="rate" data-value="${at(r, "rate")}">${healthPct(at(r, "rate"))}</td>` +
+    `<td class="num hint">${healthPct(at(r, "warning"))} / ${healthPct(at(r, "critical"))}</td>` +
+    `<td class="num">${fmt(at(r, "events"))} of ${fmt(at(r, "volume"))}</td></tr>`;
+  const head = `<thead><tr><th>state</th><th>period</th><th>provider</th><th>mailbox</th><th>metric</th>` +
+    `<th class="num">rate</th><th class="num">warning / critical</th><th class="num">messages</th></tr></thead>`;
+  const summary = `<div class="health-summary" data-testid="health-summary">` +
+    `<span class="state critical">${count("critical")} critical</span> <span class="state warning">${count("warning")} warning</span> ` +
+    `<span class="state ok">${count("ok")} ok</span> <span class="hint">of ${measured.length} rates measured; ` +
+    `${doc.rows.length - measured.length} under the minimum volume are not judged</span></div>`;
+  const shown = alerts.length ? `<table data-testid="health-alerts">${head}<tbody>${alerts.map(row).join("")}</tbody></table>`
+    : `<div class="empty" data-testid="health-ok">Every measured rate is within its thresholds.</div>`;
+  $(".body", panel).innerHTML = note + summary + shown +
+    `<details><summary class="hint">all rates (${doc.rows.length})</summary>${table("health", doc.columns, doc.rows)}</details>`;
+}
+
 function renderDeadLetters(doc) {
   const panel = $("#dead_letters");
   const note = unappliedNote("dead_letters", doc.unapplied);
@@ -251,7 +280,7 @@ function renderCustomer(doc) {
 }
 
 const RENDER = { funnel: renderFunnel, trend: renderTrend, status: renderStatus, failures: renderFailures,
-  dead_letters: renderDeadLetters, latency: renderLatency, customer: renderCustomer };
+  dead_letters: renderDeadLetters, latency: renderLatency, customer: renderCustomer, health: renderHealth };
 
 function choices(doc) {
   for (const [name, values] of Object.entries(doc)) {

@@ -280,7 +280,7 @@ def test_an_empty_database_shows_an_empty_state(empty_worker, chromium):
     page = browser.open_dashboard(chromium, empty_worker.port, READER)
     shot(page, "empty")
     assert page.locator("[data-testid=error]").count() == 0
-    for panel in ("funnel", "trend", "status", "failures", "latency", "dead_letters"):
+    for panel in ("funnel", "trend", "status", "failures", "health", "latency", "dead_letters"):
         assert page.locator(f"#{panel} [data-testid=empty]").count() == 1, panel
     assert {k: v for k, v in tiles(page).items() if not k.endswith("rate")} == \
         {"messages": "0", "delivered": "0", "opened": "0", "clicked": "0", "failed": "0"}
@@ -331,3 +331,51 @@ def test_the_browser_asks_for_credentials(worker, chromium):
     assert time.monotonic() - started < 30
     assert page.locator("[data-testid=error]").count() == 0
     assert browser.table(page, "funnel-table")
+
+
+@pytest.fixture(scope="module")
+def health_worker(tmp_path_factory):
+    """A worker with a reader and, sent an hour ago: 120 sendgrid emails to Gmail of which 15 bounced
+    (12.5 %: critical), 100 SES emails to Yahoo of which 6 bounced (a warning), and 4 to Outlook, 3 of
+    them bounced (too few to judge)."""
+    w = Worker(tmp_path_factory.mktemp("dashboard-health"), "dashboard-health", readers=f"{READER[0]}:{READER[1]}")
+    w.start()
+    now = int(time.time() * 1000) - 3_600_000
+    groups = [("g", "sendgrid", "gmail.com", 120, 15), ("y", "ses", "yahoo.com", 100, 6), ("o", "ses", "outlook.com", 4, 3)]
+    requests, callbacks = [], []
+    for prefix, provider, domain, count, bounced in groups:
+        for n in range(count):
+            mid = f"h-{prefix}{n}"
+            requests.append(req(mid, provider=provider, recipient=f"u{n}@{domain}", requested_at=now))
+            callbacks.append(cb(mid, f"{mid}-r", "bounced" if n < bounced else "delivered", at=now + 1_000))
+    run(produce(w.topic("send-requests"), requests))
+    run(produce(w.topic("provider-callbacks"), callbacks))
+    w.wait_for("SELECT count() FROM sendtrack.messages WHERE bounced_at IS NOT NULL OR delivered_at IS NOT NULL", [[224]])
+    yield w
+    w.stop()
+
+
+def test_the_health_panel_shows_the_rates_past_their_thresholds(health_worker, chromium):
+    page = browser.open_dashboard(chromium, health_worker.port, READER, "refresh=0")
+    page.locator("#health").scroll_into_view_if_needed()
+    shot(page, "health")
+    report = health_worker.get("/reports/health")
+    at = {c: i for i, c in enumerate(report["columns"])}
+    alerts = [r for r in report["rows"] if r[at["measured"]] and r[at["state"]] != "ok"]
+    shown = page.locator("[data-testid=health-alerts] tbody tr")
+    assert shown.count() == len(alerts) > 0
+    for tr, r in zip(shown.all(), alerts):  # in the report's order: the worst first
+        assert tr.get_attribute("data-state") == r[at["state"]]
+        assert float(tr.locator("[data-col=rate]").get_attribute("data-value")) == pytest.approx(r[at["rate"]])
+    states = {(r[at["period"]], r[at["provider"]], r[at["mailbox_provider"]], r[at["metric"]]): r[at["state"]]
+              for r in alerts}
+    assert states[("24h", "sendgrid", "gmail", "bounce")] == "critical"  # 15 of 120
+    assert states[("24h", "ses", "*", "bounce")] == "warning"  # 9 of 104
+    assert not any(key[2] == "outlook" for key in states)  # 3 of 4: not judged
+    summary = page.locator("[data-testid=health-summary]").inner_text()
+    critical = sum(1 for r in alerts if r[at["state"]] == "critical")
+    assert f"{critical} critical" in summary and "under the minimum volume are not judged" in summary
+    # Dates narrow the other panels, never this one; a campaign cannot narrow it and says so.
+    apply(page, since="2026-01-01", until="2026-01-02", campaign="camp-a")
+    assert page.locator("[data-testid=health-alerts] tbody tr").count() == len(alerts)
+    assert "Not narrowed by campaign" in page.locator("#health [data-testid=unapplied]").inner_text()

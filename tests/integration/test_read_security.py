@@ -178,6 +178,7 @@ def guarded(tmp_path_factory):
     ("/query", {"q": "SELECT recipient FROM sendtrack.messages"}),
     ("/reports/customer", {"customer": "cus-1"}),
     ("/reports/funnel", {}),
+    ("/reports/health", {}),
 ])
 def test_readers_need_credentials(guarded, path, params):
     for headers in ({"Authorization": "Basic "},  # no credentials at all (overrides the test's own)

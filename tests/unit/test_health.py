@@ -1,0 +1,143 @@
+"""Deliverability health (migration 0013, sinks/expectations.py, reports.health): rolling 24-hour and
+7-day rates per action, provider and mailbox provider, judged against the settings' thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import orjson
+import pytest
+
+from sendtrack import recipients
+from sendtrack.cli import build_parser
+from sendtrack.settings import Settings
+from sinks import expectations, reports
+from sinks.clickhouse import ClickHouse
+from sinks.writer import Batch
+from tests.unit.test_sink_inserts import CHANGE
+
+HOUR_MS = 3_600_000
+DELIVERED, BOUNCED, COMPLAINED, UNSUBSCRIBED = (["sent", "delivered"], ["sent", "failed", "bounced"],
+                                                ["sent", "delivered", "complained"], ["sent", "delivered", "unsubscribed"])
+
+
+def publish(ch: ClickHouse, groups: list[tuple[str, str, str, float, int, list[str]]]) -> None:
+    """(id prefix, provider, recipient domain, hours since the request, how many, statuses reached)."""
+    now = int(time.time() * 1000)
+    batch, offset = Batch(), 0
+    for prefix, provider, domain, hours_ago, count, statuses in groups:
+        requested = now - int(hours_ago * HOUR_MS)
+        for n in range(count):
+            mid = f"{prefix}-{n}"
+            for status in statuses:
+                change = dataclasses.replace(CHANGE, message_id=mid, change_id=f"{mid}-{status}", action="email",
+                                             provider=provider, recipient=f"u{n}@{domain}", status=status,
+                                             current_status=status, requested_at=requested, occurred_at=requested)
+                batch.add_status_change(orjson.dumps(change), "status-changes", 0, offset)
+                offset += 1
+    batch.write(ch)
+
+
+def health(ch: ClickHouse, settings: Settings = Settings(), **filters) -> dict[tuple, dict]:
+    expectations.apply_thresholds(ch, settings, log=lambda *_: None)
+    report = reports.run(ch, "health", reports.Filters(**filters))
+    return {tuple(r[:5]): dict(zip(report.columns, r)) for r in report.rows}
+
+
+@pytest.fixture
+def classified(ch):
+    recipients.apply(ch, log=lambda *_: None)
+    return ch
+
+
+def test_rates_and_states_per_provider_and_mailbox_provider(classified):
+    publish(classified, [
+        ("g-ok", "sendgrid", "gmail.com", 1, 186, DELIVERED),
+        ("g-bounce", "sendgrid", "gmail.com", 2, 14, BOUNCED),  # 14 of 200: 7 %, a warning (5 %)
+        ("y-ok", "sendgrid", "yahoo.com", 3, 88, DELIVERED),
+        ("y-bounce", "sendgrid", "yahoo.com", 3, 12, BOUNCED),  # 12 of 100: 12 %, critical (10 %)
+        ("o-bounce", "sendgrid", "outlook.com", 1, 2, BOUNCED),  # 2 of 3: 67 %, but too few to judge
+        ("o-ok", "sendgrid", "outlook.com", 1, 1, DELIVERED),
+        ("s-ok", "ses", "gmail.com", 1, 997, DELIVERED),
+        ("s-spam", "ses", "gmail.com", 1, 4, COMPLAINED),  # 4 of 1,007 delivered: 0.4 %, critical (0.3 %)
+        ("s-unsub", "ses", "gmail.com", 1, 6, UNSUBSCRIBED),  # 6 of 1,007 delivered: 0.6 %, a warning
+    ])
+    rows = health(classified)
+    gmail = rows[("24h", "email", "sendgrid", "gmail", "bounce")]
+    assert (gmail["events"], gmail["volume"], gmail["rate"], gmail["state"]) == (14, 200, 0.07, "warning")
+    assert rows[("24h", "email", "sendgrid", "gmail", "failure")]["state"] == "ok"  # 7 % < 10 %
+    yahoo = rows[("24h", "email", "sendgrid", "yahoo", "bounce")]
+    assert (yahoo["rate"], yahoo["state"], yahoo["measured"]) == (0.12, "critical", True)
+    outlook = rows[("24h", "email", "sendgrid", "outlook", "bounce")]
+    assert (outlook["volume"], outlook["rate"], outlook["measured"], outlook["state"]) == (3, 0.6667, False, "ok")
+    # '*': the provider over all its recipients (28 bounces of 303 sends: 9.2 %, a warning).
+    total = rows[("24h", "email", "sendgrid", "*", "bounce")]
+    assert (total["events"], total["volume"], total["state"]) == (28, 303, "warning")
+    # Complaints and unsubscribes are over messages delivered: 4 and 6 of 1,007.
+    spam = rows[("24h", "email", "ses", "gmail", "complaint")]
+    assert (spam["events"], spam["volume"], spam["state"]) == (4, 1007, "critical")
+    assert rows[("24h", "email", "ses", "gmail", "unsubscribe")]["state"] == "warning"
+    assert rows[("24h", "email", "ses", "*", "bounce")]["state"] == "ok"
+    # The thresholds are in every row, as fractions.
+    assert (gmail["warning"], gmail["critical"], spam["warning"], spam["critical"]) == (0.05, 0.1, 0.001, 0.003)
+
+
+def test_the_periods_are_the_last_24_hours_and_the_last_7_days(classified):
+    publish(classified, [
+        ("recent", "sendgrid", "gmail.com", 1, 100, DELIVERED),
+        ("two-days", "sendgrid", "gmail.com", 48, 100, BOUNCED),
+        ("old", "sendgrid", "gmail.com", 8 * 24, 100, BOUNCED),  # outside both
+    ])
+    rows = health(classified)
+    day, week = rows[("24h", "email", "sendgrid", "*", "bounce")], rows[("7d", "email", "sendgrid", "*", "bounce")]
+    assert (day["events"], day["volume"], day["state"]) == (0, 100, "ok")
+    assert (week["events"], week["volume"], week["rate"], week["state"]) == (100, 200, 0.5, "critical")
+
+
+def test_the_report_lists_the_worst_first_and_narrows_by_provider(classified):
+    publish(classified, [
+        ("a", "sendgrid", "gmail.com", 1, 100, DELIVERED),
+        ("b", "ses", "gmail.com", 1, 80, DELIVERED),
+        ("c", "ses", "gmail.com", 1, 20, BOUNCED),
+    ])
+    expectations.apply_thresholds(classified, Settings(), log=lambda *_: None)
+    report = reports.run(classified, "health", reports.Filters())
+    states = [r[-1] for r in report.rows]
+    assert states == sorted(states, key=reports.HEALTH_STATES.index) and states[0] == "critical"
+    assert report.title.startswith("Deliverability health, last 24 hours and 7 days: 8 critical, 0 warning")
+    narrowed = reports.run(classified, "health", reports.Filters(provider="sendgrid"))
+    assert narrowed.rows and {r[2] for r in narrowed.rows} == {"sendgrid"}
+    assert all(r[-1] == "ok" for r in narrowed.rows)
+    with pytest.raises(ValueError, match="takes no dates"):
+        reports.run(classified, "health", reports.Filters(since=reports.date(2026, 1, 1)))
+
+
+def test_thresholds_and_minimum_volume_come_from_the_settings(classified):
+    publish(classified, [("a", "sendgrid", "gmail.com", 1, 48, DELIVERED), ("b", "sendgrid", "gmail.com", 1, 2, BOUNCED)])
+    assert health(classified)[("24h", "email", "sendgrid", "*", "bounce")]["measured"] is False  # 50 < 100
+    assert expectations.apply_thresholds(classified, Settings(), log=lambda *_: None) == {}  # unchanged: nothing written
+    stricter = Settings(health_thresholds="bounce:1/3.5", health_min_messages=50)
+    row = health(classified, stricter)[("24h", "email", "sendgrid", "*", "bounce")]
+    assert (row["rate"], row["measured"], row["state"], row["warning"], row["critical"]) == (0.04, True, "critical", 0.01, 0.035)
+    assert set(expectations.apply_thresholds(classified, Settings(), log=lambda *_: None)) == {
+        "bounce", "complaint", "failure", "unsubscribe"}  # the minimum volume changed back for every rate
+    assert health(classified)[("24h", "email", "sendgrid", "*", "bounce")]["state"] == "ok"
+
+
+def test_bad_thresholds_are_refused_at_start():
+    with pytest.raises(ValueError, match="unknown rate 'spam'"):
+        Settings(health_thresholds="spam:1/2")
+    with pytest.raises(ValueError, match="not rate:warning/critical"):
+        Settings(health_thresholds="bounce:5")
+    for bad in ("bounce:10/5", "bounce:0/5", "bounce:5/101", "bounce:nan/5", "bounce:5/inf"):
+        with pytest.raises(ValueError, match="warning must be above 0"):
+            Settings(health_thresholds=bad)
+    with pytest.raises(ValueError):
+        Settings(health_min_messages=0)
+
+
+def test_the_cli_offers_every_report():
+    report = next(a for a in build_parser()._subparsers._group_actions[0].choices["report"]._actions
+                  if a.dest == "name")
+    assert tuple(report.choices) == reports.REPORTS
