@@ -22,8 +22,8 @@ RECEIPT_EXPECTED_HOURS: dict[str, float] = {
 # in percent. Amazon SES reviews an account at 5 % bounces and 0.1 % complaints and may pause it at
 # 10 %; Gmail and Yahoo require bulk senders to stay under 0.3 % spam reports, the critical one here
 # (SES's pause is at 0.5 %). Failures and unsubscribes have no provider's figure: these are ours.
-# Bounce and failure rates are over messages sent, complaint and unsubscribe rates over messages
-# delivered, as in the recipients report.
+# Bounce and failure rates are over the messages requested, complaint and unsubscribe rates over the
+# messages delivered, as in the recipients report.
 HEALTH_THRESHOLDS: dict[str, tuple[float, float]] = {
     "bounce": (5, 10), "complaint": (0.1, 0.3), "failure": (10, 20), "unsubscribe": (0.5, 1),
 }
@@ -108,9 +108,9 @@ class Settings(BaseSettings):
     receipt_expected_hours: str = ""
     # Overrides of HEALTH_THRESHOLDS, warning/critical in percent, e.g. "bounce:4/8,complaint:0.08/0.3".
     health_thresholds: str = ""
-    # A rate is judged only over at least this many messages (sent, or delivered for complaints and
-    # unsubscribes): 1 bounce in 3 sends is not an alert.
-    health_min_messages: int = Field(default=100, ge=1)
+    # A rate is judged only over at least this many messages (requested, or delivered for complaints
+    # and unsubscribes): 1 bounce in 3 sends is not an alert.
+    health_min_messages: int = Field(default=100, ge=1, le=2**63 - 1)
     log_level: str = "warn"
 
     # Provider webhook secrets (docs/providers.md). Unset = that provider's webhook is refused.
@@ -183,12 +183,15 @@ class Settings(BaseSettings):
     def health_limits(self) -> dict[str, tuple[float, float]]:
         """Warning and critical thresholds per rate, as fractions (0.05 = 5 %): HEALTH_THRESHOLDS with
         SENDTRACK_HEALTH_THRESHOLDS over them."""
-        percent = dict(HEALTH_THRESHOLDS)
+        percent, seen = dict(HEALTH_THRESHOLDS), set()
         for item in filter(None, (part.strip() for part in self.health_thresholds.split(","))):
             metric, _, value = item.partition(":")
             metric = metric.strip()
             if metric not in percent:
                 raise ValueError(f"SENDTRACK_HEALTH_THRESHOLDS: unknown rate {metric!r} (one of {', '.join(percent)})")
+            if metric in seen:
+                raise ValueError(f"SENDTRACK_HEALTH_THRESHOLDS: {metric!r} is given twice")
+            seen.add(metric)
             warning, slash, critical = value.partition("/")
             try:
                 if not slash:
@@ -200,7 +203,8 @@ class Settings(BaseSettings):
             if not 0 < percent[metric][0] <= percent[metric][1] <= 100:  # also refuses nan and inf
                 raise ValueError(f"SENDTRACK_HEALTH_THRESHOLDS: in {item!r} the warning must be above 0 and "
                                  "at most the critical, and the critical at most 100 (percent)")
-        return {metric: (w / 100, c / 100) for metric, (w, c) in percent.items()}
+        # Rounded: 0.07 / 100 is 0.0007000000000000001, which 7 events in 10,000 would not reach.
+        return {metric: (round(w / 100, 12), round(c / 100, 12)) for metric, (w, c) in percent.items()}
 
     def topic(self, name: str) -> str:
         """The full name of one of the contract's topics."""

@@ -19,8 +19,8 @@ def current(ch: ClickHouse) -> dict[str, float]:
 
 def apply(ch: ClickHouse, settings: Settings, log: Callable[[str], None] = print) -> dict[str, float]:
     """Write the settings' hours where they differ from the table's; returns what was written."""
-    wanted = settings.receipt_hours
-    changed = {action: hours for action, hours in wanted.items() if current(ch).get(action) != hours}
+    wanted, have = settings.receipt_hours, current(ch)
+    changed = {action: hours for action, hours in wanted.items() if have.get(action) != hours}
     if changed:
         ch.insert("receipt_expectations", [list(changed), list(changed.values())], ["action", "hours"])
         log("unconfirmed: a receipt is expected within " + ", ".join(

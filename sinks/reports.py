@@ -314,30 +314,42 @@ def recipients(ch: ClickHouse, f: Filters) -> Report:
 
 
 HEALTH_STATES = ("critical", "warning", "ok")
+# The status each rate of the deliverability_health view counts: a rate is shown for the actions
+# that can reach it (an SMS cannot bounce, a timer cannot fail).
+HEALTH_METRICS = {"bounce": "bounced", "complaint": "complained", "failure": "failed", "unsubscribe": "unsubscribed"}
 
 
 def health(ch: ClickHouse, f: Filters) -> Report:
     """Deliverability health (the `deliverability_health` view): bounce, complaint, failure and
     unsubscribe rates over the last 24 hours and 7 days per action, provider and mailbox provider
-    ('*': all of them), judged against the thresholds in the settings. Worst first; a rate over
-    fewer messages than the minimum volume is listed, not judged (`measured` false)."""
+    ('*': all of them), judged against the thresholds in the settings; each action with the rates
+    it can reach. Worst first (by state, then by how far past its threshold); a rate over fewer
+    messages than the minimum volume is listed, not judged (`measured` false)."""
     if f.since or f.until:
         raise ValueError("the health report covers the last 24 hours and 7 days: it takes no dates")
+    _, limits = ch.query(f"SELECT count() FROM `{ch.database}`.health_thresholds")
+    if not limits[0][0]:
+        raise ValueError("no deliverability health thresholds in ClickHouse: run `sendtrack migrate` "
+                         "or start the worker, which write them from the settings")
     where, params = f.where()
     _, rows = ch.query(
         f"SELECT period, action, provider, mailbox_provider, metric, events, volume, rate, warning, critical, "
         f"measured, state FROM `{ch.database}`.deliverability_health WHERE {where} "
-        f"ORDER BY indexOf(['critical', 'warning', 'ok'], state), measured DESC, period, action, provider, "
+        f"ORDER BY indexOf(['critical', 'warning', 'ok'], state), measured DESC, "
+        f"rate / if(state = 'critical', critical, warning) DESC, period, action, provider, "
         f"mailbox_provider = '*' DESC, mailbox_provider, metric", params)
     out = Report("", ["period", "action", "provider", "mailbox_provider", "metric", "events", "volume", "rate",
                       "warning", "critical", "measured", "state"])
     for period, action, provider, mailbox, metric, events, volume, rate, warning, critical, measured, state in rows:
-        out.rows.append([period, action, provider, mailbox, metric, int(events), int(volume), round(float(rate), 4),
+        if action in ACTIONS and HEALTH_METRICS[metric] not in ACTIONS[action]:
+            continue
+        out.rows.append([period, action, provider, mailbox, metric, int(events), int(volume), round(float(rate), 6),
                          float(warning), float(critical), bool(measured), state])
-    judged = {state: sum(1 for r in out.rows if r[-1] == state) for state in HEALTH_STATES}
-    out.title = (f"Deliverability health, last 24 hours and 7 days: {judged['critical']} critical, "
-                 f"{judged['warning']} warning, {judged['ok']} ok"
-                 + (f" ({sum(1 for r in out.rows if not r[-2])} of them under the minimum volume)" if out.rows else ""))
+    judged = [r for r in out.rows if r[-2]]
+    count = {state: sum(1 for r in judged if r[-1] == state) for state in HEALTH_STATES}
+    out.title = (f"Deliverability health, last 24 hours and 7 days: {count['critical']} critical, "
+                 f"{count['warning']} warning, {count['ok']} ok, {len(out.rows) - len(judged)} not judged "
+                 f"(under the minimum volume)")
     return out
 
 

@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS {db}.health_thresholds
 ENGINE = ReplacingMergeTree(set_at)
 ORDER BY metric;
 
--- Every message with who receives it: the mailbox provider of an email recipient (its domain, from
+-- Every message (its time, action, provider and outcome times) with who receives it: the mailbox provider of an email recipient (its domain, from
 -- mailbox_domains) and the carrier of a Vietnamese mobile number (its prefix, from carrier_prefixes).
 -- Email recipients have a mailbox_provider and carrier ''; Vietnamese mobile numbers the reverse;
 -- anything else has both ''. 'other' is a domain or prefix the mappings do not know. ifNull: a
@@ -58,14 +58,15 @@ GROUP BY day, action, provider, mailbox_provider, carrier;
 -- One row per period ('24h', '7d': messages requested in the last 24 hours or 7 days), action,
 -- provider, mailbox provider ('*' = all of the provider's recipients; an email message also counts
 -- under its own mailbox provider) and rate (metric). A message counts once per rate: bounced (and
--- failed, which includes bounces) over messages sent; complained and unsubscribed over messages
--- delivered. `measured` is false under the minimum volume, and the state is then 'ok' whatever the
--- rate: 1 bounce in 3 sends is not an alert.
+-- failed, which includes bounces) over the messages requested; complained and unsubscribed over the
+-- messages delivered. `measured` is false under the minimum volume, and the state is then 'ok'
+-- whatever the rate: 1 bounce in 3 sends is not an alert. Every action has the four rates here (the
+-- report keeps those its action can reach); a rate with no thresholds row has no row.
 CREATE VIEW IF NOT EXISTS {db}.deliverability_health AS
 SELECT g.period AS period, g.action AS action, g.provider AS provider, g.mailbox AS mailbox_provider,
        t.metric AS metric,
        multiIf(t.metric = 'bounce', g.bounced, t.metric = 'complaint', g.complained,
-               t.metric = 'failure', g.failed, g.unsubscribed) AS events,
+               t.metric = 'failure', g.failed, t.metric = 'unsubscribe', g.unsubscribed, 0) AS events,
        if(t.metric IN ('bounce', 'failure'), g.messages, g.delivered) AS volume,
        if(volume = 0, 0, events / volume) AS rate,
        t.warning AS warning, t.critical AS critical, t.min_volume AS min_volume,
@@ -92,5 +93,5 @@ FROM (
 CROSS JOIN (
     SELECT metric, argMax(warning, set_at) AS warning, argMax(critical, set_at) AS critical,
            argMax(min_volume, set_at) AS min_volume
-    FROM {db}.health_thresholds GROUP BY metric
+    FROM {db}.health_thresholds WHERE metric IN ('bounce', 'complaint', 'failure', 'unsubscribe') GROUP BY metric
 ) AS t;

@@ -366,6 +366,7 @@ def test_the_health_panel_shows_the_rates_past_their_thresholds(health_worker, c
     assert shown.count() == len(alerts) > 0
     for tr, r in zip(shown.all(), alerts):  # in the report's order: the worst first
         assert tr.get_attribute("data-state") == r[at["state"]]
+        assert tr.locator("[data-col=action]").inner_text() == r[at["action"]] == "email"
         assert float(tr.locator("[data-col=rate]").get_attribute("data-value")) == pytest.approx(r[at["rate"]])
     states = {(r[at["period"]], r[at["provider"]], r[at["mailbox_provider"]], r[at["metric"]]): r[at["state"]]
               for r in alerts}

@@ -22,17 +22,19 @@ DELIVERED, BOUNCED, COMPLAINED, UNSUBSCRIBED = (["sent", "delivered"], ["sent", 
                                                 ["sent", "delivered", "complained"], ["sent", "delivered", "unsubscribed"])
 
 
-def publish(ch: ClickHouse, groups: list[tuple[str, str, str, float, int, list[str]]]) -> None:
-    """(id prefix, provider, recipient domain, hours since the request, how many, statuses reached)."""
+def publish(ch: ClickHouse, groups: list[tuple[str, str, str, float, int, list[str]]], action: str = "email") -> None:
+    """(id prefix, provider, recipient domain, hours since the request, how many, statuses reached);
+    a domain without a dot is a phone number's prefix."""
     now = int(time.time() * 1000)
     batch, offset = Batch(), 0
     for prefix, provider, domain, hours_ago, count, statuses in groups:
         requested = now - int(hours_ago * HOUR_MS)
         for n in range(count):
             mid = f"{prefix}-{n}"
+            recipient = f"u{n}@{domain}" if "." in domain else f"{domain}{n:07d}"
             for status in statuses:
-                change = dataclasses.replace(CHANGE, message_id=mid, change_id=f"{mid}-{status}", action="email",
-                                             provider=provider, recipient=f"u{n}@{domain}", status=status,
+                change = dataclasses.replace(CHANGE, message_id=mid, change_id=f"{mid}-{status}", action=action,
+                                             provider=provider, recipient=recipient, status=status,
                                              current_status=status, requested_at=requested, occurred_at=requested)
                 batch.add_status_change(orjson.dumps(change), "status-changes", 0, offset)
                 offset += 1
@@ -66,11 +68,12 @@ def test_rates_and_states_per_provider_and_mailbox_provider(classified):
     rows = health(classified)
     gmail = rows[("24h", "email", "sendgrid", "gmail", "bounce")]
     assert (gmail["events"], gmail["volume"], gmail["rate"], gmail["state"]) == (14, 200, 0.07, "warning")
-    assert rows[("24h", "email", "sendgrid", "gmail", "failure")]["state"] == "ok"  # 7 % < 10 %
+    failure = rows[("24h", "email", "sendgrid", "gmail", "failure")]
+    assert (failure["events"], failure["state"]) == (14, "ok")  # the bounces failed too; 7 % < 10 %
     yahoo = rows[("24h", "email", "sendgrid", "yahoo", "bounce")]
     assert (yahoo["rate"], yahoo["state"], yahoo["measured"]) == (0.12, "critical", True)
     outlook = rows[("24h", "email", "sendgrid", "outlook", "bounce")]
-    assert (outlook["volume"], outlook["rate"], outlook["measured"], outlook["state"]) == (3, 0.6667, False, "ok")
+    assert (outlook["volume"], outlook["rate"], outlook["measured"], outlook["state"]) == (3, 0.666667, False, "ok")
     # '*': the provider over all its recipients (28 bounces of 303 sends: 9.2 %, a warning).
     total = rows[("24h", "email", "sendgrid", "*", "bounce")]
     assert (total["events"], total["volume"], total["state"]) == (28, 303, "warning")
@@ -105,7 +108,9 @@ def test_the_report_lists_the_worst_first_and_narrows_by_provider(classified):
     report = reports.run(classified, "health", reports.Filters())
     states = [r[-1] for r in report.rows]
     assert states == sorted(states, key=reports.HEALTH_STATES.index) and states[0] == "critical"
-    assert report.title.startswith("Deliverability health, last 24 hours and 7 days: 8 critical, 0 warning")
+    # SES's 80 deliveries are too few to judge its complaints and unsubscribes.
+    assert report.title == ("Deliverability health, last 24 hours and 7 days: 8 critical, 0 warning, 16 ok, "
+                            "8 not judged (under the minimum volume)")
     narrowed = reports.run(classified, "health", reports.Filters(provider="sendgrid"))
     assert narrowed.rows and {r[2] for r in narrowed.rows} == {"sendgrid"}
     assert all(r[-1] == "ok" for r in narrowed.rows)
@@ -125,12 +130,36 @@ def test_thresholds_and_minimum_volume_come_from_the_settings(classified):
     assert health(classified)[("24h", "email", "sendgrid", "*", "bounce")]["state"] == "ok"
 
 
+def test_a_rate_at_its_threshold_is_past_it(classified):
+    publish(classified, [("a", "sendgrid", "gmail.com", 1, 95, DELIVERED), ("b", "sendgrid", "gmail.com", 1, 5, BOUNCED)])
+    assert health(classified)[("24h", "email", "sendgrid", "*", "bounce")]["state"] == "warning"  # 5 of 100
+    # 7 in 10,000 against 0.07 %: not missed for 0.07 / 100 = 0.0007000000000000001.
+    publish(classified, [("c", "sendgrid", "gmail.com", 1, 9_898, DELIVERED), ("d", "sendgrid", "gmail.com", 1, 2, BOUNCED)])
+    row = health(classified, Settings(health_thresholds="bounce:0.07/50"))[("24h", "email", "sendgrid", "*", "bounce")]
+    assert (row["events"], row["volume"], row["state"]) == (7, 10_000, "warning")
+
+
+def test_each_action_has_the_rates_it_can_reach_and_sms_no_mailbox(classified):
+    publish(classified, [("s", "esms", "0987", 1, 150, ["sent", "delivered"]), ("f", "esms", "0987", 1, 50, ["sent", "failed"])],
+            action="sms")
+    rows = health(classified)
+    assert {(k[3], k[4]) for k in rows} == {("*", "failure")}  # no bounce, complaint or unsubscribe for SMS
+    assert rows[("24h", "sms", "esms", "*", "failure")]["state"] == "critical"  # 50 of 200: 25 %
+
+
+def test_a_database_without_thresholds_says_so(ch):
+    with pytest.raises(ValueError, match="no deliverability health thresholds"):
+        reports.run(ch, "health", reports.Filters())
+
+
 def test_bad_thresholds_are_refused_at_start():
     with pytest.raises(ValueError, match="unknown rate 'spam'"):
         Settings(health_thresholds="spam:1/2")
     with pytest.raises(ValueError, match="not rate:warning/critical"):
         Settings(health_thresholds="bounce:5")
-    for bad in ("bounce:10/5", "bounce:0/5", "bounce:5/101", "bounce:nan/5", "bounce:5/inf"):
+    with pytest.raises(ValueError, match="given twice"):
+        Settings(health_thresholds="bounce:1/2,complaint:1/2,bounce:3/4")
+    for bad in ("bounce:10/5", "bounce:0/5", "bounce:-1/5", "bounce:5/101", "bounce:nan/5", "bounce:5/inf"):
         with pytest.raises(ValueError, match="warning must be above 0"):
             Settings(health_thresholds=bad)
     with pytest.raises(ValueError):
