@@ -9,6 +9,12 @@ from collections import defaultdict
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
+def _key(name: str, labels: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A series' key: its name and sorted label pairs (some are counted for every record: no sort
+    for none or one label)."""
+    return name, (tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items()))
+
+
 class Metrics:
     """Counters and gauges keyed by name and sorted label pairs."""
 
@@ -19,11 +25,10 @@ class Metrics:
         self._histograms: dict[str, list] = {}
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        # Some are counted for every record: no sort for none or one label.
-        self._counters[(name, tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items()))] += amount
+        self._counters[_key(name, labels)] += amount
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        self._gauges[(name, tuple(sorted(labels.items())))] = value
+        self._gauges[_key(name, labels)] = value
 
     def observe(self, name: str, seconds: float) -> None:
         """Add a duration to a histogram with the buckets in SECONDS_BUCKETS."""
@@ -44,7 +49,7 @@ class Metrics:
         return {"count": n, "sum": total, **out}
 
     def get(self, name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
+        key = _key(name, labels)
         return self._counters.get(key, self._gauges.get(key, 0))
 
     def render(self) -> str:

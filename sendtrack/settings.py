@@ -29,6 +29,21 @@ HEALTH_THRESHOLDS: dict[str, tuple[float, float]] = {
 }
 
 
+def _overrides(text: str, setting: str, known: dict, kind: str):
+    """The `name:value` items of a comma-separated override setting, as (name, value, item); an
+    unknown or repeated name is refused."""
+    seen = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition(":")
+        name = name.strip()
+        if name not in known:
+            raise ValueError(f"{setting}: unknown {kind} {name!r} (one of {', '.join(known)})")
+        if name in seen:
+            raise ValueError(f"{setting}: {name!r} is given twice")
+        seen.add(name)
+        yield name, value, item
+
+
 class Settings(BaseSettings):
     """Settings of the worker, the CLI and the tests (CONTRACT §5)."""
 
@@ -152,20 +167,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _receipt_hours_parse(self) -> "Settings":
-        self.receipt_hours  # noqa: B018 - raises on a bad value, at start rather than at first use
+    def _overrides_parse(self) -> "Settings":
+        # Raise on a bad value at start rather than at first use.
+        self.receipt_hours  # noqa: B018
+        self.health_limits  # noqa: B018
         return self
 
     @property
     def receipt_hours(self) -> dict[str, float]:
         """Hours to a provider's receipt per action: the defaults with SENDTRACK_RECEIPT_EXPECTED_HOURS over them."""
         hours = dict(RECEIPT_EXPECTED_HOURS)
-        for item in filter(None, (part.strip() for part in self.receipt_expected_hours.split(","))):
-            action, _, value = item.partition(":")
-            action = action.strip()
-            if action not in hours:
-                raise ValueError(f"SENDTRACK_RECEIPT_EXPECTED_HOURS: unknown action {action!r} "
-                                 f"(one of {', '.join(hours)})")
+        for action, value, item in _overrides(self.receipt_expected_hours, "SENDTRACK_RECEIPT_EXPECTED_HOURS",
+                                              hours, "action"):
             try:
                 hours[action] = float(value)
             except ValueError:
@@ -174,24 +187,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"SENDTRACK_RECEIPT_EXPECTED_HOURS: hours must be from 0 to 8784 (a year) in {item!r}")
         return hours
 
-    @model_validator(mode="after")
-    def _health_thresholds_parse(self) -> "Settings":
-        self.health_limits  # noqa: B018 - raises on a bad value, at start rather than at first use
-        return self
-
     @property
     def health_limits(self) -> dict[str, tuple[float, float]]:
         """Warning and critical thresholds per rate, as fractions (0.05 = 5 %): HEALTH_THRESHOLDS with
         SENDTRACK_HEALTH_THRESHOLDS over them."""
-        percent, seen = dict(HEALTH_THRESHOLDS), set()
-        for item in filter(None, (part.strip() for part in self.health_thresholds.split(","))):
-            metric, _, value = item.partition(":")
-            metric = metric.strip()
-            if metric not in percent:
-                raise ValueError(f"SENDTRACK_HEALTH_THRESHOLDS: unknown rate {metric!r} (one of {', '.join(percent)})")
-            if metric in seen:
-                raise ValueError(f"SENDTRACK_HEALTH_THRESHOLDS: {metric!r} is given twice")
-            seen.add(metric)
+        percent = dict(HEALTH_THRESHOLDS)
+        for metric, value, item in _overrides(self.health_thresholds, "SENDTRACK_HEALTH_THRESHOLDS", percent, "rate"):
             warning, slash, critical = value.partition("/")
             try:
                 if not slash:

@@ -327,17 +327,19 @@ def health(ch: ClickHouse, f: Filters) -> Report:
     messages than the minimum volume is listed, not judged (`measured` false)."""
     if f.since or f.until:
         raise ValueError("the health report covers the last 24 hours and 7 days: it takes no dates")
-    _, limits = ch.query(f"SELECT count() FROM `{ch.database}`.health_thresholds")
-    if not limits[0][0]:
-        raise ValueError("no deliverability health thresholds in ClickHouse: run `sendtrack migrate` "
-                         "or start the worker, which write them from the settings")
     where, params = f.where()
+    params["states"] = list(HEALTH_STATES)
     _, rows = ch.query(
         f"SELECT period, action, provider, mailbox_provider, metric, events, volume, rate, warning, critical, "
         f"measured, state FROM `{ch.database}`.deliverability_health WHERE {where} "
-        f"ORDER BY indexOf(['critical', 'warning', 'ok'], state), measured DESC, "
+        f"ORDER BY indexOf(%(states)s, state), measured DESC, "
         f"rate / if(state = 'critical', critical, warning) DESC, period, action, provider, "
         f"mailbox_provider = '*' DESC, mailbox_provider, metric", params)
+    if not rows:  # no message in the last 7 days, or no thresholds to join them with
+        _, limits = ch.query(f"SELECT count() FROM `{ch.database}`.health_thresholds")
+        if not limits[0][0]:
+            raise ValueError("no deliverability health thresholds in ClickHouse: run `sendtrack migrate` "
+                             "or start the worker, which write them from the settings")
     out = Report("", ["period", "action", "provider", "mailbox_provider", "metric", "events", "volume", "rate",
                       "warning", "critical", "measured", "state"])
     for period, action, provider, mailbox, metric, events, volume, rate, warning, critical, measured, state in rows:

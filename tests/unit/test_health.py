@@ -118,6 +118,19 @@ def test_the_report_lists_the_worst_first_and_narrows_by_provider(classified):
         reports.run(classified, "health", reports.Filters(since=reports.date(2026, 1, 1)))
 
 
+def test_worst_first_is_by_how_far_past_the_threshold(classified):
+    publish(classified, [
+        ("a", "sendgrid", "gmail.com", 1, 88, DELIVERED), ("b", "sendgrid", "gmail.com", 1, 12, BOUNCED),  # 12 %: 1.2 x 10 %
+        ("c", "ses", "gmail.com", 1, 70, DELIVERED), ("d", "ses", "gmail.com", 1, 30, BOUNCED),  # 30 %: 3 x 10 %
+        ("e", "mailgun", "gmail.com", 1, 94, DELIVERED), ("f", "mailgun", "gmail.com", 1, 6, BOUNCED),  # 6 %: 1.2 x 5 %
+        ("g", "postmark", "gmail.com", 1, 91, DELIVERED), ("h", "postmark", "gmail.com", 1, 9, BOUNCED),  # 9 %: 1.8 x 5 %
+    ])
+    expectations.apply_thresholds(classified, Settings(), log=lambda *_: None)
+    rows = reports.run(classified, "health", reports.Filters()).rows
+    bounces = [(r[2], r[-1]) for r in rows if r[0] == "24h" and r[3] == "*" and r[4] == "bounce"]
+    assert bounces == [("ses", "critical"), ("sendgrid", "critical"), ("postmark", "warning"), ("mailgun", "warning")]
+
+
 def test_thresholds_and_minimum_volume_come_from_the_settings(classified):
     publish(classified, [("a", "sendgrid", "gmail.com", 1, 48, DELIVERED), ("b", "sendgrid", "gmail.com", 1, 2, BOUNCED)])
     assert health(classified)[("24h", "email", "sendgrid", "*", "bounce")]["measured"] is False  # 50 < 100
