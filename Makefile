@@ -97,7 +97,11 @@ screenshot: install browser
 
 # The dashboard API's latency over a large database (BENCH_ARGS: see bench/dashboard.py --help).
 bench-dashboard: install
-	$(PY) bench/dashboard.py $(BENCH_ARGS)
+	@started=0; \
+	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
+	$(PY) bench/dashboard.py $(BENCH_ARGS); rc=$$?; \
+	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) .kafka data

@@ -22,6 +22,7 @@ import base64
 import json
 import statistics
 import subprocess
+import datetime
 import sys
 import tempfile
 import time
@@ -34,8 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FIRST_DAY = "2026-10-01"
+# The 30 days up to today (UTC): the deliverability health panel reads the last 7 days.
 DAYS = 30
+FIRST_DAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=DAYS - 1)).isoformat()
 CHUNK = 2_000_000
 READER = ("bench", "bench-dashboard")
 
@@ -102,7 +104,7 @@ def generate(data_dir: str, messages: int, dead_letters: int) -> dict:
         f"WHERE database = '{ch.database}' AND active")
     return {"messages": messages, "status_change_rows": raw, "messages_agg_rows": agg,
             "funnel_daily_states_rows": states, "bytes_on_disk": size, "dead_letters": dead_letters,
-            "fill_seconds": round(filled, 1), "optimize_seconds": round(merged, 1)}
+            "fill_seconds": round(filled, 1), "optimize_seconds": round(merged, 1), "first_day": FIRST_DAY}
 
 
 def call(port: int, path: str, params: dict) -> tuple[float, int, dict]:
@@ -125,11 +127,12 @@ def percentiles(seconds: list[float]) -> dict:
             "n": len(ms)}
 
 
-def measure(port: int, repeat: int, messages: int) -> dict:
+def measure(port: int, repeat: int, messages: int, first_day: str) -> dict:
     from agents.dashboard import PANELS
 
-    last = f"2026-10-{DAYS:02d}"
-    week = {"since": f"2026-10-{DAYS - 6:02d}", "until": last}
+    first = datetime.date.fromisoformat(first_day)
+    week = {"since": (first + datetime.timedelta(days=DAYS - 7)).isoformat(),
+            "until": (first + datetime.timedelta(days=DAYS - 1)).isoformat()}
     scenarios = {"all": {}, "campaign": {"campaign": "camp-3"}, "last-7-days": week}
     results: dict = {}
     for scenario, params in scenarios.items():
@@ -193,7 +196,8 @@ def main() -> int:
                     sink_batch_seconds=1)
     worker.start(timeout=180)
     try:
-        results = measure(worker.port, args.repeat, data["messages"])
+        # A reused database keeps the days it was generated for.
+        results = measure(worker.port, args.repeat, data["messages"], data.get("first_day", "2026-10-01"))
     finally:
         worker.stop()
         tmp.cleanup()

@@ -196,8 +196,9 @@ def test_the_funnel_survives_its_move_to_funnel_daily_states(ch, engine_path):
 
 
 def test_the_views_read_from_final_equal_their_group_by_definitions(ch):
-    """Migration 0008: current_status_daily and failure_reasons fold messages_agg with FINAL; on
-    traffic with duplicates and reordering they equal the definitions over the messages view."""
+    """Migration 0008: current_status_daily and failure_reasons fold messages_agg with FINAL (and
+    0013's classified_messages); on traffic with duplicates and reordering they equal the definitions
+    over the messages view."""
     changes = changes_for(simulate.generate(400, seed=23, run_id="final"))
     batch_of(changes + changes[::3], []).write(ch)  # a third of the changes delivered twice
     db = f"`{ch.database}`"
@@ -212,3 +213,7 @@ def test_the_views_read_from_final_equal_their_group_by_definitions(ch):
     for view, grouped in by_view.items():
         expected = ch.query(grouped)[1]
         assert expected and ch.query(f"SELECT * FROM {db}.{view} ORDER BY ALL")[1] == expected, view
+    columns = ("requested_at, action, provider, delivered_at, bounced_at, failed_at, opened_at, clicked_at, "
+               "complained_at, unsubscribed_at")
+    expected = ch.query(f"SELECT {columns} FROM {db}.messages ORDER BY ALL")[1]
+    assert len(expected) == 400 and ch.query(f"SELECT {columns} FROM {db}.classified_messages ORDER BY ALL")[1] == expected
