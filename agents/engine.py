@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import logging
 import time
 from typing import Any, Callable, Optional
@@ -96,9 +97,15 @@ def send_by_provider_id(key: str, doc: dict[str, Any]) -> None:
 
 
 def emit_changes(changes: list) -> None:
+    """Stage one message's status changes for the partition of the record being applied: the one
+    that owns the message, where Kafka's default partitioner puts its id (each topic has N
+    partitions), so the id is not hashed again."""
+    if not changes:
+        return
     box = outbox()
+    partition = box.partition()
     for change in changes:
-        box.add(STATUS_CHANGES, change.message_id.encode(), orjson.dumps(change), partition_for(change.message_id))
+        box.add(STATUS_CHANGES, change.message_id.encode(), orjson.dumps(change), partition)
     metrics.inc("status_changes_total", len(changes))
 
 
@@ -238,7 +245,6 @@ def process(event: EventT, now: int) -> None:
         else:  # one envelope per record (ticks, and records written before batching)
             apply_routed(envelope, position, now)
         return
-    metrics.inc("records_in_total", 1, topic=msg.topic)
     # Event times must be plausible when the input is first validated, here, and only here: what is
     # rebuilt from the state or routed between partitions later is not judged again. They are judged
     # at the record's Kafka timestamp (validate.judged_at), which a re-read after a crash, hours
@@ -428,11 +434,11 @@ async def _apply_one_at_a_time(events: list, apply: Callable[[Any, int], None], 
     for event in events:
         box = new_outbox()
         _apply_one(box, event, apply, now)
-        writes = box.touched()
         try:
             await box.commit(refusable=True)
         except Refused as refused:
-            rewrite.update(((table.name, key), (table, key, partition)) for table, key, partition in writes)
+            rewrite.update(((table.name, key), (table, key, partition))
+                           for table, key, partition in box.touched(committed=True))
             box = new_outbox()
             emit_dead_letter(_origin(event), event.key, event.value or b"", Invalid(
                 ErrorType.TOO_LARGE, f"the broker refused what this record produced: {refused.error!r}"))
@@ -451,11 +457,10 @@ async def apply_batch(events: list, apply: Callable[[Any, int], None]) -> None:
     for event in events:
         _apply_one(box, event, apply, now)
     applied = time.perf_counter() - started
-    touched = box.touched()
     try:
         await box.commit(refusable=True)
     except Refused as refused:
-        await _apply_one_at_a_time(events, apply, now, touched, refused.error)
+        await _apply_one_at_a_time(events, apply, now, box.touched(committed=True), refused.error)
     produce, tables = box.timings.get("produce", 0.0), box.timings.get("tables", 0.0)
     metrics.observe("engine_apply_seconds", applied)
     metrics.observe("engine_produce_seconds", produce)
@@ -478,6 +483,9 @@ async def status_engine(events: list) -> None:
     events.sort(key=lambda event: event.message.topic != REQUESTS)
     await apply_batch(events, process)
     metrics.inc("engine_events_total", len(events))
+    for topic, count in Counter(event.message.topic for event in events).items():
+        if topic != ROUTED:
+            metrics.inc("records_in_total", count, topic=topic)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,6 +89,11 @@ class Outbox:
         # (table name, key) -> (table, encoded value or _DELETED, partition). Values are encoded when
         # staged, to be sized; a read of a staged value decodes a copy of it.
         self.writes: dict[tuple[str, str], tuple[Any, Any, int]] = {}
+        # The value last put for a key, not handed out since: the next read of that key takes it
+        # instead of decoding the staged bytes (a message's records often share a batch). Handed
+        # out once, it is the caller's; a later read decodes again (see get).
+        self._lent: dict[tuple[str, str], Any] = {}
+        self._committed: dict[tuple[str, str], tuple[Any, Any, int]] = {}  # the writes of the last commit
         self._undo: list[tuple[tuple[str, str], Optional[tuple[Any, Any, int]]]] = []  # for rollback
         self.event: Optional[EventT] = None  # the event being applied: table writes belong to its partition
         self.produced = 0  # records acknowledged by the broker
@@ -118,6 +123,7 @@ class Outbox:
         records, items, undo = savepoint
         del self.records[records:]
         del self.items[items:]
+        self._lent.clear()  # the staged bytes stay what reads decode
         while len(self._undo) > undo:
             key, previous = self._undo.pop()
             if previous is None:
@@ -137,9 +143,14 @@ class Outbox:
         self.items.clear()
 
     def get(self, table: Any, key: str) -> Any:
-        staged = self.writes.get((table.name, key))
+        """The value of `key`: as staged in this batch, else as the table holds it. The caller may
+        change what it gets: that stays out of the batch unless it puts the value back."""
+        name = (table.name, key)
+        staged = self.writes.get(name)
         if staged is not None:
-            # A copy: what an input changes in it stays out of the batch unless the input puts it.
+            lent = self._lent.pop(name, _DELETED)
+            if lent is not _DELETED:
+                return lent  # the object put, unchanged since (put encoded it), handed out once
             return None if staged[1] is _DELETED else orjson.loads(staged[1])
         # The partition's RocksDB itself: one lookup where Faust's `table.get` takes two on a miss
         # (get, then contains), through five layers (the keys are raw, the values orjson).
@@ -147,12 +158,15 @@ class Outbox:
         return None if raw is None else orjson.loads(raw)
 
     def put(self, table: Any, key: str, value: Any) -> None:
+        """Stage `value` for `key`. The caller must not change `value` afterwards (get it again)."""
         raw = orjson.dumps(value)
         size = len(raw) + len(key.encode())
         if size > RECORD_BUDGET_BYTES:
             raise TooLarge(f"the {table.name} entry of {shown_key(key)} would take {size} bytes, "
                            f"over {RECORD_BUDGET_BYTES}")
-        self._stage((table.name, key), (table, raw, self._partition()))
+        name = (table.name, key)
+        self._stage(name, (table, raw, self._partition()))
+        self._lent[name] = value
 
     def delete(self, table: Any, key: str) -> None:
         self._stage((table.name, key), (table, _DELETED, self._partition()))
@@ -160,15 +174,23 @@ class Outbox:
     def _stage(self, key: tuple[str, str], write: tuple[Any, Any, int]) -> None:
         self._undo.append((key, self.writes.get(key)))
         self.writes[key] = write
+        self._lent.pop(key, None)
 
-    def touched(self) -> list[tuple[Any, str, int]]:
-        """(table, key, partition) of every table write staged."""
-        return [(table, key, partition) for (_, key), (table, _, partition) in self.writes.items()]
+    def touched(self, committed: bool = False) -> list[tuple[Any, str, int]]:
+        """(table, key, partition) of every table write staged; with `committed`, of every write
+        the last commit made or tried to make (what a refused commit may have left in a changelog)."""
+        writes = self._committed if committed else self.writes
+        return [(table, key, partition) for (_, key), (table, _, partition) in writes.items()]
 
     def restage(self, table: Any, key: str, partition: int) -> None:
         """Stage `key` again with the value its table holds now (a deletion when none)."""
         raw = table_db(table, partition).get(key.encode())
         self.writes[(table.name, key)] = (table, _DELETED if raw is None else raw, partition)
+        self._lent.pop((table.name, key), None)
+
+    def partition(self) -> int:
+        """The partition of the record being applied: it owns the record's message (or provider id)."""
+        return self._partition()
 
     def _partition(self) -> int:
         if self.event is None:
@@ -191,13 +213,14 @@ class Outbox:
         self._pack_internal()
         # The changelog records of this batch's writes, in write order per partition.
         stores: dict[tuple[Any, int], list[tuple[bytes, Optional[bytes]]]] = {}
-        for (_, key), (table, value, partition) in self.writes.items():
+        self._committed, self.writes = self.writes, {}
+        for (_, key), (table, value, partition) in self._committed.items():
             k = key.encode()
             v = None if value is _DELETED else value
             stores.setdefault((table, partition), []).append((k, v))
             self.records.append((_changelog(table), k, v, partition))
-        self.writes.clear()
         self._undo.clear()
+        self._lent.clear()
         last = await self._produce(refusable)
         produced = time.perf_counter()
         self.timings["produce"] = produced - started

@@ -8,8 +8,10 @@ from collections import Counter
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import murmur2
 
-from tests.integration.conftest import Worker, cb, consume, produce, req
+from tests.integration.conftest import BROKER, Worker, cb, consume, produce, req
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +95,37 @@ async def test_email_journey_out_of_order_with_duplicates_and_provider_ids(worke
     # Changes applied in one batch share recorded_at: the latest ones must include "clicked".
     last_at = max(c["recorded_at"] for c in changes if c["message_id"] == mid)
     assert "clicked" in {c["current_status"] for c in changes if c["message_id"] == mid and c["recorded_at"] == last_at}
+
+
+async def test_status_changes_are_placed_by_message_id_as_kafkas_default_partitioner(worker):
+    """The engine writes a message's status changes to the partition of the record it applies
+    (the one that owns the message) without hashing the id again: requests and callbacks keyed by
+    message id, callbacks resolved from a provider id and routed, all must land where Kafka's
+    default partitioner places the key (CONTRACT: status-changes, key message_id)."""
+    mid = "m-placed"
+    await produce(worker.topic("send-requests"), [req(mid, provider="sendgrid")])
+    await produce(worker.topic("provider-callbacks"), [
+        cb(mid, "e-placed-proc", "processing", provider="sendgrid", provider_message_id="sg-placed"),
+        cb(None, "e-placed-open", "opened", at=1_780_000_050_000, provider="sendgrid", provider_message_id="sg-placed"),
+        (b"not-the-message-id", cb(mid, "e-placed-click", "clicked", at=1_780_000_060_000)[1]),
+    ])
+    await consume_until(worker, lambda cs: {"sent", "processing", "opened", "clicked"} <= set(milestones(cs, mid)))
+    consumer = AIOKafkaConsumer(worker.topic("status-changes"), bootstrap_servers=BROKER,
+                                auto_offset_reset="earliest", group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    placed: list[tuple[bytes, int]] = []
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=2_000)
+            if not batch:
+                break
+            placed += [(r.key, r.partition) for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    partitions = int(worker.env["SENDTRACK_PARTITIONS"])
+    assert sum(key == mid.encode() for key, _ in placed) >= 4
+    wrong = [(key, p) for key, p in placed if p != (murmur2(key) & 0x7FFFFFFF) % partitions]
+    assert not wrong
 
 
 async def test_status_not_allowed_goes_to_dead_letters(worker):
