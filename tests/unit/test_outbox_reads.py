@@ -4,7 +4,6 @@ A read sees the batch's own staged writes. The value last put is handed to the n
 (not decoded again from its staged bytes), once; what a caller changes in a value it read stays out
 of the batch unless it puts the value back, and a rollback returns reads to the staged bytes."""
 
-import contextvars
 from types import SimpleNamespace
 
 import orjson
@@ -22,17 +21,15 @@ def table(tmp_path):
     db.close()
 
 
-def in_batch(test):
-    """Run `test(box)` with an outbox of its own, applying a record of partition 0."""
-    def run(table):
-        box = transaction.new_outbox()
-        box.event = SimpleNamespace(message=SimpleNamespace(partition=0))
-        test(box, table)
-    return lambda table: contextvars.copy_context().run(run, table)
+@pytest.fixture
+def box():
+    """An outbox applying a record of partition 0."""
+    outbox = transaction.Outbox()
+    outbox.event = SimpleNamespace(message=SimpleNamespace(partition=0))
+    return outbox
 
 
-@in_batch
-def _reads_see_the_stored_then_the_staged_value(box, table):
+def test_reads_see_the_stored_then_the_staged_value(box, table):
     assert box.get(table, "m-1") == {"ms": {"sent": [1]}}
     assert box.get(table, "m-2") is None
     state = box.get(table, "m-1")
@@ -45,12 +42,8 @@ def _reads_see_the_stored_then_the_staged_value(box, table):
     assert box.get(table, "m-1") is None
 
 
-def test_reads_see_the_stored_then_the_staged_value(table):
-    _reads_see_the_stored_then_the_staged_value(table)
 
-
-@in_batch
-def _a_change_not_put_back_stays_out_of_the_batch(box, table):
+def test_a_change_not_put_back_stays_out_of_the_batch(box, table):
     state = box.get(table, "m-1")
     state["ms"]["opened"] = [3]
     box.put(table, "m-1", state)
@@ -60,12 +53,8 @@ def _a_change_not_put_back_stays_out_of_the_batch(box, table):
     assert orjson.loads(box.writes[(table.name, "m-1")][1]) == {"ms": {"sent": [1], "opened": [3]}}
 
 
-def test_a_change_not_put_back_stays_out_of_the_batch(table):
-    _a_change_not_put_back_stays_out_of_the_batch(table)
 
-
-@in_batch
-def _a_rollback_returns_reads_to_the_value_staged_before(box, table):
+def test_a_rollback_returns_reads_to_the_value_staged_before(box, table):
     state = box.get(table, "m-1")
     state["ms"]["opened"] = [3]
     box.put(table, "m-1", state)
@@ -81,16 +70,9 @@ def _a_rollback_returns_reads_to_the_value_staged_before(box, table):
     assert box.get(table, "m-3") == {"x": 1}
 
 
-def test_a_rollback_returns_reads_to_the_value_staged_before(table):
-    _a_rollback_returns_reads_to_the_value_staged_before(table)
 
-
-@in_batch
-def _a_restaged_key_reads_what_the_table_holds(box, table):
+def test_a_restaged_key_reads_what_the_table_holds(box, table):
     box.put(table, "m-1", {"changed": True})
     box.restage(table, "m-1", 0)
     assert box.get(table, "m-1") == {"ms": {"sent": [1]}}
 
-
-def test_a_restaged_key_reads_what_the_table_holds(table):
-    _a_restaged_key_reads_what_the_table_holds(table)
