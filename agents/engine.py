@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import logging
 import time
+from collections import Counter
 from typing import Any, Callable, Optional
 
 import orjson

@@ -87,7 +87,8 @@ class Outbox:
         # partition): a batch sends one record per partition holding all of them, not one per item.
         self.items: list[tuple[str, int, bytes]] = []
         # (table name, key) -> (table, encoded value or _DELETED, partition). Values are encoded when
-        # staged, to be sized; a read of a staged value decodes a copy of it.
+        # staged, to be sized; a read of a staged value decodes them, unless it takes the value put
+        # (_lent).
         self.writes: dict[tuple[str, str], tuple[Any, Any, int]] = {}
         # The value last put for a key, not handed out since: the next read of that key takes it
         # instead of decoding the staged bytes (a message's records often share a batch). Handed
@@ -178,7 +179,7 @@ class Outbox:
 
     def touched(self, committed: bool = False) -> list[tuple[Any, str, int]]:
         """(table, key, partition) of every table write staged; with `committed`, of every write
-        the last commit made or tried to make (what a refused commit may have left in a changelog)."""
+        of a commit the broker refused (what it may have left in a changelog)."""
         writes = self._committed if committed else self.writes
         return [(table, key, partition) for (_, key), (table, _, partition) in writes.items()]
 
@@ -222,6 +223,7 @@ class Outbox:
         self._undo.clear()
         self._lent.clear()
         last = await self._produce(refusable)
+        self._committed = {}  # acknowledged: only a refused commit needs them (touched)
         produced = time.perf_counter()
         self.timings["produce"] = produced - started
         for (table, partition), items in stores.items():

@@ -42,7 +42,6 @@ def test_reads_see_the_stored_then_the_staged_value(box, table):
     assert box.get(table, "m-1") is None
 
 
-
 def test_a_change_not_put_back_stays_out_of_the_batch(box, table):
     state = box.get(table, "m-1")
     state["ms"]["opened"] = [3]
@@ -51,7 +50,6 @@ def test_a_change_not_put_back_stays_out_of_the_batch(box, table):
     taken["ms"]["clicked"] = [4]  # read, changed, never put back
     assert box.get(table, "m-1") == {"ms": {"sent": [1], "opened": [3]}}
     assert orjson.loads(box.writes[(table.name, "m-1")][1]) == {"ms": {"sent": [1], "opened": [3]}}
-
 
 
 def test_a_rollback_returns_reads_to_the_value_staged_before(box, table):
@@ -70,9 +68,7 @@ def test_a_rollback_returns_reads_to_the_value_staged_before(box, table):
     assert box.get(table, "m-3") == {"x": 1}
 
 
-
 def test_a_restaged_key_reads_what_the_table_holds(box, table):
     box.put(table, "m-1", {"changed": True})
     box.restage(table, "m-1", 0)
     assert box.get(table, "m-1") == {"ms": {"sent": [1]}}
-
