@@ -17,12 +17,20 @@ def current(ch: ClickHouse) -> dict[str, float]:
     return {action: float(hours) for action, hours in rows}
 
 
+def _write_changed(ch: ClickHouse, table: str, columns: list[str], wanted: dict, have: dict) -> dict:
+    """Insert a row (key, *values) for each key whose wanted value differs from the table's;
+    returns what was written. A value is one column's or a tuple of several."""
+    changed = {key: value for key, value in wanted.items() if have.get(key) != value}
+    if changed:
+        values = [v if isinstance(v, tuple) else (v,) for v in changed.values()]
+        ch.insert(table, [list(changed), *map(list, zip(*values))], columns)
+    return changed
+
+
 def apply(ch: ClickHouse, settings: Settings, log: Callable[[str], None] = print) -> dict[str, float]:
     """Write the settings' hours where they differ from the table's; returns what was written."""
-    wanted, have = settings.receipt_hours, current(ch)
-    changed = {action: hours for action, hours in wanted.items() if have.get(action) != hours}
+    changed = _write_changed(ch, "receipt_expectations", ["action", "hours"], settings.receipt_hours, current(ch))
     if changed:
-        ch.insert("receipt_expectations", [list(changed), list(changed.values())], ["action", "hours"])
         log("unconfirmed: a receipt is expected within " + ", ".join(
             f"{a} {h:g} h" if h else f"{a} (none expected)" for a, h in sorted(changed.items())))
     return changed
@@ -39,12 +47,9 @@ def apply_thresholds(ch: ClickHouse, settings: Settings,
     """Write the settings' health thresholds (fractions) and minimum volume where they differ from
     the table's; returns what was written."""
     wanted = {metric: (w, c, settings.health_min_messages) for metric, (w, c) in settings.health_limits.items()}
-    have = current_thresholds(ch)
-    changed = {metric: limits for metric, limits in wanted.items() if have.get(metric) != limits}
+    changed = _write_changed(ch, "health_thresholds", ["metric", "warning", "critical", "min_volume"],
+                             wanted, current_thresholds(ch))
     if changed:
-        columns = list(zip(*changed.values()))
-        ch.insert("health_thresholds", [list(changed), *map(list, columns)],
-                  ["metric", "warning", "critical", "min_volume"])
         log("deliverability health: " + ", ".join(
             f"{m} warning at {w:.2%}, critical at {c:.2%}" for m, (w, c, _) in sorted(changed.items()))
             + f" (rates over at least {settings.health_min_messages} messages)")
