@@ -35,12 +35,12 @@ MESSAGE_ID_MAX = 128
 # too (sendtrack/status.py), since a character is up to 6 bytes in JSON (\u0001).
 TEXT_MAX: dict[str, int] = {
     "event_id": 256, "provider_message_id": 256, "provider": 64, "customer_id": 256, "recipient": 512,
-    "flow_id": 256, "campaign_id": 256, "step_id": 256, "reason_code": 256, "reason": 2048, "url": 4096,
+    "flow_id": 256, "campaign_id": 256, "step_id": 256, "workspace_id": 128, "reason_code": 256, "reason": 2048, "url": 4096,
 }
 # Identifiers: no control characters (C0, DEL, C1). They become parts of keys ("\x1f" separates
 # provider and provider message id) and of dashboard labels.
 ID_FIELDS = frozenset({"message_id", "event_id", "provider_message_id", "provider", "customer_id",
-                       "recipient", "flow_id", "campaign_id", "step_id"})
+                       "recipient", "flow_id", "campaign_id", "step_id", "workspace_id"})
 ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"  # as JSON Schema (ECMA-262) and Python's re read it
 
 
@@ -57,6 +57,8 @@ class SendRequest:
     flow_id: Optional[str] = None
     campaign_id: Optional[str] = None
     step_id: Optional[str] = None
+    # The workspace (shop, tenant) the send belongs to; '' when the producer does not say (docs/contract.md).
+    workspace_id: Optional[str] = None
     attributes: Optional[dict[str, Any]] = None
 
 
@@ -108,6 +110,7 @@ class StatusChange:
     event_id: str = ""
     url: str = ""
     is_machine: bool = False
+    workspace_id: str = ""  # the request's, '' when it named none
 
 
 @dataclass(slots=True)

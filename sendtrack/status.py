@@ -157,6 +157,7 @@ def _change(state: MessageState, status: str, previous: str, now: int, *, curren
         event_id=source if source != REQUEST_SOURCE else "",
         url=url,
         is_machine=is_machine,
+        workspace_id=req.get("workspace_id") or "",
     )
 
 

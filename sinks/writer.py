@@ -24,11 +24,11 @@ STATUS_COLUMNS = (
     "change_id", "message_id", "status", "previous_status", "current_status", "inferred",
     "occurred_at", "recorded_at", "action", "provider", "customer_id", "recipient", "flow_id",
     "campaign_id", "step_id", "requested_at", "reason_code", "reason", "bounce_type", "reason_at",
-    "event_id",
+    "event_id", "workspace_id",
 )
 ENGAGEMENT_COLUMNS = (
     "event_id", "message_id", "status", "occurred_at", "url", "is_machine", "action", "provider",
-    "customer_id", "recipient", "flow_id", "campaign_id", "step_id", "requested_at",
+    "customer_id", "recipient", "flow_id", "campaign_id", "step_id", "requested_at", "workspace_id",
 )
 DEAD_LETTER_COLUMNS = (
     "source_topic", "partition", "offset", "key", "payload", "payload_encoding", "error_type",
@@ -213,6 +213,8 @@ class Batch:
         self.records += 1
         try:
             doc = orjson.loads(value)
+            if "workspace_id" not in doc:  # written before workspaces: ClickHouse fills in ''
+                doc["workspace_id"] = ""
             STATUS_TYPES.check(doc)
             kind = doc["kind"]
             engaged = doc["status"] in ENGAGEMENT_STATUSES and doc["event_id"] and not doc["inferred"]

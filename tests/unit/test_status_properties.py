@@ -128,8 +128,9 @@ def callback_contents(draw, event_id: str, action: str) -> Callback:
 @st.composite
 def histories(draw) -> History:
     action = draw(st.sampled_from(sorted(CONTRACT_ACTIONS)))
+    workspace = draw(st.sampled_from([None, "", "shop-a", "shop-b"]))
     request = SendRequest(message_id=MESSAGE_ID, action=action, customer_id="cust-1", requested_at=T0,
-                          flow_id="flow-1", campaign_id="camp-1", step_id="step-1")
+                          flow_id="flow-1", campaign_id="camp-1", step_id="step-1", workspace_id=workspace)
     by_id: dict[str, Callback] = {}
     callbacks = []
     for event_id in draw(st.lists(st.sampled_from(EVENT_IDS), max_size=14)):
@@ -202,6 +203,14 @@ PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
 # ---------------------------------------------------------------------------------------------
 # §2.5: order and duplication do not matter
 # ---------------------------------------------------------------------------------------------
+
+
+@PROPERTY_SETTINGS
+@given(histories_with_a_redelivery())
+def test_every_change_carries_the_requests_workspace_in_any_order(case):
+    history, redelivered = case
+    changes = run(redelivered).changes
+    assert {c.workspace_id for c in changes} <= {history.request.workspace_id or ""}
 
 
 @PROPERTY_SETTINGS

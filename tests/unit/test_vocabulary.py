@@ -57,14 +57,23 @@ def table_columns(name: str) -> dict[str, str]:
     for entry in split_top_level(body):
         column, kind = entry.split(None, 1)
         columns[column] = re.split(r"\s+(?:MATERIALIZED|DEFAULT|ALIAS)\s", kind)[0].strip()
+    # Columns later migrations add (ALTER TABLE ... ADD COLUMN [IF NOT EXISTS] name type ... [AFTER c]).
+    for added in re.finditer(r"ALTER TABLE \{db\}\.%s ADD COLUMN (?:IF NOT EXISTS )?(\w+) ([^;]*);" % re.escape(name),
+                             SQL[found[-1].end():]):
+        column, rest = added.group(1), added.group(2)
+        kind = re.split(r"\s+(?:MATERIALIZED|DEFAULT|ALIAS|AFTER)\s", rest)[0].strip()
+        after = re.search(r"\bAFTER (\w+)\s*$", rest)
+        items = list(columns.items())
+        at = [c for c, _ in items].index(after.group(1)) + 1 if after else len(items)
+        columns = dict(items[:at] + [(column, kind)] + items[at:])
     return columns
 
 
 def view_query(name: str) -> str:
     """The SELECT of the view's last definition across the migrations, up to its first FROM."""
     found = list(re.finditer(
-        r"CREATE (?:OR REPLACE )?(?:MATERIALIZED )?VIEW (?:IF NOT EXISTS )?\{db\}\.%s\b[^;]*?\bAS\s+SELECT\b"
-        % re.escape(name), SQL))
+        r"(?:CREATE (?:OR REPLACE )?(?:MATERIALIZED )?VIEW (?:IF NOT EXISTS )?\{db\}\.%s\b[^;]*?\bAS"
+        r"|ALTER TABLE \{db\}\.%s MODIFY QUERY)\s+SELECT\b" % (re.escape(name), re.escape(name)), SQL))
     assert found, f"no migration creates the view {name}"
     rest = SQL[found[-1].end():]
     return rest[:re.search(r"\bFROM\b", rest).start()]

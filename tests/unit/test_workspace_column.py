@@ -1,0 +1,98 @@
+"""Workspaces, first step (issue 17): a send request's optional workspace_id is carried by every
+status change into the raw tables and the analysts' views, and migration 0014 keeps what was
+written before it (rows without a workspace read '')."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import orjson
+import pytest
+
+from schemas.models import Invalid
+from schemas.validate import ErrorType
+from schemas.validate import parse_callback, parse_send_request
+from sendtrack import status
+from sendtrack.settings import Settings
+from sinks.clickhouse import ClickHouse
+from sinks.migrate import migrate
+from sinks.writer import Batch
+from tests.unit.test_sink_inserts import CHANGE, rows
+
+REQUEST = {"message_id": "m-ws", "action": "email", "customer_id": "cus-1", "requested_at": 1_780_000_000_000,
+           "provider": "sendgrid", "recipient": "a@example.com"}
+
+
+def changes_of(request: dict) -> list:
+    state = status.new_state()
+    req = parse_send_request(orjson.dumps(request))
+    assert not isinstance(req, Invalid), req
+    out = status.apply_request(state, req, 1_780_000_000_500).changes
+    cb = parse_callback(orjson.dumps({"message_id": "m-ws", "event_id": "e-open", "status": "opened",
+                                      "occurred_at": 1_780_000_001_000}))
+    out += status.apply_callback(state, cb, 1_780_000_001_500).changes
+    again = parse_callback(orjson.dumps({"message_id": "m-ws", "event_id": "e-open-2", "status": "opened",
+                                         "occurred_at": 1_780_000_002_000}))
+    out += status.apply_callback(state, again, 1_780_000_002_500).changes  # an engagement event
+    return out
+
+
+def test_every_status_change_carries_the_requests_workspace():
+    changes = changes_of({**REQUEST, "workspace_id": "shop-a"})
+    assert {c.kind for c in changes} == {"milestone", "engagement"}
+    assert {c.workspace_id for c in changes} == {"shop-a"}
+
+
+@pytest.mark.parametrize("given", [{}, {"workspace_id": None}, {"workspace_id": ""}])
+def test_a_request_without_a_workspace_has_the_empty_one(given):
+    assert {c.workspace_id for c in changes_of({**REQUEST, **given})} == {""}
+
+
+@pytest.mark.parametrize("value, error", [
+    (7, ErrorType.WRONG_TYPE),
+    ("x" * 129, ErrorType.INVALID_VALUE),
+    ("shop\u0000a", ErrorType.INVALID_VALUE),
+])
+def test_a_bad_workspace_is_refused_with_the_reason(value, error):
+    refused = parse_send_request(orjson.dumps({**REQUEST, "workspace_id": value}))
+    assert isinstance(refused, Invalid) and refused.error_type == error and "workspace_id" in refused.error
+
+
+def test_a_repeated_request_in_another_workspace_is_a_conflict():
+    state = status.new_state()
+    status.apply_request(state, parse_send_request(orjson.dumps({**REQUEST, "workspace_id": "shop-a"})), 1)
+    outcome = status.apply_request(state, parse_send_request(orjson.dumps({**REQUEST, "workspace_id": "shop-b"})), 2)
+    assert outcome.invalid is not None and not outcome.changes
+
+
+def insert(ch: ClickHouse, offset: int, **fields) -> None:
+    batch = Batch()
+    value = dataclasses.asdict(dataclasses.replace(CHANGE, change_id=f"c{offset}", message_id=f"m{offset}", **fields))
+    if "workspace_id" not in fields:
+        value.pop("workspace_id")  # a record written by the code before workspaces
+    batch.add_status_change(orjson.dumps(value), "status-changes", 0, offset)
+    engaged = {**value, "change_id": f"e{offset}", "kind": "engagement", "status": "opened", "event_id": f"ev{offset}"}
+    batch.add_status_change(orjson.dumps(engaged), "status-changes", 0, offset + 1)
+    batch.write(ch)
+
+
+def test_migration_0014_keeps_earlier_rows_and_the_sink_writes_the_workspace(engine_path):
+    ch = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"), database=f"ws_{uuid.uuid4().hex[:10]}")
+    try:
+        migrate(ch, log=lambda *_: None, up_to=13)
+        before = dataclasses.asdict(CHANGE)  # a row written before the upgrade, as the sink wrote it then
+        for later in ("workspace_id", "kind", "url", "is_machine"):
+            before.pop(later)
+        ch.command(f"INSERT INTO `{ch.database}`.status_changes_ingest FORMAT JSONEachRow {orjson.dumps(before).decode()}")
+        assert [m.version for m in migrate(ch, log=lambda *_: None)] == [14]
+        insert(ch, 10)
+        insert(ch, 20, workspace_id="shop-a")
+        assert rows(ch, "SELECT message_id, workspace_id FROM {db}.status_changes ORDER BY message_id") == [
+            ("m", ""), ("m10", ""), ("m20", "shop-a")]
+        assert rows(ch, "SELECT message_id, workspace_id FROM {db}.status_changes_raw ORDER BY message_id") == [
+            ("m", ""), ("m10", ""), ("m20", "shop-a")]
+        assert rows(ch, "SELECT event_id, workspace_id FROM {db}.engagement_events ORDER BY event_id") == [
+            ("ev10", ""), ("ev20", "shop-a")]
+    finally:
+        ch.command(f"DROP DATABASE IF EXISTS `{ch.database}`")
