@@ -42,7 +42,7 @@ SELECT concat('ch-', toString(n)) AS change_id, concat('m-', toString(cityHash64
   concat('r-', toString(msg % 1000000)) AS recipient, concat('f', toString(msg % 20)) AS flow_id,
   concat('c', toString(msg % 50)) AS campaign_id, concat('s', toString(msg % 7)) AS step_id,
   1761955200000 + (msg % 30) * 86400000 AS requested_at, '' AS reason_code, '' AS reason,
-  '' AS bounce_type, 0 AS reason_at, '' AS event_id, 'status-changes' AS _topic, 0 AS _partition,
+  '' AS bounce_type, 0 AS reason_at, '' AS event_id, '' AS workspace_id, 'status-changes' AS _topic, 0 AS _partition,
   n AS _offset
 FROM (SELECT number AS n, n % 3 AS phase, intDiv(n, 3) - phase * {lag} AS msg
       FROM numbers({start}, {count}))

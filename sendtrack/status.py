@@ -194,6 +194,8 @@ def _request_doc(req: SendRequest) -> tuple[dict[str, Any], str]:
     """The request as kept in the state (without attributes, which can be large) and a digest of
     its whole content, for telling a repeat from a conflicting request."""
     doc = {k: v for k, v in _asdict(req).items() if v is not None}
+    if doc.get("workspace_id") == "":  # '' is no workspace, as absent is: the same content
+        del doc["workspace_id"]
     content = _digest(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
     doc.pop("attributes", None)
     return doc, content

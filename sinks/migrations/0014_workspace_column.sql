@@ -7,7 +7,7 @@
 -- running the old code pass through the Null table unseen in between.
 ALTER TABLE {db}.status_changes_raw ADD COLUMN IF NOT EXISTS workspace_id LowCardinality(String) DEFAULT '' AFTER event_id;
 
-ALTER TABLE {db}.engagement_events_raw ADD COLUMN IF NOT EXISTS workspace_id LowCardinality(String) DEFAULT '';
+ALTER TABLE {db}.engagement_events_raw ADD COLUMN IF NOT EXISTS workspace_id LowCardinality(String) DEFAULT '' AFTER requested_at;
 
 ALTER TABLE {db}.status_changes_ingest ADD COLUMN IF NOT EXISTS workspace_id String DEFAULT '' AFTER event_id;
 

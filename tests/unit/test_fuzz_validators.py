@@ -27,7 +27,8 @@ PARSERS = {"request": parse_send_request, "callback": parse_callback}
 REQUEST_FIELDS = [f.name for f in dataclasses.fields(SendRequest)]
 CALLBACK_FIELDS = [f.name for f in dataclasses.fields(Callback)]
 # Identifiers carry no control character (C0, DEL, C1): "\x1f" separates the parts of a provider-id key.
-REQUEST_IDS = ["message_id", "customer_id", "provider", "recipient", "flow_id", "campaign_id", "step_id"]
+REQUEST_IDS = ["message_id", "customer_id", "provider", "recipient", "flow_id", "campaign_id", "step_id",
+               "workspace_id"]
 CALLBACK_IDS = ["event_id", "message_id", "provider", "provider_message_id"]
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -59,7 +60,7 @@ def check_request(r: SendRequest) -> None:
     assert _is_text(r.action) and r.action in ACTIONS, r.action
     assert _is_text(r.customer_id) and r.customer_id != "", r.customer_id
     assert _is_int(r.requested_at) and MS_MIN <= r.requested_at < MS_MAX, r.requested_at
-    for name in ("provider", "recipient", "flow_id", "campaign_id", "step_id"):
+    for name in ("provider", "recipient", "flow_id", "campaign_id", "step_id", "workspace_id"):
         assert _opt_text(getattr(r, name)), (name, getattr(r, name))
     assert r.attributes is None or isinstance(r.attributes, dict), r.attributes
     for name in REQUEST_IDS:

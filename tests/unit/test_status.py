@@ -614,7 +614,7 @@ def widest_request(message_id: str) -> SendRequest:
                        requested_at=T0, provider=widest_id(TEXT_MAX["provider"]),
                        recipient=widest_id(TEXT_MAX["recipient"]), flow_id=widest_id(TEXT_MAX["flow_id"]),
                        campaign_id=widest_id(TEXT_MAX["campaign_id"]), step_id=widest_id(TEXT_MAX["step_id"]),
-                       attributes={"big": ESCAPED * 100_000})
+                       workspace_id=widest_id(TEXT_MAX["workspace_id"]), attributes={"big": ESCAPED * 100_000})
 
 
 def stored_size(message_id: str, state: dict) -> int:

@@ -17,6 +17,7 @@ from sendtrack import status
 from sendtrack.settings import Settings
 from sinks.clickhouse import ClickHouse
 from sinks.migrate import migrate
+from sinks import writer
 from sinks.writer import Batch
 from tests.unit.test_sink_inserts import CHANGE, rows
 
@@ -59,6 +60,15 @@ def test_a_bad_workspace_is_refused_with_the_reason(value, error):
     assert isinstance(refused, Invalid) and refused.error_type == error and "workspace_id" in refused.error
 
 
+@pytest.mark.parametrize("first, again", [({}, {"workspace_id": ""}), ({"workspace_id": ""}, {}),
+                                          ({}, {"workspace_id": None})])
+def test_no_workspace_is_the_same_content_however_it_is_said(first, again):
+    state = status.new_state()
+    status.apply_request(state, parse_send_request(orjson.dumps({**REQUEST, **first})), 1)
+    outcome = status.apply_request(state, parse_send_request(orjson.dumps({**REQUEST, **again})), 2)
+    assert outcome.duplicate and outcome.invalid is None
+
+
 def test_a_repeated_request_in_another_workspace_is_a_conflict():
     state = status.new_state()
     status.apply_request(state, parse_send_request(orjson.dumps({**REQUEST, "workspace_id": "shop-a"})), 1)
@@ -94,5 +104,10 @@ def test_migration_0014_keeps_earlier_rows_and_the_sink_writes_the_workspace(eng
             ("m", ""), ("m10", ""), ("m20", "shop-a")]
         assert rows(ch, "SELECT event_id, workspace_id FROM {db}.engagement_events ORDER BY event_id") == [
             ("ev10", ""), ("ev20", "shop-a")]
+        # A worker still on the old code names the columns it knows: the rest take their defaults.
+        assert writer.STATUS_COLUMNS[-1] == "workspace_id"
+        old_sink = {**before, "message_id": "m-old", "change_id": "c-old"}
+        ch.insert_json("status_changes_ingest", writer.STATUS_COLUMNS[:-1], orjson.dumps(old_sink))
+        assert rows(ch, "SELECT workspace_id FROM {db}.status_changes WHERE message_id = 'm-old'") == [("",)]
     finally:
         ch.command(f"DROP DATABASE IF EXISTS `{ch.database}`")
