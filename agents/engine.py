@@ -79,7 +79,7 @@ def now_ms() -> int:
 
 
 # The partition Kafka's default partitioner gives a key (murmur2, as the Java client), remembered
-# for the last keys: a record's message id is placed again for each status change it makes.
+# for the last keys: a message's callbacks and routed records come soon after its request.
 partition_for = Placement(N)
 
 

@@ -1,11 +1,12 @@
 """Which partition Kafka's default partitioner gives a key: murmur2 of its bytes, as the Java client.
 
-The engine asks for every record it reads (is it on its message's partition?) and every status
-change it writes (keyed by message id), so about twice per record: aiokafka's `murmur2` (pure
-Python, byte by byte) took 6% of the worker's time late in a backlog. This one reads the key's
-4-byte words in one `struct.unpack_from` (about twice as fast, tests/unit/test_partitions.py checks
-it against aiokafka's on every length), and `partition_of` remembers the last keys it placed: a
-message's request, callbacks and status changes come close together.
+The engine asks for every record it reads (is it on its message's partition?) and every record it
+routes; status changes go to the partition of the record applied, which owns the message. With
+aiokafka's `murmur2` (pure Python, byte by byte) this took 6% of the worker's time late in a
+backlog, when status changes were placed too. This one reads the key's 4-byte words in one
+`struct.unpack_from` (about twice as fast, tests/unit/test_partitions.py checks it against
+aiokafka's on every length), and `Placement` remembers the last keys it placed: a message's request
+and callbacks come close together.
 """
 
 from __future__ import annotations
