@@ -247,7 +247,8 @@ def chosen_encoding(accept: str) -> Optional[str]:
 class ClickHouseHTTP:
     """The aiohttp application: `/`, `/ping`, `/replicas_status`."""
 
-    def __init__(self, pool: Callable[[], Optional[Analysts]], readers: auth.Readers, threads: int) -> None:
+    def __init__(self, pool: Callable[[Optional[str]], Optional[Analysts]], readers: auth.Readers,
+                 threads: int) -> None:
         self.pool = pool
         self.readers = readers
         self.errors = Errors()
@@ -278,9 +279,9 @@ class ClickHouseHTTP:
                 "query" in params or request.content_length != 0):
             # Who asks is known before the body is read or decompressed: a client that may not read
             # (a browser's cross-site request, a wrong password) costs no decompression.
-            denied = self._denied(params, request)
-            if denied is not None:
-                return denied
+            reader = self._reader(params, request)
+            if isinstance(reader, web.Response):
+                return reader
         if request.method == "POST":
             if request.content_type.startswith("multipart/"):
                 form = await request.post()
@@ -304,10 +305,10 @@ class ClickHouseHTTP:
                 body = data.decode("utf-8", errors="replace")
         if "query" not in params and not body:
             return await self.ping(request)  # ClickHouse answers `/` with Ok. too
-        denied = self._denied(params, request)
-        if denied is not None:
-            return denied
-        pool = self.pool()
+        reader = self._reader(params, request)
+        if isinstance(reader, web.Response):
+            return reader
+        pool = self.pool(reader.workspace)  # a reader of one workspace reads on its sessions
         if pool is None:
             return self.errors.response(439, "ClickHouse is not open yet: the worker is starting")
         asked = Request(params, request.headers, body)
@@ -360,8 +361,8 @@ class ClickHouseHTTP:
             response.charset = "UTF-8"
         return response
 
-    def _denied(self, params: Mapping[str, str], request: web.Request) -> Optional[web.Response]:
-        """The refusal of a request whose client may not read, or None."""
+    def _reader(self, params: Mapping[str, str], request: web.Request) -> auth.Reader | web.Response:
+        """The request's reader, or the refusal of a client that may not read."""
         creds = credentials_headers(params, request.headers)
         if isinstance(creds, str):
             return self.errors.response(516, creds)
@@ -370,7 +371,7 @@ class ClickHouseHTTP:
             code = 516 if reader.status == 401 else 497
             headers = {"WWW-Authenticate": 'Basic realm="sendtrack"'} if reader.status == 401 else None
             return self.errors.response(code, reader.message, status=reader.status, headers=headers)
-        return None
+        return reader
 
     def _load(self, pool: Analysts) -> None:
         """The headers ClickHouse sends with every answer, and its version for error texts."""

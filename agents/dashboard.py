@@ -34,7 +34,7 @@ def filters_of(query: Any) -> reports.Filters:
     """The dashboard's filters from its query string; empty fields are no filter."""
     value = lambda name: query.get(name) or None  # noqa: E731
     return reports.Filters(
-        flow=value("flow"), campaign=value("campaign"), step=value("step"), action=value("action"),
+        workspace=value("workspace"), flow=value("flow"), campaign=value("campaign"), step=value("step"), action=value("action"),
         provider=value("provider"),
         since=date.fromisoformat(query["since"]) if value("since") else None,
         until=date.fromisoformat(query["until"]) if value("until") else None,
@@ -48,13 +48,16 @@ def _jsonable(rows: list) -> list:
 def panel(pool: Any, name: str, query: Any) -> dict[str, Any]:
     """One panel's data: a report of sinks/reports.py run on the filters its view can apply, and the
     filters it could not (blocking: call it from a thread)."""
-    f = filters_of(query)
     vietnamese = query.get("lang") == "vi"
     labels = reports.VI_LABELS if vietnamese else {}
-    if name == "choices":
-        return reports.choices(pool.trusted(), f)
-    if name not in PANELS:
+    if name not in PANELS and name != "choices":
         raise ValueError(f"unknown panel {name!r}; expected one of {', '.join(PANELS)} or choices")
+    if name == "dead_letters" and pool.workspace is not None:
+        return {"title": "Dead letters by type", "columns": [], "rows": [], "unapplied": [], "labels": labels,
+                "scoped": "Dead letters belong to no workspace: a reader of one workspace does not see them."}
+    f = reports.scoped(name, filters_of(query), pool.workspace)
+    if name == "choices":
+        return {**reports.choices(pool.trusted(), f), "scope": pool.workspace}
     if name == "customer" and not query.get("customer"):
         return {"title": "Customer activity", "columns": [], "rows": [], "unapplied": [], "labels": labels}
     by = query.get("by") or "action"
@@ -113,6 +116,8 @@ async def dashboard_api(web, request, name: str):
         return refused
     try:
         body = await pool.run(panel, pool, name, request.query)  # the readers' threads, not the sink's
+    except reports.OutOfScope as exc:
+        return web.json({"error": str(exc)}, status=403)
     except (ValueError, KeyError) as exc:
         return web.json({"error": str(exc)}, status=400)
     except Refused as exc:

@@ -21,7 +21,7 @@ from sinks.analyst import Analysts, Refused
 from sinks import erasure
 from sinks.erasure import erase_customer
 
-readers = auth.Readers(settings.readers)
+readers = auth.Readers(settings.readers, workspaces=settings.reader_workspaces)
 admins = auth.Readers(settings.admins, "SENDTRACK_ADMINS")
 log = logging.getLogger(__name__)
 
@@ -103,24 +103,26 @@ def reader_of(request) -> auth.Reader | auth.Denied:
     return readers.authenticate(request.headers, request.remote)
 
 
-_analysts: Optional[Analysts] = None
+_analysts: dict[Optional[str], Analysts] = {}
 
 
-def analysts() -> Optional[Analysts]:
-    """The read-only sessions for readers, once ClickHouse is open."""
-    global _analysts
-    if _analysts is None and sink.ch is not None:
-        _analysts = Analysts(settings, sink.ch)
-    return _analysts
+def analysts(workspace: Optional[str] = None) -> Optional[Analysts]:
+    """The read-only sessions for readers of every workspace (None) or of one, once ClickHouse is
+    open. A workspace's sessions see only its rows (sinks/analyst.py); each scoped workspace has
+    its own few sessions, opened when its first reader asks."""
+    if workspace not in _analysts and sink.ch is not None:
+        _analysts[workspace] = Analysts(settings, sink.ch, workspace)
+    return _analysts.get(workspace)
 
 
 def reader_pool(web, request) -> tuple[Optional[Analysts], Any]:
-    """(the readers' sessions, None) for a reader's request, or (None, the response that refuses it:
-    no credentials, or ClickHouse not open yet)."""
+    """(the sessions of the request's reader, None), or (None, the response that refuses it: no
+    credentials, or ClickHouse not open yet). The sessions are scoped to the reader's workspace
+    if it has one (`Analysts.workspace`)."""
     reader = reader_of(request)
     if isinstance(reader, auth.Denied):
         return None, refuse(web, reader)
-    pool = analysts()
+    pool = analysts(reader.workspace)
     if pool is None:
         return None, web.json({"error": "ClickHouse is not open yet"}, status=503)
     return pool, None
@@ -151,12 +153,12 @@ async def report_page(web, request, name: str):
         return refused
     q = request.query
     try:
-        filters = reports.Filters(
-            flow=q.get("flow"), campaign=q.get("campaign"), step=q.get("step"), action=q.get("action"),
-            provider=q.get("provider"),
+        filters = reports.scoped(name, reports.Filters(
+            workspace=q.get("workspace"), flow=q.get("flow"), campaign=q.get("campaign"), step=q.get("step"),
+            action=q.get("action"), provider=q.get("provider"),
             since=date.fromisoformat(q["since"]) if q.get("since") else None,
             until=date.fromisoformat(q["until"]) if q.get("until") else None,
-        )
+        ), pool.workspace)
 
         def run() -> bytes:
             report = reports.run(pool.trusted(), name, filters, customer_id=q.get("customer"), by=q.get("by", "action"),
@@ -164,6 +166,8 @@ async def report_page(web, request, name: str):
             return _json_body({"title": report.title, "columns": report.columns, "rows": _jsonable(report.rows)})
 
         body = await pool.run(run)
+    except reports.OutOfScope as exc:
+        return web.json({"error": str(exc)}, status=403)
     except (ValueError, KeyError) as exc:
         return web.json({"error": str(exc)}, status=400)
     except Refused as exc:
@@ -201,19 +205,21 @@ class Erase(View):
         if isinstance(admin, auth.Denied):
             return refuse(self.web, admin)
         customer = request.query.get("customer", "")
+        workspace = request.query.get("workspace")  # absent: the customer id in every workspace
         if not customer:
-            return self.web.json({"error": "customer is required (?customer=ID)"}, status=400)
+            return self.web.json({"error": "customer is required (?customer=ID[&workspace=W])"}, status=400)
         if sink.ch is None:
             return self.web.json({"error": "ClickHouse is not open yet"}, status=503)
-        log.warning("erase: admin %r erases %s", admin.name, erasure.subject(customer))
+        log.warning("erase: admin %r erases %s%s", admin.name, erasure.subject(customer),
+                    "" if workspace is None else f" of workspace {workspace!r}")
         # The engine first: once it applied the erase records and the sink wrote every status change
         # made before, nothing of the customer arrives after ClickHouse is changed.
-        ids, recipients = await asyncio.to_thread(erasure.find, sink.ch, customer)
+        ids, recipients = await asyncio.to_thread(erasure.find, sink.ch, customer, workspace)
         done = await settle.settled(settings, await engine.request_erasure(ids)) if ids else True
-        more, more_recipients = await asyncio.to_thread(erasure.find, sink.ch, customer)
+        more, more_recipients = await asyncio.to_thread(erasure.find, sink.ch, customer, workspace)
         late = sorted(set(more) - set(ids))  # in the sink's backlog when first asked
         if late:
             await engine.request_erasure(late)
         found = (sorted(set(ids) | set(more)), sorted(set(recipients) | set(more_recipients)))
-        erased = await asyncio.to_thread(erase_customer, sink.ch, customer, log.info, found)
+        erased = await asyncio.to_thread(erase_customer, sink.ch, customer, log.info, found, workspace)
         return self.web.json(erasure.report(erased, settings, settled=done))

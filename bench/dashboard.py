@@ -2,7 +2,7 @@
 
 1. In a process of its own (chDB allows one engine per process), fills a fresh data directory's
    embedded ClickHouse with `--messages` synthetic messages, the way the sink does: rows into
-   `status_changes_raw`, whose materialized views fill `messages_agg` and `funnel_daily_states`
+   `status_changes_raw`, whose materialized views fill `messages_by_workspace` and `funnel_daily_by_workspace`
    (the tables behind every view the dashboard reads). Each message is sent; 80% are delivered,
    40% opened, 10% clicked and 10% failed (one of six reasons); six actions, 30 send days, 20
    campaigns, 7 flows, 5 steps, one customer per 10 messages; plus `--dead-letters` dead letters.
@@ -95,15 +95,15 @@ def generate(data_dir: str, messages: int, dead_letters: int) -> dict:
         log(f"{offset + count:,}/{messages:,} messages")
     ch.command(DEAD.format(db=ch.database, count=dead_letters, first_day=FIRST_DAY, days=DAYS))
     filled = time.monotonic() - started
-    for table in ("funnel_daily_states", "messages_agg"):
+    for table in ("funnel_daily_by_workspace", "messages_by_workspace"):
         ch.command(f"OPTIMIZE TABLE `{ch.database}`.{table} FINAL")
     merged = time.monotonic() - started - filled
     _, [(raw, agg, states, size)] = ch.query(
-        "SELECT sumIf(rows, table = 'status_changes_raw'), sumIf(rows, table = 'messages_agg'), "
-        "sumIf(rows, table = 'funnel_daily_states'), sum(bytes_on_disk) FROM system.parts "
+        "SELECT sumIf(rows, table = 'status_changes_raw'), sumIf(rows, table = 'messages_by_workspace'), "
+        "sumIf(rows, table = 'funnel_daily_by_workspace'), sum(bytes_on_disk) FROM system.parts "
         f"WHERE database = '{ch.database}' AND active")
-    return {"messages": messages, "status_change_rows": raw, "messages_agg_rows": agg,
-            "funnel_daily_states_rows": states, "bytes_on_disk": size, "dead_letters": dead_letters,
+    return {"messages": messages, "status_change_rows": raw, "messages_by_workspace_rows": agg,
+            "funnel_daily_by_workspace_rows": states, "bytes_on_disk": size, "dead_letters": dead_letters,
             "fill_seconds": round(filled, 1), "optimize_seconds": round(merged, 1), "first_day": FIRST_DAY}
 
 

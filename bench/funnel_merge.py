@@ -9,7 +9,8 @@ keys of `make bench-engine-memory`), then merges them into one and reports the p
 its RSS just before the merge. Each configuration runs in its own process (chDB allows one engine
 per process) on a fresh data directory, with the worker's engine settings:
   - `before-0006`: migrations up to 0005, so `funnel_daily_agg` (8,192-row granules and blocks);
-  - `sendtrack`: every migration, so `funnel_daily_states` (64-row granules, 8-row merge blocks).
+  - `sendtrack`: every migration, so `funnel_daily_by_workspace` (64-row granules, 8-row merge blocks,
+    as `funnel_daily_states` of 0006 had; keyed by workspace first since 0015, all rows in workspace '').
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.engine_memory import measure_apart, status  # noqa: E402
 
-CONFIGS = {"before-0006": (5, "funnel_daily_agg"), "sendtrack": (None, "funnel_daily_states")}
+CONFIGS = {"before-0006": (5, "funnel_daily_agg"), "sendtrack": (None, "funnel_daily_by_workspace")}
 
 STATES = """
-INSERT INTO {table}
+INSERT INTO {table} (day, action, flow_id, campaign_id, step_id, status, messages)
 SELECT toDate('2025-11-01') + msg % 30 AS day,
   ['email', 'zalo_oa', 'zns', 'messenger', 'sms', 'ai_call', 'http_request', 'timer', 'voucher',
    'crm_sync', 'start_flow', 'other'][msg % 12 + 1] AS action,
@@ -97,7 +98,7 @@ def main() -> None:
     run_id = time.strftime("funnel-merge-%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"{run_id}.json"
     out.write_text(json.dumps({"run_id": run_id, "results": results, "growth_ratio": ratio}, indent=2) + "\n")
-    print(f"funnel-merge: +{ours['growth_mb']} MiB with funnel_daily_states against +{base['growth_mb']} MiB "
+    print(f"funnel-merge: +{ours['growth_mb']} MiB with funnel_daily_by_workspace against +{base['growth_mb']} MiB "
           f"with funnel_daily_agg (ratio {ratio:.2f}); saved {out.relative_to(ROOT)}")
 
 

@@ -426,7 +426,7 @@ def funnel_query(messages: int, path: Path) -> dict:
             f"FROM numbers({n})) ARRAY JOIN arrayMap(x -> x.1, reached) AS st"
         )
         log(f"funnel query: {offset + n:,}/{messages:,} messages")
-    ch.command(f"OPTIMIZE TABLE `{ch.database}`.funnel_daily_states FINAL")
+    ch.command(f"OPTIMIZE TABLE `{ch.database}`.funnel_daily_by_workspace FINAL")
     gen = time.monotonic() - started
     sql = (f"SELECT day, status, messages FROM `{ch.database}`.funnel_daily WHERE campaign_id = 'camp-3' "
            "AND day BETWEEN '2026-10-01' AND '2026-10-30' ORDER BY day, status")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: Kafka + the worker with embedded ClickHouse, about a minute of simulated traffic, reports.
+# `make demo`: Kafka + the worker with embedded ClickHouse, about a minute of simulated traffic in three
+# workspaces (shops), one of them sending to a bad list, then reports and the deliverability alert.
 #   DEMO_MESSAGES (default 20000) and DEMO_SECONDS (default 60) size the run; DEMO_KEEP=1 leaves the
 #   worker running afterwards (its report API answers on SENDTRACK_WEB_PORT).
 set -euo pipefail
@@ -49,8 +50,11 @@ curl -sf "$api/health" >/dev/null || { echo "demo: the worker did not become hea
 echo "worker is up (log: $SENDTRACK_DATA_DIR/worker.log)"
 echo "dashboard: $api/dashboard   (open it now: it fills up live while the simulation runs)"
 
-say "simulating $messages sends over ${seconds}s (all twelve actions, duplicates, reordering, orphans, malformed)"
-$bin/sendtrack simulate --messages "$messages" --duration "$seconds" --run-id "$run"
+workspaces="shop-hanoi,shop-saigon,shop-danang"
+say "simulating $messages sends over ${seconds}s in three workspaces ($workspaces; shop-danang's email list has gone bad)"
+echo "(all twelve actions, duplicates, reordering, orphans, malformed records)"
+$bin/sendtrack simulate --messages "$messages" --duration "$seconds" --run-id "$run" --workspaces "$workspaces" \
+  --bouncy shop-danang
 
 say "waiting for the pipeline to catch up"
 $bin/python - "$api" <<'PY'
@@ -72,17 +76,54 @@ while time.monotonic() - start < 180:
 print()
 PY
 
-say "funnel by action"
+say "funnel by action, all workspaces"
 $bin/sendtrack report funnel
+say "each workspace"
+$bin/python - "$api" <<'PY'
+import json, sys, urllib.parse, urllib.request
+api = sys.argv[1]
+def report(name, **params):
+    return json.loads(urllib.request.urlopen(f"{api}/reports/{name}?{urllib.parse.urlencode(params)}", timeout=60).read())
+workspaces = json.loads(urllib.request.urlopen(f"{api}/dashboard/api/choices", timeout=60).read())["workspace"]
+print(f"  {'workspace':<14} {'messages':>9} {'delivered':>10} {'email bounced':>14}")
+for w in workspaces:
+    funnel = report("funnel", workspace=w)
+    col = {c: i for i, c in enumerate(funnel["columns"])}
+    total = sum(r[col["messages"]] for r in funnel["rows"])
+    delivered = sum(r[col["delivered"]] for r in funnel["rows"])
+    email = next((r for r in funnel["rows"] if r[col["action"]] == "email"), None)
+    bounced = f"{email[col['bounced']] / email[col['messages']]:.1%}" if email and email[col["messages"]] else "-"
+    print(f"  {w:<14} {total:>9,} {delivered:>10,} {bounced:>14}")
+PY
+say "deliverability alerts (the deliverability_health view, per workspace)"
+$bin/python - "$api" <<'PY'
+import json, sys, urllib.parse, urllib.request
+api = sys.argv[1]
+workspaces = json.loads(urllib.request.urlopen(f"{api}/dashboard/api/choices", timeout=60).read())["workspace"]
+alerts = 0
+for w in workspaces:
+    doc = json.loads(urllib.request.urlopen(f"{api}/reports/health?{urllib.parse.urlencode({'workspace': w})}",
+                                            timeout=60).read())
+    col = {c: i for i, c in enumerate(doc["columns"])}
+    for r in doc["rows"]:
+        if r[col["measured"]] and r[col["state"]] != "ok" and r[col["period"]] == "24h" and r[col["mailbox_provider"]] == "*":
+            alerts += 1
+            limit = r[col["critical"]] if r[col["state"]] == "critical" else r[col["warning"]]
+            print(f"  ALERT {r[col['state']].upper():<8} {w}: {r[col['action']]} via {r[col['provider']]}, "
+                  f"{r[col['metric']]} rate {r[col['rate']]:.1%} over the last 24 h ({r[col['events']]:,} of "
+                  f"{r[col['volume']]:,}; {r[col['state']]} at {limit:.1%})")
+if not alerts:
+    print("  no alert: every measured rate is within its thresholds")
+PY
 say "current status (Vietnamese labels)"
 $bin/sendtrack report status --lang vi
 say "top failure reasons"
 $bin/sendtrack report failures | head -n 14
 say "latency (seconds)"
 $bin/sendtrack report latency
-customer="$(curl -sf --get "$api/query" --data-urlencode "q=SELECT customer_id FROM sendtrack.messages GROUP BY customer_id ORDER BY count() DESC LIMIT 1" | $bin/python -c 'import json,sys; print(json.load(sys.stdin)["rows"][0][0])')"
-say "customer activity of $customer"
-$bin/sendtrack report customer "$customer"
+customer="$(curl -sf --get "$api/query" --data-urlencode "q=SELECT customer_id FROM sendtrack.messages WHERE workspace_id = 'shop-hanoi' GROUP BY customer_id ORDER BY count() DESC, customer_id LIMIT 1" | $bin/python -c 'import json,sys; print(json.load(sys.stdin)["rows"][0][0])')"
+say "customer activity of $customer in shop-hanoi"
+$bin/sendtrack report customer "$customer" --workspace shop-hanoi
 say "dead letters"
 curl -sf --get "$api/query" --data-urlencode "q=SELECT error_type, count() AS n FROM sendtrack.dead_letters GROUP BY error_type ORDER BY n DESC" \
   | $bin/python -c 'import json,sys; [print(f"  {t:<20} {n}") for t, n in json.load(sys.stdin)["rows"]]'

@@ -12,9 +12,12 @@ from typing import Mapping, Optional
 
 @dataclass(frozen=True, slots=True)
 class Reader:
-    """A reader allowed to see customer data; `name` is '' for an unauthenticated loopback client."""
+    """A reader allowed to see customer data; `name` is '' for an unauthenticated loopback client.
+    `workspace` is the one workspace a scoped reader sees (SENDTRACK_READER_WORKSPACES), None for
+    a reader of every workspace."""
 
     name: str
+    workspace: Optional[str] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +36,10 @@ def _digest(secret: str) -> bytes:
 
 
 class Readers:
-    """The configured readers (SENDTRACK_READERS = "name:password,name:password")."""
+    """The configured readers (SENDTRACK_READERS = "name:password,name:password"), and the workspace
+    each scoped one is limited to (SENDTRACK_READER_WORKSPACES = "name=workspace,name=workspace")."""
 
-    def __init__(self, spec: str, setting: str = "SENDTRACK_READERS") -> None:
+    def __init__(self, spec: str, setting: str = "SENDTRACK_READERS", workspaces: str = "") -> None:
         self._passwords: dict[str, bytes] = {}
         for item in (part.strip() for part in spec.split(",")):
             if not item:
@@ -44,6 +48,7 @@ class Readers:
             if not sep or not name or not password:
                 raise ValueError(f"{setting} must be 'name:password' pairs separated by commas")
             self._passwords[name] = _digest(password)
+        self.workspaces = parse_workspaces(workspaces, self._passwords)
 
     def __len__(self) -> int:
         return len(self._passwords)
@@ -57,7 +62,7 @@ class Readers:
         whether the name exists or not, and whatever the password."""
         expected = self._passwords.get(name)
         ok = hmac.compare_digest(expected if expected is not None else b"\0" * 32, _digest(password))
-        return Reader(name) if ok and expected is not None else None
+        return Reader(name, self.workspaces.get(name)) if ok and expected is not None else None
 
     def authenticate(self, headers: Mapping[str, str], peer: Optional[str]) -> Reader | Denied:
         """A request's reader, from HTTP basic auth or ClickHouse's X-ClickHouse-User/-Key headers.
@@ -78,6 +83,30 @@ class Readers:
             return Denied(403, "no readers are configured (SENDTRACK_READERS): reading endpoints answer "
                                "loopback clients only")
         return Reader("")
+
+
+def parse_workspaces(spec: str, readers: Mapping[str, object]) -> dict[str, str]:
+    """SENDTRACK_READER_WORKSPACES: "name=workspace" pairs, each naming a configured reader once.
+    A workspace is what send requests carry (at most 128 characters, no control characters; ''
+    is the workspace of requests that name none)."""
+    scoped: dict[str, str] = {}
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, sep, workspace = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"SENDTRACK_READER_WORKSPACES must be 'name=workspace' pairs separated by commas, "
+                             f"not {item!r}")
+        if name not in readers:
+            raise ValueError(f"SENDTRACK_READER_WORKSPACES names {name!r}, who is not in SENDTRACK_READERS")
+        if name in scoped:
+            raise ValueError(f"SENDTRACK_READER_WORKSPACES names {name!r} twice: a reader sees one workspace")
+        if len(workspace) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in workspace):
+            raise ValueError(f"SENDTRACK_READER_WORKSPACES: {name!r}'s workspace is longer than 128 characters "
+                             "or has control characters")
+        scoped[name] = workspace
+    return scoped
 
 
 def authenticate_admin(admins: Readers, headers: Mapping[str, str]) -> Reader | Denied:

@@ -53,10 +53,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from sendtrack import simulate
 
     settings = get_settings()
-    traffic = simulate.generate(args.messages, seed=args.seed, run_id=args.run_id)
+    workspaces = tuple(w.strip() for w in args.workspaces.split(",") if w.strip())
+    if args.bouncy and args.bouncy not in workspaces:
+        raise SystemExit(f"simulate: --bouncy {args.bouncy!r} is not one of --workspaces")
+    traffic = simulate.generate(args.messages, seed=args.seed, run_id=args.run_id, workspaces=workspaces,
+                                bouncy=args.bouncy)
     print(f"simulate: {args.messages} messages -> {len(traffic.records)} records "
-          f"({traffic.orphans} orphans, {traffic.malformed} malformed) to {settings.kafka_broker}",
-          file=sys.stderr)
+          f"({traffic.orphans} orphans, {traffic.malformed} malformed) to {settings.kafka_broker}"
+          + (f", in workspaces {', '.join(workspaces)}" if workspaces else ""), file=sys.stderr)
     rate = len(traffic.records) / args.duration if args.duration else None
     seconds = asyncio.run(simulate.publish(settings, traffic, rate=rate))
     print(f"simulate: published {len(traffic.records)} records in {seconds:.1f} s", file=sys.stderr)
@@ -104,7 +108,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     worker holds the database: the erasure goes through its API as the first SENDTRACK_ADMINS pair;
     with no worker running, or with a server, it runs here."""
     settings = get_settings()
-    doc = _erase_through_api(args.customer) if settings.clickhouse_is_embedded else None
+    doc = _erase_through_api(args.customer, args.workspace) if settings.clickhouse_is_embedded else None
     if doc is None:
         from sinks.clickhouse import ClickHouse
         from sinks.erasure import erase_customer, find, report
@@ -112,9 +116,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
         ch = ClickHouse.connect(settings)
         prepare(ch, settings, log=lambda *_: None)
-        found = find(ch, args.customer)
+        found = find(ch, args.customer, args.workspace)
         asyncio.run(_send_to_engine(settings, found[0]))  # the engine's part first: it is idempotent
-        erased = erase_customer(ch, args.customer, log=lambda line: print(line, file=sys.stderr), found=found)
+        erased = erase_customer(ch, args.customer, log=lambda line: print(line, file=sys.stderr), found=found,
+                                workspace=args.workspace)
         doc = report(erased, settings, settled=False)
     print(json.dumps(doc, indent=2, ensure_ascii=False))
     return 0
@@ -137,10 +142,10 @@ async def _send_to_engine(settings: Any, message_ids: list[str]) -> None:
         await producer.stop()
 
 
-def _erase_through_api(customer: str) -> Optional[dict[str, Any]]:
+def _erase_through_api(customer: str, workspace: Optional[str]) -> Optional[dict[str, Any]]:
     """The erasure by a running worker (POST /admin/erase), or None when no worker answers."""
-    return _worker_api("erase", "POST", "/admin/erase", {"customer": customer},
-                       get_settings().admins, 600)
+    params = {"customer": customer} if workspace is None else {"customer": customer, "workspace": workspace}
+    return _worker_api("erase", "POST", "/admin/erase", params, get_settings().admins, 600)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -152,12 +157,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         "provider": args.provider, "since": args.since, "until": args.until, "customer": args.customer_id, "by": args.by,
         "lang": args.lang,
     }.items() if v}
+    if args.workspace is not None:  # '' is a workspace: that of requests that named none
+        params["workspace"] = args.workspace
     doc = _report_from_api(args.name, params) if settings.clickhouse_is_embedded else None
     if doc is None:
         from sinks.clickhouse import ClickHouse
 
         filters = reports.Filters(
-            flow=args.flow, campaign=args.campaign, step=args.step, action=args.action,
+            workspace=args.workspace, flow=args.flow, campaign=args.campaign, step=args.step, action=args.action,
             provider=args.provider, since=date.fromisoformat(args.since) if args.since else None,
             until=date.fromisoformat(args.until) if args.until else None,
         )
@@ -228,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["funnel", "status", "failures", "customer", "latency", "trend", "dead_letters",
                                     "unconfirmed", "recipients", "health"])
     p.add_argument("customer_id", nargs="?", help="for `customer`: the customer id")
+    p.add_argument("--workspace", help="one workspace's numbers ('' for requests that named none); not for "
+                                       "dead_letters, which belong to none")
     p.add_argument("--flow")
     p.add_argument("--campaign")
     p.add_argument("--step")
@@ -243,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("erase", help="erase a customer's personal data (prints what was erased and what stays)")
     p.add_argument("--customer", required=True, help="the customer id, as send requests carry it")
+    p.add_argument("--workspace", help="only the customer of this workspace (the same id in another workspace "
+                                       "is another customer); absent: the id in every workspace")
     p.set_defaults(func=cmd_erase)
 
     p = sub.add_parser("simulate", help="publish realistic traffic for all twelve actions")
@@ -250,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=0, help="spread publication over this many seconds")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--run-id", default="sim", help="prefix of the generated message ids")
+    p.add_argument("--workspaces", default="", help="comma-separated workspaces the messages are sent in, in turn")
+    p.add_argument("--bouncy", help="one of --workspaces whose emails bounce a third of the time (a bad list)")
     p.set_defaults(func=cmd_simulate)
     return parser
 

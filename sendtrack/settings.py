@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sendtrack.auth import Readers
 
 
 # Hours within which a provider's receipt (an outcome past "sent" / "processing") is expected, per
@@ -76,6 +78,10 @@ class Settings(BaseSettings):
     # Readers of customer data (reports, SQL, the dashboard): "name:password" pairs, comma-separated
     # (docs/security.md). Empty = the reading endpoints answer loopback clients only.
     readers: str = Field(default="", repr=False)
+    # Readers limited to one workspace: "name=workspace" pairs, comma-separated, each a reader of
+    # SENDTRACK_READERS. They see only that workspace's rows, in reports, SQL and the dashboard
+    # (docs/security.md, "Workspaces"). Readers not named here see every workspace.
+    reader_workspaces: str = ""
     # Admins: "name:password" pairs like the readers'. Only they may erase a customer through the
     # API (POST /admin/erase; `sendtrack erase` presents the first pair). Empty = no erasure by API.
     admins: str = Field(default="", repr=False)
@@ -171,6 +177,7 @@ class Settings(BaseSettings):
         # Raise on a bad value at start rather than at first use.
         self.receipt_hours  # noqa: B018
         self.health_limits  # noqa: B018
+        Readers(self.readers, workspaces=self.reader_workspaces)
         return self
 
     @property
@@ -223,7 +230,18 @@ class Settings(BaseSettings):
         return not self.clickhouse_url.startswith(("http://", "https://"))
 
 
+class SettingsError(ValueError):
+    """Settings the process cannot start with: each wrong setting and why, and never a value (the
+    values include readers' and admins' passwords and providers' secrets)."""
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, built once from the environment."""
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        # pydantic's own text shows the input, which for a model check is every setting's value.
+        wrong = [f"{'SENDTRACK_' + str(e['loc'][0]).upper() if e['loc'] else 'settings'}: {e['msg']}"
+                 for e in exc.errors(include_input=False, include_url=False)]
+        raise SettingsError("; ".join(wrong)) from None

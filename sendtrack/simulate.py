@@ -91,6 +91,30 @@ DELAYS_MS = {"processing": (50, 2000), "delivered": (500, 20000), "opened": (10_
              "complained": (60_000, 3_600_000)}
 
 
+# Emails of the workspaces of `generate(workspaces=...)`: a clean list, under every deliverability
+# threshold's warning (2 % bounces, 5 % failures, 0.05 % complaints), where PATHS has the rates of a
+# troubled sender.
+CLEAN_EMAIL = [
+    (0.45, [("processing", True), ("delivered", True)], None),
+    (0.27, [("processing", True), ("delivered", True), ("opened", True)], None),
+    (0.13, [("processing", True), ("delivered", True), ("opened", True), ("clicked", True)], None),
+    (0.05, [("processing", True), ("delivered", False), ("opened", False), ("clicked", True)], None),
+    (0.02, [("processing", True), ("bounced", True), ("failed", False)],
+     ("550 5.1.1", "The email account that you tried to reach does not exist", "hard")),
+    (0.03, [("failed", True)], ("invalid_email", "Invalid recipient address", "")),
+    (0.001, [("processing", True), ("delivered", True), ("unsubscribed", True)], None),
+    (0.0005, [("processing", True), ("delivered", True), ("opened", True), ("complained", True)], None),
+]
+# Emails of a workspace whose list has gone bad (`generate(bouncy=...)`): a third bounce, as after
+# sending to an old purchased list; enough to cross the bounce rate's critical threshold.
+BOUNCY_EMAIL = [
+    (0.55, [("processing", True), ("delivered", True)], None),
+    (0.10, [("processing", True), ("delivered", True), ("opened", True)], None),
+    (0.35, [("processing", True), ("bounced", True), ("failed", False)],
+     ("550 5.1.1", "The email account that you tried to reach does not exist", "hard")),
+]
+
+
 @dataclass
 class Message:
     """One simulated send and what it must end as."""
@@ -104,6 +128,7 @@ class Message:
     requested_at: int
     expected: set[str]
     failure: Optional[tuple[str, str, str]]
+    workspace_id: str = ""
 
 
 @dataclass
@@ -118,8 +143,10 @@ class Traffic:
 
 def generate(n_messages: int, seed: int = 7, start_ms: Optional[int] = None, run_id: str = "sim",
              duplicate_rate: float = 0.1, provider_id_only_rate: float = 0.3, orphan_rate: float = 0.005,
-             malformed_rate: float = 0.005, reorder_window: int = 50) -> Traffic:
-    """A deterministic stream of requests and callbacks for `n_messages` sends."""
+             malformed_rate: float = 0.005, reorder_window: int = 50, workspaces: tuple[str, ...] = (),
+             bouncy: Optional[str] = None) -> Traffic:
+    """A deterministic stream of requests and callbacks for `n_messages` sends: in turn in each of
+    `workspaces` if given (else none is named), and in the `bouncy` one with BOUNCY_EMAIL's outcomes."""
     rnd = random.Random(seed)
     start_ms = start_ms or int(time.time() * 1000) - 3 * 86_400_000
     actions, weights = zip(*ACTION_WEIGHTS.items())
@@ -128,17 +155,22 @@ def generate(n_messages: int, seed: int = 7, start_ms: Optional[int] = None, run
     for i in range(n_messages):
         action = rnd.choices(actions, weights)[0]
         provider, paths = PATHS[action]
+        workspace = workspaces[i % len(workspaces)] if workspaces else ""
+        if action == "email" and workspace:
+            paths = BOUNCY_EMAIL if workspace == bouncy else CLEAN_EMAIL
         _, path, failure = _pick(rnd, paths)
         mid = f"{run_id}-{i:08d}"
         requested_at = start_ms + rnd.randrange(0, 3 * 86_400_000)
         msg = Message(mid, action, f"cus-{rnd.randrange(n_messages // 3 + 1):06d}",
                       f"camp-{rnd.randrange(5)}", f"flow-{rnd.randrange(3)}", f"step-{rnd.randrange(4)}",
                       requested_at, {s for s, _ in path} | ({"sent"} if action != "http_request" else set()),
-                      failure)
+                      failure, workspace)
         traffic.messages.append(msg)
         request = {"message_id": mid, "action": action, "customer_id": msg.customer_id,
                    "requested_at": requested_at, "provider": provider, "recipient": f"r{i}",
                    "flow_id": msg.flow_id, "campaign_id": msg.campaign_id, "step_id": msg.step_id}
+        if workspace:
+            request["workspace_id"] = workspace
         timed.append((requested_at, "send-requests", mid.encode(), orjson.dumps(request)))
         t = requested_at
         pmid = f"{provider}-{run_id}-{i:08d}"

@@ -71,6 +71,26 @@ READING_STATEMENTS = ("SelectWithUnionQuery", "SelectIntersectExceptQuery", "Sho
                       "ShowCreate", "DescribeQuery", "Explain", "ExistsTable", "ExistsDatabase",
                       "ExistsView", "ExistsDictionary", "ShowDatabases")
 
+# What a reader scoped to one workspace (SENDTRACK_READER_WORKSPACES) sees, enforced by ClickHouse:
+# its sessions filter every table that holds customers' rows on the workspace (the setting
+# additional_table_filters, set before readonly=1, applies to each read of the table, through views,
+# subqueries and joins, and no statement can change it), and see nothing of the tables that belong to
+# no workspace. A table of customer rows that a migration adds must be named here
+# (tests/unit/test_scoped_readers.py fails otherwise).
+WORKSPACE_TABLES = ("status_changes_raw", "engagement_events_raw", "messages_by_workspace",
+                    "funnel_daily_by_workspace", "engagement_daily_by_workspace")
+NO_WORKSPACE_TABLES = ("dead_letters_raw",)  # a refused record may not even name a message
+# The system tables a scoped reader may read: catalogs that clients (JDBC, Grafana, DBeaver) query,
+# with no rows of any customer. Others show every session's statements (processes, query_log) or
+# data (merge() over a table is not filtered, hence refused too).
+SCOPED_SYSTEM_TABLES = frozenset({
+    "one", "numbers", "numbers_mt", "zeros", "zeros_mt", "databases", "tables", "columns", "functions",
+    "settings", "formats", "data_type_families", "table_engines", "table_functions", "time_zones",
+    "collations", "keywords", "build_options", "aggregate_function_combinators", "contributors", "licenses",
+    "current_roles", "enabled_roles",
+})
+_TABLE = re.compile(r"^ *(TableIdentifier|Identifier) ([^ ]+)")
+
 T = TypeVar("T")
 _FUNCTION = re.compile(r"^( *)Function (\w+)")
 # Names that raw() puts into SQL text itself: a format after FORMAT, a setting in a SETTINGS clause.
@@ -145,8 +165,18 @@ class EngineRefusal(Refused):
         self.name = name
 
 
-def analyst_limits(settings: Settings) -> dict[str, Any]:
-    """Session settings of a reader's connection; `readonly` last, so the others can be set first."""
+def workspace_filters(database: str, workspace: str) -> str:
+    """additional_table_filters for a reader of one workspace (a Map literal: 'db.table' -> filter)."""
+    only = f"workspace_id = {_quote(workspace)}"
+    pairs = [f"{_quote(f'{database}.{t}')}: {_quote(only)}" for t in WORKSPACE_TABLES]
+    pairs += [f"{_quote(f'{database}.{t}')}: '0'" for t in NO_WORKSPACE_TABLES]
+    return "{" + ", ".join(pairs) + "}"
+
+
+def analyst_limits(settings: Settings, database: Optional[str] = None, workspace: Optional[str] = None
+                   ) -> dict[str, Any]:
+    """Session settings of a reader's connection; `readonly` last, so the others can be set first.
+    With a workspace, the session sees only that workspace's rows of `database`."""
     limits: dict[str, Any] = {
         "max_execution_time": settings.query_max_seconds,
         "max_result_rows": settings.query_max_result_rows,
@@ -162,8 +192,48 @@ def analyst_limits(settings: Settings) -> dict[str, Any]:
             "max_bytes_before_external_group_by": settings.query_memory_mb * MIB // 2,
             "max_bytes_before_external_sort": settings.query_memory_mb * MIB // 2,
         })
+    if workspace is not None:
+        assert database is not None, "a workspace's filters name the database's tables"
+        limits["additional_table_filters"] = workspace_filters(database, workspace)
     limits["readonly"] = 1
     return limits
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a scoped reader's statement may read: `database` (sendtrack's), whose tables its session
+    filters, and the catalogs of SCOPED_SYSTEM_TABLES. `current` is the database of unqualified names."""
+
+    database: str
+    current: str
+
+
+def check_scope(tree: list[str], scope: Scope) -> None:
+    """Refuse, for a reader of one workspace, what its session's filters do not cover: tables of
+    other databases, system tables with rows of every workspace (statements of other sessions,
+    parts), merge() (which reads tables without their filters) and dictionaries or Join tables."""
+    for line in tree:
+        match = _FUNCTION.match(line)
+        if match:
+            name = match.group(2).lower()
+            if name == "merge" or name.startswith(("dictget", "joinget")):
+                raise Refused(ACCESS_DENIED, f"{match.group(2)}() is not allowed for a reader of one workspace")
+            continue
+        match = _TABLE.match(line)
+        if not match:
+            continue
+        kind, name = match.groups()
+        database, dot, table = name.rpartition(".")
+        if kind == "Identifier":  # a column, or a table after IN: only system.x can be the latter here
+            if database.lower() == "system" and table not in SCOPED_SYSTEM_TABLES:
+                raise Refused(ACCESS_DENIED, f"system.{table} is not readable by a reader of one workspace")
+            continue
+        database = database if dot else scope.current
+        if database.lower() == "information_schema" or database == scope.database or \
+                (database == "system" and table in SCOPED_SYSTEM_TABLES) or (not dot and database != "system"):
+            continue
+        raise Refused(ACCESS_DENIED, f"{database}.{table} is not readable by a reader of one workspace: read "
+                                     f"the {scope.database} database's tables and views")
 
 
 def check_tree(tree: list[str]) -> None:
@@ -194,12 +264,14 @@ def check_tree(tree: list[str]) -> None:
 
 
 class Analysts:
-    """A few read-only sessions for readers' statements (SENDTRACK_QUERY_CONCURRENCY at once)."""
+    """A few read-only sessions for readers' statements (SENDTRACK_QUERY_CONCURRENCY at once), of
+    every workspace or, with `workspace`, of that one only."""
 
-    def __init__(self, settings: Settings, engine: ClickHouse) -> None:
+    def __init__(self, settings: Settings, engine: ClickHouse, workspace: Optional[str] = None) -> None:
         self.settings = settings
         self.database = engine.database
-        self.limits = analyst_limits(settings)
+        self.workspace = workspace
+        self.limits = analyst_limits(settings, engine.database, workspace)
         self._idle: "queue.LifoQueue[Any]" = queue.LifoQueue()
         self._opened = 0
         self._lock = threading.Lock()
@@ -275,6 +347,8 @@ class Analysts:
         except DatabaseError as exc:
             raise _refused(exc) from None
         check_tree(tree)
+        if self.workspace is not None:
+            check_scope(tree, Scope(self.database, client.database or "default"))
         return canonical
 
     def query(self, sql: str, parameters: Optional[dict[str, Any]] = None) -> tuple[list[str], list[tuple]]:
@@ -305,7 +379,7 @@ class Analysts:
                 raise _refused(exc) from None
         return list(result.column_names), result.result_rows
 
-    def prepare_raw(self, client: Any, sql: str, parameters: Mapping[str, str]
+    def prepare_raw(self, client: Any, sql: str, parameters: Mapping[str, str], current: str = "default"
                     ) -> tuple[str, dict[str, Any], Optional[str]]:
         """`prepare` for a statement that may have `{name:Type}` placeholders and a FORMAT clause:
         its canonical text, the parameters it uses (ClickHouse substitutes them before the tree is
@@ -332,6 +406,8 @@ class Analysts:
         except DatabaseError as exc:
             raise _engine_refusal(exc) from None
         check_tree(tree)
+        if self.workspace is not None:
+            check_scope(tree, Scope(self.database, current))
         # A FORMAT clause is the root's last identifier child (before SETTINGS); SHOW and EXISTS have
         # identifier children of their own, so the canonical text must end with it too.
         children = [line[1:] for line in tree[1:] if line.startswith(" ") and not line.startswith("  ")]
@@ -351,7 +427,7 @@ class Analysts:
         if not _NAME.match(fmt):
             raise Refused(UNKNOWN_FORMAT, f"Unknown output format {fmt!r}")
         with self.session() as client:
-            canonical, bound, query_format = self.prepare_raw(client, sql, parameters or {})
+            canonical, bound, query_format = self.prepare_raw(client, sql, parameters or {}, database or "default")
             if settings:
                 bad = next((name for name in settings if not _NAME.match(name)), None)
                 if bad is not None:

@@ -26,25 +26,28 @@ GROUP_COLUMNS = {"flow": "flow_id", "campaign": "campaign_id", "step": "step_id"
 # The filters a report's view has columns for. A view without a dimension cannot be narrowed by it:
 # funnel_daily and current_status_daily have no provider, failure_reasons has no flow, campaign or
 # step, and dead_letters has none of them (a refused record may not even name a message).
-DIMENSIONS = ("flow", "campaign", "step", "action", "provider")
+# Every view but dead_letters has the workspace (migration 0015).
+DIMENSIONS = ("workspace", "flow", "campaign", "step", "action", "provider")
 FILTERABLE = {
-    "funnel": ("flow", "campaign", "step", "action"),
-    "trend": ("flow", "campaign", "step", "action"),
-    "status": ("flow", "campaign", "step", "action"),
-    "failures": ("action", "provider"),
+    "funnel": ("workspace", "flow", "campaign", "step", "action"),
+    "trend": ("workspace", "flow", "campaign", "step", "action"),
+    "status": ("workspace", "flow", "campaign", "step", "action"),
+    "failures": ("workspace", "action", "provider"),
     "dead_letters": (),
-    "customer": ("flow", "campaign", "step", "action", "provider"),
-    "latency": ("flow", "campaign", "step", "action", "provider"),
-    "unconfirmed": ("flow", "campaign", "step", "action", "provider"),
-    "recipients": ("action", "provider"),
-    "health": ("action", "provider"),
+    "customer": ("workspace", "flow", "campaign", "step", "action", "provider"),
+    "latency": ("workspace", "flow", "campaign", "step", "action", "provider"),
+    "unconfirmed": ("workspace", "flow", "campaign", "step", "action", "provider"),
+    "recipients": ("workspace", "action", "provider"),
+    "health": ("workspace", "action", "provider"),
 }
 
 
 @dataclass
 class Filters:
-    """What the analyst narrowed the report to. Dates are send dates (UTC), inclusive."""
+    """What the analyst narrowed the report to. Dates are send dates (UTC), inclusive. `workspace`
+    '' is the workspace of requests that named none."""
 
+    workspace: Optional[str] = None
     flow: Optional[str] = None
     campaign: Optional[str] = None
     step: Optional[str] = None
@@ -55,7 +58,8 @@ class Filters:
 
     def where(self, day_expr: str = "day", prefix: str = "") -> tuple[str, dict[str, Any]]:
         clauses, params = ["1"], {}
-        for name, column in (("flow", "flow_id"), ("campaign", "campaign_id"), ("step", "step_id"),
+        for name, column in (("workspace", "workspace_id"), ("flow", "flow_id"), ("campaign", "campaign_id"),
+                             ("step", "step_id"),
                              ("action", "action"), ("provider", "provider")):
             value = getattr(self, name)
             if value is not None:
@@ -76,6 +80,24 @@ class Filters:
     def only(self, report: str) -> "Filters":
         """These filters without the ones the report's view cannot apply (`unapplied`)."""
         return replace(self, **{d: None for d in self.unapplied(report)})
+
+
+class OutOfScope(PermissionError):
+    """A reader of one workspace asked for another's rows, or for what belongs to no workspace."""
+
+
+def scoped(name: str, f: Filters, workspace: Optional[str]) -> Filters:
+    """The filters of report `name` for a reader of `workspace` (None: every workspace): narrowed to
+    it; another workspace, or dead letters (which belong to none), are OutOfScope. ClickHouse
+    enforces the scope on the reader's sessions anyway (sinks/analyst.py): this makes it an error
+    the reader can read rather than an empty report."""
+    if workspace is None:
+        return f
+    if name == "dead_letters":
+        raise OutOfScope("dead letters belong to no workspace: a reader of one workspace cannot read them")
+    if f.workspace is not None and f.workspace != workspace:
+        raise OutOfScope(f"this reader sees workspace {workspace!r} only")
+    return replace(f, workspace=workspace)
 
 
 @dataclass
@@ -207,9 +229,9 @@ def latency(ch: ClickHouse, f: Filters) -> Report:
         "countIf(opened_at IS NOT NULL AND delivered_at IS NOT NULL) AS n_o, "
         "quantilesExactIf(0.5, 0.9, 0.99)(dateDiff('millisecond', delivered_at, opened_at) / 1000, "
         "  opened_at IS NOT NULL AND delivered_at IS NOT NULL) AS q_o "
-        # messages_agg FINAL folds each message's rows as the messages view does, merging in key
+        # messages_by_workspace FINAL folds each message's rows as the messages view does, merging in key
         # order instead of holding every message's key in memory (migration 0008).
-        f"FROM `{ch.database}`.messages_agg FINAL WHERE {where} GROUP BY action ORDER BY action",
+        f"FROM `{ch.database}`.messages_by_workspace FINAL WHERE {where} GROUP BY action ORDER BY action",
         params,
     )
     out = Report(
@@ -259,17 +281,20 @@ def dead_letters(ch: ClickHouse, f: Filters) -> Report:
 
 
 def choices(ch: ClickHouse, f: Filters) -> dict[str, list[str]]:
-    """The flows, campaigns, steps and actions that sent anything in the date range (funnel_daily's
-    keys only: ClickHouse leaves its distinct-message states unmerged)."""
+    """The workspaces, flows, campaigns, steps and actions that sent anything in the date range (in
+    the workspace, if one is chosen; funnel_daily's keys only: ClickHouse leaves its distinct-message
+    states unmerged). '' (no workspace named) is not listed."""
     where, params = replace(f, flow=None, campaign=None, step=None, action=None, provider=None).where()
+    everywhere, _ = replace(f, workspace=None, flow=None, campaign=None, step=None, action=None, provider=None).where()
     _, rows = ch.query(
-        f"SELECT groupUniqArray(1000)(flow_id), groupUniqArray(1000)(campaign_id), "
-        f"groupUniqArray(1000)(step_id), groupUniqArray(100)(action) "
-        f"FROM (SELECT DISTINCT flow_id, campaign_id, step_id, action FROM `{ch.database}`.funnel_daily "
-        f"WHERE {where})",
+        f"SELECT groupUniqArrayIf(1000)(workspace_id, {everywhere}), groupUniqArrayIf(1000)(flow_id, {where}), "
+        f"groupUniqArrayIf(1000)(campaign_id, {where}), groupUniqArrayIf(1000)(step_id, {where}), "
+        f"groupUniqArrayIf(100)(action, {where}) "
+        f"FROM (SELECT DISTINCT workspace_id, day, flow_id, campaign_id, step_id, action FROM "
+        f"`{ch.database}`.funnel_daily WHERE {everywhere})",
         params,
     )
-    names = ("flow", "campaign", "step", "action")
+    names = ("workspace", "flow", "campaign", "step", "action")
     return {name: sorted(v for v in values if v) for name, values in zip(names, rows[0])} if rows else \
         {name: [] for name in names}
 

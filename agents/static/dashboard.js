@@ -1,7 +1,7 @@
 // The funnel dashboard: reads /dashboard/api/<panel> (sinks/reports.py) and redraws itself every few seconds.
 "use strict";
 
-const FILTERS = ["since", "until", "flow", "campaign", "step", "action", "provider", "by", "lang"];
+const FILTERS = ["workspace", "since", "until", "flow", "campaign", "step", "action", "provider", "by", "lang"];
 const PANELS = ["funnel", "trend", "status", "failures", "health", "dead_letters", "latency", "customer"];
 const COLORS = {
   sent: "#4c78a8", processing: "#9ecae9", delivered: "#54a24b", opened: "#eeca3b", clicked: "#f58518",
@@ -266,6 +266,7 @@ function renderHealth(doc) {
 
 function renderDeadLetters(doc) {
   const panel = $("#dead_letters");
+  if (doc.scoped) return empty(panel, doc.scoped);
   const note = unappliedNote("dead_letters", doc.unapplied);
   if (!doc.rows.length) { empty(panel, "No dead letters."); $(".body", panel).insertAdjacentHTML("afterbegin", note); return; }
   $(".body", panel).innerHTML = note + table("dead_letters", doc.columns, doc.rows);
@@ -286,7 +287,15 @@ const RENDER = { funnel: renderFunnel, trend: renderTrend, status: renderStatus,
 function choices(doc) {
   for (const [name, values] of Object.entries(doc)) {
     const list = document.getElementById(`${name}-choices`);
-    if (list) list.innerHTML = values.map((v) => `<option value="${esc(v)}">`).join("");
+    if (list && Array.isArray(values)) list.innerHTML = values.map((v) => `<option value="${esc(v)}">`).join("");
+  }
+  // A reader of one workspace: the server narrows every panel to it; the field says so.
+  const field = $("#filters").elements.workspace;
+  if (doc.scope !== null && doc.scope !== undefined) {
+    field.value = doc.scope === "" ? "(none)" : doc.scope;
+    field.disabled = true;
+    field.title = "these credentials see this workspace only";
+    field.dataset.scope = doc.scope;
   }
 }
 
@@ -367,7 +376,7 @@ function refreshAll() {
 function apply(form) {
   for (const name of FILTERS) {
     const el = form.elements[name];
-    if (!el) continue;
+    if (!el || el.disabled) continue;
     const v = el.value.trim();
     if (v && !(name === "by" && v === "action") && !(name === "lang" && v === "en")) params.set(name, v);
     else params.delete(name);

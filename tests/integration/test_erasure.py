@@ -86,7 +86,7 @@ def test_an_admin_erases_a_customer_and_the_counts_stay(worker):
     assert any("status-changes" in item["where"] for item in body["not_erased"])
 
     assert customers(worker) == [["", "", 4], ["cus-bob", "bob@gmail.com", 3]]
-    for table in ("status_changes_raw", "messages_agg", "engagement_events_raw", "dead_letters_raw"):
+    for table in ("status_changes_raw", "messages_by_workspace", "engagement_events_raw", "dead_letters_raw"):
         assert worker.sql(holding.format(table)) == [[0]], table
     assert worker.sql("SELECT * FROM sendtrack.funnel_daily ORDER BY ALL") == funnel
     assert worker.sql("SELECT * FROM sendtrack.current_status_daily ORDER BY ALL") == current

@@ -52,7 +52,7 @@ def decompressed(monkeypatch):
 
 
 async def _client(readers: str) -> TestClient:
-    server = ClickHouseHTTP(lambda: None, auth.Readers(readers), threads=1)
+    server = ClickHouseHTTP(lambda workspace: None, auth.Readers(readers), threads=1)
     client = TestClient(TestServer(server.application(), host="127.0.0.1"))
     await client.start_server()
     return client
@@ -117,7 +117,7 @@ async def test_a_large_result_is_serialized_off_the_event_loop(monkeypatch):
 
     pool = Analysts(Settings(query_concurrency=1), SimpleNamespace(database="sendtrack"))
     monkeypatch.setattr(pool, "query", lambda sql, parameters=None: (["n"], [[None] * 1000] * 100))
-    monkeypatch.setattr(web_module, "_analysts", pool)
+    monkeypatch.setattr(web_module, "_analysts", {None: pool})
     monkeypatch.setattr(web_module, "readers", auth.Readers(""))
     threads: list[str] = []
     dumps = faust_json.dumps

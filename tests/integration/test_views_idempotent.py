@@ -148,8 +148,8 @@ def test_failure_reason_is_the_earliest_failure_whatever_the_order(ch, insert_or
 
 
 def test_aggregating_tables_merge_few_parts_at_a_time(ch):
-    # Migrations 0005 and 0006: a merge of these wide tables holds buffers for every column of every part.
-    for table in ("messages_agg", "funnel_daily_states"):
+    # Migrations 0005, 0006 and 0015: a merge of these wide tables holds buffers for every column of every part.
+    for table in ("messages_by_workspace", "funnel_daily_by_workspace", "engagement_daily_by_workspace"):
         _, rows = ch.query("SELECT engine_full FROM system.tables WHERE database = %(db)s AND name = %(t)s",
                            {"db": ch.database, "t": table})
         assert "max_parts_to_merge_at_once = 4" in rows[0][0], rows
@@ -157,7 +157,7 @@ def test_aggregating_tables_merge_few_parts_at_a_time(ch):
     # Migration 0006: a row of the funnel holds a uniqExact state of many message ids, so its merges
     # read and write few rows at a time.
     _, rows = ch.query("SELECT engine_full FROM system.tables WHERE database = %(db)s AND name = %(t)s",
-                       {"db": ch.database, "t": "funnel_daily_states"})
+                       {"db": ch.database, "t": "funnel_daily_by_workspace"})
     assert "index_granularity = 64" in rows[0][0], rows
     assert "merge_max_block_size = 8" in rows[0][0], rows
 
@@ -197,7 +197,9 @@ def test_the_funnel_survives_its_move_to_funnel_daily_states(ch, engine_path):
         for statement in six.statements(old.database):
             old.command(statement)
         assert [m.version for m in migrate(old, log=lambda *_: None)][:2] == [6, 7]
-        assert snapshot(old)["funnel_daily"] == before
+        # The same rows, now in workspace '' (migration 0015 put it first).
+        assert [row[1:] for row in snapshot(old)["funnel_daily"]] == before
+        assert {row[0] for row in snapshot(old)["funnel_daily"]} == {""}
         assert not {"funnel_daily_agg", "funnel_daily_mv"} & tables(old)
         # The rest of the traffic, with the first half redelivered, against a database migrated
         # from scratch that received each change once.
@@ -217,10 +219,10 @@ def test_the_views_read_from_final_equal_their_group_by_definitions(ch):
     db = f"`{ch.database}`"
     by_view = {
         "current_status_daily": (
-            f"SELECT toDate(requested_at) AS day, action, flow_id, campaign_id, step_id, current_status, "
+            f"SELECT workspace_id, toDate(requested_at) AS day, action, flow_id, campaign_id, step_id, current_status, "
             f"count() AS messages FROM {db}.messages GROUP BY ALL ORDER BY ALL"),
         "failure_reasons": (
-            f"SELECT toDate(requested_at) AS day, action, provider, reason_code, reason, count() AS messages "
+            f"SELECT workspace_id, toDate(requested_at) AS day, action, provider, reason_code, reason, count() AS messages "
             f"FROM {db}.messages WHERE failed_at IS NOT NULL GROUP BY ALL ORDER BY ALL"),
     }
     for view, grouped in by_view.items():

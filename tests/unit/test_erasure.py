@@ -96,7 +96,7 @@ def test_an_erased_customer_is_nowhere_and_every_count_stays(ch):
     assert rows(ch, f"SELECT count() FROM system.mutations WHERE database = '{ch.database}'")[0][0] >= 4
     assert counts(ch) == before
     assert erased.messages == 3 and erased.recipients == 2
-    assert erased.rows["dead_letters_raw"] == 4 and erased.rows["messages_agg"] == 3
+    assert erased.rows["dead_letters_raw"] == 4 and erased.rows["messages_by_workspace"] == 3
     assert erased.rows["status_changes_raw"] == 9 and erased.rows["engagement_events_raw"] == 1
     # Bob's dead letters, and the one that only resembles Alice's id, stay.
     assert rows(ch, "SELECT count() FROM {db}.dead_letters_raw")[0][0] == 2
@@ -108,11 +108,11 @@ def test_an_erased_customer_is_nowhere_and_every_count_stays(ch):
 def test_erasing_again_or_an_unknown_customer_changes_nothing(ch):
     load(ch)
     erase_customer(ch, ALICE, log=lambda *_: None)
-    before = counts(ch), rows(ch, "SELECT count() FROM {db}.messages_agg")
+    before = counts(ch), rows(ch, "SELECT count() FROM {db}.messages_by_workspace")
     again = erase_customer(ch, ALICE, log=lambda *_: None)
     assert again.messages == 0 and set(again.rows.values()) == {0}
     assert erase_customer(ch, "nobody", log=lambda *_: None).messages == 0
-    assert (counts(ch), rows(ch, "SELECT count() FROM {db}.messages_agg")) == before
+    assert (counts(ch), rows(ch, "SELECT count() FROM {db}.messages_by_workspace")) == before
 
 
 def test_the_engine_is_told_per_partition_of_each_message():

@@ -30,16 +30,16 @@ def ttl_of(ch: ClickHouse, table: str) -> str:
 def test_the_settings_become_each_tables_ttl_and_are_applied_once(ch):
     settings = Settings()
     changed = retention.apply(ch, settings, log=lambda *_: None)
-    assert changed == {"status_changes_raw": 730, "messages_agg": 730, "engagement_events_raw": 730,
-                       "funnel_daily_states": 1095, "engagement_daily_states": 1095, "dead_letters_raw": 30}
+    assert changed == {"status_changes_raw": 730, "messages_by_workspace": 730, "engagement_events_raw": 730,
+                       "funnel_daily_by_workspace": 1095, "engagement_daily_by_workspace": 1095, "dead_letters_raw": 30}
     assert ttl_of(ch, "status_changes_raw") == "toDateTime(requested_at) + toIntervalDay(730)"
-    assert ttl_of(ch, "funnel_daily_states") == "day + toIntervalDay(1095)"
+    assert ttl_of(ch, "funnel_daily_by_workspace") == "day + toIntervalDay(1095)"
     assert ttl_of(ch, "dead_letters_raw") == "toDateTime(failed_at) + toIntervalDay(30)"
     assert retention.apply(ch, settings, log=lambda *_: None) == {}  # nothing changed: no ALTER
     # A setting changed: only that table's TTL changes; 0 removes it.
     assert retention.apply(ch, Settings(dead_letter_retention_days=0), log=lambda *_: None) == {"dead_letters_raw": 0}
     assert ttl_of(ch, "dead_letters_raw") == ""
-    assert ttl_of(ch, "messages_agg") == "toDateTime(requested_at) + toIntervalDay(730)"
+    assert ttl_of(ch, "messages_by_workspace") == "toDateTime(requested_at) + toIntervalDay(730)"
 
 
 def test_rows_past_their_retention_are_deleted_and_the_others_stay(ch):
@@ -56,9 +56,9 @@ def test_rows_past_their_retention_are_deleted_and_the_others_stay(ch):
         batch.add_dead_letter(orjson.dumps({**DEAD, "offset": i, "failed_at": now - age_days * DAY_MS}),
                               "dead-letters", 0, i)
     batch.write(ch)
-    every = ("status_changes_raw", "messages_agg", "engagement_events_raw", "funnel_daily_states", "dead_letters_raw")
+    every = ("status_changes_raw", "messages_by_workspace", "engagement_events_raw", "funnel_daily_by_workspace", "dead_letters_raw")
     before = {t: rows(ch, f"SELECT count() FROM {{db}}.{t}")[0][0] for t in every}
-    assert before["messages_agg"] == 4 and before["dead_letters_raw"] == 2, before
+    assert before["messages_by_workspace"] == 4 and before["dead_letters_raw"] == 2, before
 
     retention.apply(ch, Settings(retention_days=365, time_max_age_days=365, aggregate_retention_days=480),
                     log=lambda *_: None)

@@ -179,16 +179,16 @@ def test_the_messages_view_names_each_rank_as_current_rank_does():
             f"{for_action if name == action else otherwise}")
 
 
-@pytest.mark.parametrize("relation", ["messages_agg", "messages_mv", "messages"])
+@pytest.mark.parametrize("relation", ["messages_by_workspace", "messages_by_workspace_mv", "messages"])
 def test_every_status_has_its_milestone_column(relation):
-    names = table_columns(relation) if relation.endswith("_agg") else view_columns(relation)
+    names = table_columns(relation) if relation == "messages_by_workspace" else view_columns(relation)
     milestones = {n[:-3] for n in names if n.endswith("_at")} - {"requested", "updated"}
     assert milestones == set(STATUSES), (
         f"{relation}: missing {sorted(set(STATUSES) - milestones)}, unknown {sorted(milestones - set(STATUSES))}")
-    if relation == "messages_mv":
+    if relation.endswith("_mv"):
         query = view_query(relation)
         for status in STATUSES:
-            assert f"if(status = '{status}', occurred_at, NULL) AS {status}_at" in query, f"messages_mv: {status}_at"
+            assert f"if(status = '{status}', occurred_at, NULL) AS {status}_at" in query, f"{relation}: {status}_at"
 
 
 TARGETS = {target.ingest: target for target in (writer.STATUS, writer.ENGAGEMENT, writer.DEAD)}
@@ -243,11 +243,11 @@ def test_the_parser_reads_what_it_is_meant_to():
     assert list(table_columns("dead_letters_ingest"))[:3] == ["source_topic", "partition", "offset"]
     assert table_columns("status_changes_raw")["_version"] == "UInt64"
     assert view_columns("funnel_daily")[-1] == "messages"  # 0006's CREATE OR REPLACE wins over 0002
-    assert "funnel_daily_states" in SQL[SQL.rindex("VIEW {db}.funnel_daily AS"):][:400]
+    assert "funnel_daily_by_workspace" in SQL[SQL.rindex("VIEW {db}.funnel_daily AS"):][:400]  # 0015 wins
 
 
 def test_current_status_daily_names_the_rank_as_the_messages_view_does():
-    """current_status_daily (migration 0008) reads messages_agg FINAL: its rank naming is the
+    """current_status_daily (migrations 0008, 0015) reads messages_by_workspace FINAL: its rank naming is the
     messages view's, on the folded current_rank."""
     naming = re.compile(r"transform\((?:max\()?current_rank\)?,.*?''\)\)", re.S)
     in_view = naming.search(view_query("messages"))

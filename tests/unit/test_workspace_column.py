@@ -95,7 +95,7 @@ def test_migration_0014_keeps_earlier_rows_and_the_sink_writes_the_workspace(eng
         for later in ("workspace_id", "kind", "url", "is_machine"):
             before.pop(later)
         ch.command(f"INSERT INTO `{ch.database}`.status_changes_ingest FORMAT JSONEachRow {orjson.dumps(before).decode()}")
-        assert [m.version for m in migrate(ch, log=lambda *_: None)] == [14]
+        assert [m.version for m in migrate(ch, log=lambda *_: None, up_to=14)] == [14]
         insert(ch, 10)
         insert(ch, 20, workspace_id="shop-a")
         assert rows(ch, "SELECT message_id, workspace_id FROM {db}.status_changes ORDER BY message_id") == [
@@ -109,5 +109,52 @@ def test_migration_0014_keeps_earlier_rows_and_the_sink_writes_the_workspace(eng
         old_sink = {**before, "message_id": "m-old", "change_id": "c-old"}
         ch.insert_json("status_changes_ingest", writer.STATUS_COLUMNS[:-1], orjson.dumps(old_sink))
         assert rows(ch, "SELECT workspace_id FROM {db}.status_changes WHERE message_id = 'm-old'") == [("",)]
+    finally:
+        ch.command(f"DROP DATABASE IF EXISTS `{ch.database}`")
+
+
+def test_migration_0015_keys_the_rollups_by_workspace_and_keeps_every_count(engine_path):
+    """Rows from before 0014 ('' workspace) and from between 0014 and 0015 (a workspace the old
+    rollups did not keep) come out of 0015 in their workspaces, counted once even when 0015 runs
+    twice; the new views are fed from then on, and 0016 drops the old tables."""
+    ch = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"), database=f"ws_{uuid.uuid4().hex[:10]}")
+    try:
+        migrate(ch, log=lambda *_: None, up_to=14)
+        insert(ch, 10)  # before: no workspace
+        insert(ch, 20, workspace_id="shop-a")
+        insert(ch, 30, workspace_id="shop-a", requested_at=CHANGE.requested_at - 86_400_000 * 3)
+        ch.command(f"INSERT INTO `{ch.database}`.status_changes_ingest FORMAT JSONEachRow "
+                   + orjson.dumps({**dataclasses.asdict(CHANGE), "change_id": "c40", "message_id": "m40",
+                                   "requested_at": CHANGE.requested_at - 86_400_000 * 9}).decode())
+        funnel = "SELECT {w}day, status, sum(messages) FROM {{db}}.funnel_daily GROUP BY ALL ORDER BY ALL"
+        before = rows(ch, funnel.format(w=""))
+        person = rows(ch, "SELECT day, sum(messages) FROM {db}.engagement_daily GROUP BY day ORDER BY day")
+        assert [m.version for m in migrate(ch, log=lambda *_: None, up_to=15)] == [15]
+        from sinks.migrate import available
+        for statement in next(m for m in available() if m.version == 15).statements(ch.database):
+            ch.command(statement)  # a rerun after a partial run
+        assert [m.version for m in migrate(ch, log=lambda *_: None)] == [16]
+        assert rows(ch, funnel.format(w="")) == before
+        assert rows(ch, "SELECT day, sum(messages) FROM {db}.engagement_daily GROUP BY day ORDER BY day") == person
+        assert rows(ch, "SELECT message_id, workspace_id FROM {db}.messages ORDER BY message_id") == [
+            ("m10", ""), ("m20", "shop-a"), ("m30", "shop-a"), ("m40", "")]
+        by_workspace = rows(ch, "SELECT workspace_id, sum(messages) FROM {db}.funnel_daily WHERE status = 'sent' "
+                                "GROUP BY workspace_id ORDER BY workspace_id")
+        assert by_workspace == [("", 2), ("shop-a", 2)]
+        assert rows(ch, "SELECT workspace_id, sum(messages) FROM {db}.engagement_daily GROUP BY workspace_id "
+                        "ORDER BY workspace_id") == [("", 1), ("shop-a", 2)]
+        insert(ch, 50, workspace_id="shop-b")  # after: through the new views
+        assert rows(ch, "SELECT workspace_id, count() FROM {db}.messages GROUP BY workspace_id ORDER BY workspace_id"
+                    ) == [("", 2), ("shop-a", 2), ("shop-b", 1)]
+        assert rows(ch, "SELECT workspace_id, sum(messages) FROM {db}.current_status_daily GROUP BY workspace_id "
+                        "ORDER BY workspace_id") == [("", 2), ("shop-a", 2), ("shop-b", 1)]
+        assert rows(ch, "SELECT sum(messages) FROM {db}.engagement_daily WHERE workspace_id = 'shop-b'") == [(1,)]
+        assert rows(ch, f"SELECT name FROM system.tables WHERE database = '{ch.database}' AND name IN "
+                        "('messages_agg', 'funnel_daily_states', 'engagement_daily_states', 'messages_mv')") == []
+        key = rows(ch, f"SELECT name, sorting_key FROM system.tables WHERE database = '{ch.database}' AND "
+                       "name LIKE '%by_workspace' ORDER BY name")
+        assert [(name, k.split(",")[0]) for name, k in key] == [
+            ("engagement_daily_by_workspace", "workspace_id"), ("funnel_daily_by_workspace", "workspace_id"),
+            ("messages_by_workspace", "workspace_id")]
     finally:
         ch.command(f"DROP DATABASE IF EXISTS `{ch.database}`")
