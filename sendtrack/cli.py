@@ -15,7 +15,7 @@ from datetime import date
 from typing import Any, Optional
 
 from sendtrack.auth import basic_auth_header
-from sendtrack.settings import get_settings
+from sendtrack.settings import SettingsError, get_settings
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -271,7 +271,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "report" and args.name == "customer" and not args.customer_id:
         raise SystemExit("report: `sendtrack report customer` needs a customer id")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SettingsError as exc:  # a wrong environment: say which setting and why, not a traceback
+        raise SystemExit(f"sendtrack: cannot start with these settings: {exc}")
 
 
 if __name__ == "__main__":

@@ -86,3 +86,15 @@ def b64(text: str) -> str:
     import base64
 
     return base64.b64encode(text.encode()).decode()
+
+
+def test_readers_can_be_scoped_to_one_workspace():
+    readers = Readers("ana:one,hoa:two,none:three", workspaces="hoa=shop-hanoi, none=")
+    assert readers.check("ana", "one") == Reader("ana", None)  # every workspace
+    assert readers.check("hoa", "two") == Reader("hoa", "shop-hanoi")
+    assert readers.check("none", "three") == Reader("none", "")  # requests that named no workspace
+    assert readers.authenticate(basic("hoa", "two"), "203.0.113.9") == Reader("hoa", "shop-hanoi")
+    for bad, why in (("bob=shop-1", "not in SENDTRACK_READERS"), ("hoa", "name=workspace"),
+                     ("hoa=a,hoa=b", "twice"), ("hoa=" + "x" * 129, "128"), ("hoa=a\tb", "control")):
+        with pytest.raises(ValueError, match=why):
+            Readers("ana:one,hoa:two", workspaces=bad)

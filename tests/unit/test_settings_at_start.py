@@ -51,3 +51,16 @@ def test_every_setting_is_documented_in_the_contract():
     prefix = Settings.model_config["env_prefix"].upper()
     missing = [name for name in Settings.model_fields if f"`{prefix}{name.upper()}`" not in doc]
     assert not missing, f"settings without a row in docs/contract.md: {missing}"
+
+
+def test_a_bad_setting_is_named_without_printing_any_settings_value():
+    """pydantic's own message for a check over several settings shows every setting's value, and
+    the settings hold readers', admins' and providers' secrets."""
+    env = {**os.environ, "SENDTRACK_READERS": "ana:pw-secret-1", "SENDTRACK_ADMINS": "dpo:pw-secret-2",
+           "SENDTRACK_READER_WORKSPACES": "bob=shop-1", "SENDTRACK_SENDGRID_PUBLIC_KEY": "pw-secret-3"}
+    done = subprocess.run([sys.executable, "-m", "sendtrack.cli", "report", "funnel"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "cannot start with these settings" in done.stderr
+    assert "SENDTRACK_READER_WORKSPACES names 'bob', who is not in SENDTRACK_READERS" in done.stderr
+    assert "pw-secret" not in done.stderr + done.stdout, done.stderr[-2000:]
