@@ -83,6 +83,9 @@ NO_WORKSPACE_TABLES = ("dead_letters_raw",)  # a refused record may not even nam
 # The system tables a scoped reader may read: catalogs that clients (JDBC, Grafana, DBeaver) query,
 # with no rows of any customer. Others show every session's statements (processes, query_log) or
 # data (merge() over a table is not filtered, hence refused too).
+# Tables without any customer's rows: the migration ledger, settings the sink writes, lookup tables.
+CATALOG_TABLES = frozenset({"schema_migrations", "retention_applied", "receipt_expectations", "health_thresholds",
+                            "mailbox_domains", "carrier_prefixes"})
 SCOPED_SYSTEM_TABLES = frozenset({
     "one", "numbers", "numbers_mt", "zeros", "zeros_mt", "databases", "tables", "columns", "functions",
     "settings", "formats", "data_type_families", "table_engines", "table_functions", "time_zones",
@@ -201,17 +204,40 @@ def analyst_limits(settings: Settings, database: Optional[str] = None, workspace
 
 @dataclass(frozen=True)
 class Scope:
-    """Where a scoped reader's statement may read: `database` (sendtrack's), whose tables its session
-    filters, and the catalogs of SCOPED_SYSTEM_TABLES. `current` is the database of unqualified names."""
+    """Where a scoped reader's statement may read. `database` is sendtrack's, whose tables its session
+    filters; `current` the database of unqualified names; `relations` the engine of each relation of
+    those two databases, by (database, name), as system.tables lists them."""
 
     database: str
     current: str
+    relations: Mapping[tuple[str, str], str]
+    databases: frozenset[str] = frozenset()  # every database's name: `db.t` after IN is a table, `a.c` a column
+
+    def readable(self, database: str, name: str) -> bool:
+        """Whether a reader of one workspace may read this relation. In sendtrack's database: the
+        tables its session filters (or hides), the catalogs, and plain views, which read those tables
+        by name and so through the filters. Not a materialized view (reading one reads its target
+        table under the view's name, which no filter names) nor a Null ingest table. In system: the
+        catalogs of SCOPED_SYSTEM_TABLES. information_schema's views read system's catalogs."""
+        if database == self.database:
+            return name in WORKSPACE_TABLES or name in NO_WORKSPACE_TABLES or name in CATALOG_TABLES or \
+                self.relations.get((database, name)) == "View"
+        if database == "system":
+            return name in SCOPED_SYSTEM_TABLES
+        return database.lower() == "information_schema"
 
 
-def check_scope(tree: list[str], scope: Scope) -> None:
-    """Refuse, for a reader of one workspace, what its session's filters do not cover: tables of
-    other databases, system tables with rows of every workspace (statements of other sessions,
-    parts), merge() (which reads tables without their filters) and dictionaries or Join tables."""
+_PREWHERE = re.compile(r"\bPREWHERE\b", re.I)
+
+
+def check_scope(tree: list[str], canonical: str, scope: Scope) -> None:
+    """Refuse, for a reader of one workspace, what its session's filters do not cover: relations
+    `Scope.readable` does not allow (other databases, materialized views, system tables with rows of
+    every workspace or other sessions' statements), merge() (which reads tables without their
+    filters), dictionaries and Join tables, and PREWHERE (which ClickHouse runs before the filter: an
+    error it raises could quote another workspace's values)."""
+    if _PREWHERE.search(canonical):
+        raise Refused(ACCESS_DENIED, "PREWHERE is not allowed for a reader of one workspace: use WHERE")
     for line in tree:
         match = _FUNCTION.match(line)
         if match:
@@ -224,16 +250,18 @@ def check_scope(tree: list[str], scope: Scope) -> None:
             continue
         kind, name = match.groups()
         database, dot, table = name.rpartition(".")
-        if kind == "Identifier":  # a column, or a table after IN: only system.x can be the latter here
-            if database.lower() == "system" and table not in SCOPED_SYSTEM_TABLES:
-                raise Refused(ACCESS_DENIED, f"system.{table} is not readable by a reader of one workspace")
-            continue
-        database = database if dot else scope.current
-        if database.lower() == "information_schema" or database == scope.database or \
-                (database == "system" and table in SCOPED_SYSTEM_TABLES) or (not dot and database != "system"):
-            continue
-        raise Refused(ACCESS_DENIED, f"{database}.{table} is not readable by a reader of one workspace: read "
-                                     f"the {scope.database} database's tables and views")
+        if not dot:
+            # An unqualified name: a relation of the current database, else a column (Identifier) or
+            # a WITH subquery's name (TableIdentifier), which read nothing by themselves.
+            database = scope.current
+            if (database, table) not in scope.relations and database != "system":
+                continue
+        elif kind == "Identifier" and database not in scope.databases and database != "system" and \
+                database.lower() != "information_schema":
+            continue  # alias.column
+        if not scope.readable(database, table):
+            raise Refused(ACCESS_DENIED, f"{database}.{table} is not readable by a reader of one workspace: read "
+                                         f"the {scope.database} database's tables and views")
 
 
 def check_tree(tree: list[str]) -> None:
@@ -348,8 +376,19 @@ class Analysts:
             raise _refused(exc) from None
         check_tree(tree)
         if self.workspace is not None:
-            check_scope(tree, Scope(self.database, client.database or "default"))
+            check_scope(tree, canonical, self._scope(client, client.database or "default"))
         return canonical
+
+    def _scope(self, client: Any, current: str) -> Scope:
+        """What a statement of this scoped session may read, with the relations of sendtrack's and
+        the current database as they are now."""
+        try:
+            rows = client.query("SELECT database, name, engine FROM system.tables WHERE database IN "
+                                "({d:String}, {c:String})", parameters={"d": self.database, "c": current}).result_rows
+            databases = frozenset(name for (name,) in client.query("SELECT name FROM system.databases").result_rows)
+        except DatabaseError as exc:
+            raise _refused(exc) from None
+        return Scope(self.database, current, {(db, name): engine for db, name, engine in rows}, databases)
 
     def query(self, sql: str, parameters: Optional[dict[str, Any]] = None) -> tuple[list[str], list[tuple]]:
         """Column names and rows of a reader's statement (blocking: call it from a thread)."""
@@ -407,7 +446,7 @@ class Analysts:
             raise _engine_refusal(exc) from None
         check_tree(tree)
         if self.workspace is not None:
-            check_scope(tree, Scope(self.database, current))
+            check_scope(tree, canonical, self._scope(client, current))
         # A FORMAT clause is the root's last identifier child (before SETTINGS); SHOW and EXISTS have
         # identifier children of their own, so the canonical text must end with it too.
         children = [line[1:] for line in tree[1:] if line.startswith(" ") and not line.startswith("  ")]

@@ -346,32 +346,34 @@ HEALTH_METRICS = {"bounce": "bounced", "complaint": "complained", "failure": "fa
 
 def health(ch: ClickHouse, f: Filters) -> Report:
     """Deliverability health (the `deliverability_health` view): bounce, complaint, failure and
-    unsubscribe rates over the last 24 hours and 7 days per action, provider and mailbox provider
-    ('*': all of them), judged against the thresholds in the settings; each action with the rates
-    it can reach. Worst first (by state, then by how far past its threshold); a rate over fewer
+    unsubscribe rates over the last 24 hours and 7 days per workspace, action, provider and mailbox
+    provider ('*': all of them), judged against the thresholds in the settings; each action with the
+    rates it can reach. A sender's reputation is its own: one workspace's rates are never mixed with
+    another's. Worst first (by state, then by how far past its threshold); a rate over fewer
     messages than the minimum volume is listed, not judged (`measured` false)."""
     if f.since or f.until:
         raise ValueError("the health report covers the last 24 hours and 7 days: it takes no dates")
     where, params = f.where()
     params["states"] = list(HEALTH_STATES)
     _, rows = ch.query(
-        f"SELECT period, action, provider, mailbox_provider, metric, events, volume, rate, warning, critical, "
-        f"measured, state FROM `{ch.database}`.deliverability_health WHERE {where} "
+        f"SELECT workspace_id, period, action, provider, mailbox_provider, metric, events, volume, rate, warning, "
+        f"critical, measured, state FROM `{ch.database}`.deliverability_health WHERE {where} "
         f"ORDER BY indexOf(%(states)s, state), measured DESC, "
-        f"rate / if(state = 'critical', critical, warning) DESC, period, action, provider, "
+        f"rate / if(state = 'critical', critical, warning) DESC, workspace_id, period, action, provider, "
         f"mailbox_provider = '*' DESC, mailbox_provider, metric", params)
     if not rows:  # no message in the last 7 days, or no thresholds to join them with
         _, limits = ch.query(f"SELECT count() FROM `{ch.database}`.health_thresholds")
         if not limits[0][0]:
             raise ValueError("no deliverability health thresholds in ClickHouse: run `sendtrack migrate` "
                              "or start the worker, which write them from the settings")
-    out = Report("", ["period", "action", "provider", "mailbox_provider", "metric", "events", "volume", "rate",
-                      "warning", "critical", "measured", "state"])
-    for period, action, provider, mailbox, metric, events, volume, rate, warning, critical, measured, state in rows:
+    out = Report("", ["workspace", "period", "action", "provider", "mailbox_provider", "metric", "events", "volume",
+                      "rate", "warning", "critical", "measured", "state"])
+    for workspace, period, action, provider, mailbox, metric, events, volume, rate, warning, critical, measured, \
+            state in rows:
         if action in ACTIONS and HEALTH_METRICS[metric] not in ACTIONS[action]:
             continue
-        out.rows.append([period, action, provider, mailbox, metric, int(events), int(volume), round(float(rate), 6),
-                         float(warning), float(critical), bool(measured), state])
+        out.rows.append([workspace, period, action, provider, mailbox, metric, int(events), int(volume),
+                         round(float(rate), 6), float(warning), float(critical), bool(measured), state])
     judged = [r for r in out.rows if r[-2]]
     count = {state: sum(1 for r in judged if r[-1] == state) for state in HEALTH_STATES}
     out.title = (f"Deliverability health, last 24 hours and 7 days: {count['critical']} critical, "

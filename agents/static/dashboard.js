@@ -50,7 +50,7 @@ async function get(name, extra) {
 const RATE_COLUMNS = new Set(["delivery_rate", "open_rate", "click_rate", "person_open_rate", "share"]);
 const TEXT_COLUMNS = new Set(["action", "flow", "campaign", "step", "provider", "reason_code", "reason", "current_status",
   "message_id", "flow_id", "campaign_id", "step_id", "requested_at", "timeline", "source_topic", "error_type",
-  "last_failed_at", "day", "period", "mailbox_provider", "metric", "measured", "state"]);
+  "last_failed_at", "day", "period", "mailbox_provider", "metric", "measured", "state", "workspace"]);
 // The health report's rates and thresholds, with the precision its thresholds need (tenths of a percent).
 const HEALTH_RATES = new Set(["rate", "warning", "critical"]);
 const healthPct = (r) => (r * 100).toFixed(r > 0 && r < 0.01 ? 2 : 1) + "%";
@@ -247,12 +247,12 @@ function renderHealth(doc) {
   const alerts = measured.filter((r) => at(r, "state") !== "ok");
   const count = (s) => measured.filter((r) => at(r, "state") === s).length;
   const row = (r) => `<tr data-state="${esc(at(r, "state"))}"><td><span class="state ${esc(at(r, "state"))}">${esc(at(r, "state"))}</span></td>` +
-    `<td>${esc(at(r, "period"))}</td><td data-col="action">${esc(at(r, "action"))}</td><td>${esc(at(r, "provider"))}</td>` +
+    `<td data-col="workspace">${esc(at(r, "workspace") || "(none)")}</td><td>${esc(at(r, "period"))}</td><td data-col="action">${esc(at(r, "action"))}</td><td>${esc(at(r, "provider"))}</td>` +
     `<td>${esc(at(r, "mailbox_provider") === "*" ? "all" : at(r, "mailbox_provider"))}</td><td>${esc(at(r, "metric"))}</td>` +
     `<td class="num" data-col="rate" data-value="${esc(at(r, "rate"))}">${healthPct(at(r, "rate"))}</td>` +
     `<td class="num hint">${healthPct(at(r, "warning"))} / ${healthPct(at(r, "critical"))}</td>` +
     `<td class="num">${fmt(at(r, "events"))} of ${fmt(at(r, "volume"))}</td></tr>`;
-  const head = `<thead><tr><th>state</th><th>period</th><th>action</th><th>provider</th><th>mailbox</th><th>metric</th>` +
+  const head = `<thead><tr><th>state</th><th>workspace</th><th>period</th><th>action</th><th>provider</th><th>mailbox</th><th>metric</th>` +
     `<th class="num">rate</th><th class="num">warning / critical</th><th class="num">messages</th></tr></thead>`;
   const summary = `<div class="health-summary" data-testid="health-summary">` +
     `<span class="state critical">${count("critical")} critical</span> <span class="state warning">${count("warning")} warning</span> ` +

@@ -44,7 +44,8 @@ def publish(ch: ClickHouse, groups: list[tuple[str, str, str, float, int, list[s
 def health(ch: ClickHouse, settings: Settings = Settings(), **filters) -> dict[tuple, dict]:
     expectations.apply_thresholds(ch, settings, log=lambda *_: None)
     report = reports.run(ch, "health", reports.Filters(**filters))
-    return {tuple(r[:5]): dict(zip(report.columns, r)) for r in report.rows}
+    # Keyed by (period, action, provider, mailbox provider, metric), with the workspace first unless it is ''.
+    return {tuple(r[1:6]) if r[0] == "" else tuple(r[:6]): dict(zip(report.columns, r)) for r in report.rows}
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ def test_the_report_lists_the_worst_first_and_narrows_by_provider(classified):
     assert report.title == ("Deliverability health, last 24 hours and 7 days: 8 critical, 0 warning, 16 ok, "
                             "8 not judged (under the minimum volume)")
     narrowed = reports.run(classified, "health", reports.Filters(provider="sendgrid"))
-    assert narrowed.rows and {r[2] for r in narrowed.rows} == {"sendgrid"}
+    assert narrowed.rows and {r[3] for r in narrowed.rows} == {"sendgrid"}
     assert all(r[-1] == "ok" for r in narrowed.rows)
     with pytest.raises(ValueError, match="takes no dates"):
         reports.run(classified, "health", reports.Filters(since=reports.date(2026, 1, 1)))
@@ -127,7 +128,7 @@ def test_worst_first_is_by_how_far_past_the_threshold(classified):
     ])
     expectations.apply_thresholds(classified, Settings(), log=lambda *_: None)
     rows = reports.run(classified, "health", reports.Filters()).rows
-    bounces = [(r[2], r[-1]) for r in rows if r[0] == "24h" and r[3] == "*" and r[4] == "bounce"]
+    bounces = [(r[3], r[-1]) for r in rows if r[1] == "24h" and r[4] == "*" and r[5] == "bounce"]
     assert bounces == [("ses", "critical"), ("sendgrid", "critical"), ("postmark", "warning"), ("mailgun", "warning")]
 
 
@@ -183,3 +184,27 @@ def test_the_cli_offers_every_report():
     report = next(a for a in build_parser()._subparsers._group_actions[0].choices["report"]._actions
                   if a.dest == "name")
     assert tuple(report.choices) == reports.REPORTS
+
+
+def test_each_workspace_is_judged_on_its_own_messages(classified):
+    """A shop sending to a bad list is critical; the clean shop beside it is not dragged up, and the
+    bad one's rate is not diluted by the clean one's volume."""
+    now = int(time.time() * 1000)
+    batch, offset = Batch(), 0
+    for workspace, count, bounced in (("shop-bad", 100, 30), ("shop-clean", 1000, 10)):
+        for n in range(count):
+            mid = f"{workspace}-{n}"
+            for status in BOUNCED if n < bounced else DELIVERED:
+                change = dataclasses.replace(CHANGE, message_id=mid, change_id=f"{mid}-{status}", recipient=f"u{n}@gmail.com",
+                                             status=status, requested_at=now - HOUR_MS, occurred_at=now - HOUR_MS,
+                                             workspace_id=workspace)
+                batch.add_status_change(orjson.dumps(change), "status-changes", 0, offset)
+                offset += 1
+    batch.write(classified)
+    rows = health(classified)
+    bad, clean = (rows[(w, "24h", "email", "sendgrid", "*", "bounce")] for w in ("shop-bad", "shop-clean"))
+    assert (bad["events"], bad["volume"], bad["state"]) == (30, 100, "critical")
+    assert (clean["events"], clean["volume"], clean["state"]) == (10, 1000, "ok")
+    assert {key[0] for key in rows} == {"shop-bad", "shop-clean"}  # no row mixes them
+    only = health(classified, workspace="shop-clean")
+    assert {key[0] for key in only} == {"shop-clean"}
