@@ -31,6 +31,8 @@ class ClickHouseSink(Service):
         self.status_topic = status_changes_topic.get_topic_name()
         self.dead_topic = dead_letters_topic.get_topic_name()
         self.ready = asyncio.Event()
+        # Set after each insert: the deliverability alerts judge the rates again (agents/alerts.py).
+        self.written = asyncio.Event()
         # Why the sink stopped for good (ClickHouse refused what it cannot set aside); None while it
         # runs. Its offsets stay where they were: nothing acknowledged is lost.
         self.failed: Optional[str] = None
@@ -147,6 +149,7 @@ class ClickHouseSink(Service):
                 delay = min(delay * 2, settings.sink_retry_max_seconds)
                 continue
             metrics.set("sink_retrying", 0)
+            self.written.set()
             for table, rows in written.items():
                 metrics.inc("clickhouse_inserts_total", batch.inserts[table], table=table)
                 metrics.inc("clickhouse_rows_total", rows, table=table)

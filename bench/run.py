@@ -348,7 +348,7 @@ def slow_batches(path: Path, offset: int, keep: int = 20) -> list[str]:
 
 TIMINGS = ("engine_batch_seconds", "engine_apply_seconds", "engine_produce_seconds", "engine_table_write_seconds",
            "clickhouse_insert_seconds", "event_loop_lag_seconds", "malloc_trim_seconds",
-           "gc_full_collection_seconds")
+           "gc_full_collection_seconds", "alert_evaluation_seconds")
 
 
 def timings(before: dict[str, float], after: dict[str, float]) -> dict:

@@ -67,6 +67,58 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Print the deliverability alerts published so far (the committed records of the
+    deliverability-alerts topic), oldest first; with --follow, then each new one as it comes."""
+    import orjson
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from sendtrack.topics import ALERTS
+
+    settings = get_settings()
+
+    def show(value: bytes) -> None:
+        a = orjson.loads(value)
+        if args.format == "json":
+            print(value.decode(), flush=True)
+            return
+        figures = (f"{a['rate']:.2%} ({a['events']:,} of {a['volume']:,})" if a["measured"]
+                   else "not judged (no or too few messages)")
+        print(f"#{a['sequence']:<3} {a['state'].upper():<8} was {a['previous_state']:<8} "
+              f"{a['workspace_id'] or '(no workspace)'}: {a['action']} via {a['provider']}"
+              f"{'' if a['mailbox_provider'] == '*' else ' to ' + a['mailbox_provider']}, {a['metric']} rate "
+              f"over {a['period']} {figures}", flush=True)
+
+    async def read() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_broker, group_id=None,
+                                    enable_auto_commit=False, isolation_level="read_committed")
+        await consumer.start()
+        try:
+            tp = TopicPartition(settings.topic(ALERTS), 0)
+            if tp.topic not in await consumer.topics():
+                print(f"alerts: no {tp.topic} topic yet (a worker creates it when its sink starts)", file=sys.stderr)
+                return 0
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            shown = 0
+            while args.follow or await consumer.position(tp) < end:
+                for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
+                    for record in records:
+                        show(record.value)
+                        shown += 1
+            if not shown:
+                print("alerts: none published: every judged rate has been within its thresholds", file=sys.stderr)
+            return 0
+        finally:
+            await consumer.stop()
+
+    try:
+        return asyncio.run(read())
+    except KeyboardInterrupt:
+        return 0
+
+
 def _worker_api(what: str, method: str, path: str, params: dict[str, str], credentials: str,
                 timeout: float) -> Optional[dict[str, Any]]:
     """A running worker's answer (embedded mode: the worker holds the database), presenting the
@@ -249,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--lang", choices=["en", "vi"], default="en", help="vi: Vietnamese status labels")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("alerts", help="print the deliverability alerts (state changes of bounce, complaint, "
+                                      "failure and unsubscribe rates) published on deliverability-alerts")
+    p.add_argument("--follow", action="store_true", help="keep printing new alerts as they come")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("erase", help="erase a customer's personal data (prints what was erased and what stays)")
     p.add_argument("--customer", required=True, help="the customer id, as send requests carry it")

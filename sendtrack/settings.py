@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     sink_enabled: bool = True
     sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_batch_seconds: float = Field(default=1.0, gt=0)
+    # Deliverability alerts (agents/alerts.py): the rates are judged again after the sink's inserts,
+    # at most this often (and at most a tenth of a core); 0 = no alerts are published.
+    alert_interval_seconds: float = Field(default=5.0, ge=0)
     sink_retry_max_seconds: float = Field(default=30.0, gt=0)
     # Engine batching (events per take() batch, seconds to wait for a batch to fill).
     engine_batch_events: int = Field(default=2000, ge=1)

@@ -11,6 +11,9 @@ from sendtrack.settings import Settings
 
 CONTRACT = ("send-requests", "provider-callbacks", "status-changes", "dead-letters", "provider-webhooks")
 INTERNAL = ("sendtrack-routed", "sendtrack-by-provider-id")
+# State changes of deliverability rates (agents/alerts.py): one partition, so one order for all of
+# them; compacted, so the last record of every rate stays, which is what a restarted evaluator reads.
+ALERTS = "deliverability-alerts"
 # The largest record batch the internal and changelog topics take (max.message.bytes), set when
 # sendtrack creates them rather than left to the broker's default. The engine keeps every record it
 # produces within RECORD_BUDGET_BYTES by construction (agents/engine.py, sendtrack/status.py), and
@@ -77,5 +80,22 @@ async def ensure_topics(settings: Settings, changelogs: Sequence[str] = ()) -> l
             except TopicAlreadyExistsError:
                 pass
         return missing
+    finally:
+        await admin.close()
+
+
+async def ensure_alerts_topic(settings: Settings) -> bool:
+    """Create the deliverability-alerts topic if missing (one partition, compacted); True if created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_broker, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        name = settings.topic(ALERTS)
+        if any(meta.get("error_code", 0) == 0 for meta in await admin.describe_topics([name])):
+            return False
+        try:
+            await admin.create_topics([NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+        except TopicAlreadyExistsError:
+            return False
+        return True
     finally:
         await admin.close()

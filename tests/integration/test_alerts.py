@@ -1,0 +1,114 @@
+"""Deliverability alerts through a running worker (agents/alerts.py): a workspace's bounce rate goes
+critical, back to ok, then to warning, with the worker SIGKILLed at a random moment after each
+change of traffic. The `deliverability-alerts` topic must hold each state change exactly once, in
+order, numbered without gaps: no repeat and no loss across the kills."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tests.integration.conftest import BROKER, Worker, cb, produce, req
+
+pytestmark = pytest.mark.integration
+
+BOUNCE_24H = ["shop-a", "24h", "email", "sendgrid", "*", "bounce"]
+
+
+def committed(topic: str) -> list[tuple[list, dict]]:
+    """Every committed record of the alerts topic, in order."""
+
+    async def read() -> list[tuple[list, dict]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=BROKER, group_id=None, enable_auto_commit=False,
+                                    isolation_level="read_committed")
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            out = []
+            while await consumer.position(tp) < end:
+                for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
+                    out += [(orjson.loads(r.key), orjson.loads(r.value)) for r in records]
+            return out
+        finally:
+            await consumer.stop()
+
+    try:
+        return asyncio.run(read())
+    except Exception:  # the topic does not exist yet
+        return []
+
+
+def send(prefix: str, n: int, bounced: bool, now: int) -> tuple[list, list]:
+    requests = [req(f"{prefix}-{i}", workspace_id="shop-a", recipient=f"u{i}@gmail.com", requested_at=now - 3_600_000)
+                for i in range(n)]
+    status = "bounced" if bounced else "delivered"
+    callbacks = [cb(f"{prefix}-{i}", f"{prefix}-{i}-{status}", status, at=now - 3_500_000,
+                    **({"reason_code": "550 5.1.1", "bounce_type": "hard"} if bounced else {})) for i in range(n)]
+    return requests, callbacks
+
+
+def states_of(records: list[tuple[list, dict]], key: list) -> list[str]:
+    return [value["state"] for k, value in records if k == key]
+
+
+def wait_for_state(w: Worker, key: list, state: str, timeout: float = 90) -> list:
+    deadline = time.monotonic() + timeout
+    records: list[Any] = []
+    while time.monotonic() < deadline:
+        records = committed(w.topic("deliverability-alerts"))
+        seen = states_of(records, key)
+        if (seen[-1] if seen else "ok") == state:
+            return records
+        time.sleep(0.5)
+    raise AssertionError(f"{key} never became {state}: {states_of(records, key)}\n{w.tail()}")
+
+
+def test_each_state_change_is_published_once_across_kills(tmp_path_factory):
+    w = Worker(tmp_path_factory.mktemp("alerts"), "alerts", health_min_messages=10, alert_interval_seconds=0.5)
+    rnd = random.Random(17)
+    now = int(time.time() * 1000)
+    # (traffic, the state the 24-hour bounce rate of shop-a's emails must reach)
+    phases = [
+        (send("clean-1", 20, False, now), "ok"),  # 0 of 20
+        (send("bad-1", 10, True, now), "critical"),  # 10 of 30: 33 % (critical at 10 %)
+        (send("clean-2", 300, False, now), "ok"),  # 10 of 330: 3 %
+        (send("bad-2", 10, True, now), "warning"),  # 20 of 340: 5.9 % (warning at 5 %)
+    ]
+    try:
+        w.start()
+        for (requests, callbacks), state in phases:
+            asyncio.run(produce(w.topic("send-requests"), requests))
+            asyncio.run(produce(w.topic("provider-callbacks"), callbacks))
+            time.sleep(rnd.uniform(0, 2.5))  # before, during or after the evaluation and its transaction
+            w.stop(signal.SIGKILL)
+            w.start()
+            records = wait_for_state(w, BOUNCE_24H, state)
+        time.sleep(3)  # a few more evaluations: nothing more may come
+        records = committed(w.topic("deliverability-alerts"))
+    finally:
+        w.stop()
+    assert states_of(records, BOUNCE_24H) == ["critical", "ok", "warning"]
+    by_key: dict[tuple, list[dict]] = {}
+    for key, value in records:
+        by_key.setdefault(tuple(key), []).append(value)
+    for key, values in by_key.items():
+        assert [v["sequence"] for v in values] == list(range(1, len(values) + 1)), (key, values)
+        previous = "ok"
+        for v in values:
+            assert v["previous_state"] == previous and v["state"] != previous, (key, values)
+            previous = v["state"]
+    last = by_key[tuple(BOUNCE_24H)][-1]
+    assert (last["events"], last["volume"], last["warning"], last["critical"]) == (20, 340, 0.05, 0.1)
+    # The 7-day rate moved with it; the failure rate (bounces are failures) went critical and back.
+    assert states_of(records, ["shop-a", "7d", "email", "sendgrid", "*", "bounce"]) == ["critical", "ok", "warning"]
+    assert states_of(records, ["shop-a", "24h", "email", "sendgrid", "*", "failure"]) == ["critical", "ok"]
