@@ -1,23 +1,25 @@
 """Deliverability alerts: each state change of a judged rate, on the `deliverability-alerts` topic
 (sendtrack/alerts.py says what is published; docs/contract.md §3 the records).
 
-Runs in a worker whose sink writes ClickHouse. After each of the sink's inserts (and at least once a
-minute, since the 24-hour and 7-day windows slide), it reads the rates as the `deliverability_health`
-view judges them, exact under duplicates, and publishes the changes since the last records on the
-topic: so an alert follows the insert of the event that crossed a threshold by the time of one
-evaluation.
+One worker of the app publishes them: the one whose sink reads partition 0 of status-changes (with a
+ClickHouse server every sink writes the same database; with the embedded engine one worker holds
+it). After each of its sink's inserts, and when the windows slide with no insert (at most a minute
+plus the pause below), it reads the rates as the `deliverability_health` view judges them, exact
+under duplicates, and publishes the changes since the last records on the topic.
 
 Exactly once, across crashes and between workers:
 - The records of one evaluation are published in one Kafka transaction, under one transactional id
-  per app. Starting the producer fences any other producer with that id (an older worker, a zombie)
-  and aborts its open transaction.
+  per app, each acknowledged before the commit. Starting the producer fences any other producer with
+  that id (an older worker, a zombie) and aborts its open transaction.
 - Only then is the topic read back, committed records only, to the end: the last state and sequence
   of every rate. Nothing else is kept, so a worker killed at any point publishes, when it starts
   again, the changes from what the topic holds, once.
-- A fenced evaluator stops: the worker that fenced it publishes from then on.
+- Any failure of the producer (fenced, a transaction that failed, the broker gone) ends that
+  producer: after a pause a new one fences the others and reads the topic back again.
 An evaluation costs a query over the last 7 days of messages (1.7 s at 10 M messages over 30 days,
 docs/dashboard.md); the next one waits at least SENDTRACK_ALERT_INTERVAL_SECONDS and nine times the
-last one's duration, so evaluating takes at most a tenth of a core.
+last one's duration: evaluating takes at most a tenth of the time (ClickHouse may use several
+threads for it).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Optional
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import ProducerFenced
 from mode import Service
 
 from agents.app import app, settings
@@ -43,6 +45,7 @@ from sinks.analyst import Analysts, Refused
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 60.0  # without inserts, the windows still slide
+RETRY_SECONDS = 10.0  # after the producer failed or was fenced
 # The evaluation's share of a core at most: the next one waits this many times the last one's duration.
 COST_FACTOR = 9
 
@@ -54,7 +57,6 @@ class AlertService(Service):
         super().__init__(**kwargs)
         self.topic = settings.topic(ALERTS)
         self.last: dict[bytes, alerts.Published] = {}
-        self.fenced = False
 
     @Service.task
     async def _run(self) -> None:
@@ -62,39 +64,57 @@ class AlertService(Service):
             if self.should_stop or sink.failed:
                 return
             await self.sleep(0.5)
+        # The readers' limits, but room for every rate: about 1,000 workspaces' rates are 100,000 rows.
+        pool = Analysts(settings.model_copy(update={"query_max_result_rows": 10_000_000,
+                                                    "query_max_result_bytes": 1024 ** 3}), sink.ch)
+        try:
+            while not self.should_stop:
+                if not sink.owns_first_partition():
+                    # One evaluator per app: the worker whose sink reads status-changes' partition 0
+                    # (with a ClickHouse server every sink writes the same database).
+                    await self.sleep(5)
+                    continue
+                try:
+                    await self._publish(pool)
+                except ProducerFenced:
+                    log.warning("alerts: another worker's producer took over; this one tries again in %d s",
+                                int(RETRY_SECONDS))
+                except Exception as exc:  # noqa: BLE001 - the producer is started afresh and the topic read again
+                    log.warning("alerts: %r; starting again in %d s", exc, int(RETRY_SECONDS))
+                metrics.inc("alert_restarts_total")
+                await self.sleep(RETRY_SECONDS)
+        finally:
+            pool.close()
+
+    async def _publish(self, pool: Analysts) -> None:
+        """One producer's life: fence the others, read the topic back, then evaluate after each insert
+        until an error, which ends it (the caller starts a new producer: a transaction that failed
+        leaves aiokafka's producer unusable, and the topic says what was committed)."""
         await ensure_alerts_topic(settings)
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_broker, acks="all", enable_idempotence=True,
             transactional_id=f"{settings.app_id}-deliverability-alerts")
-        await producer.start()  # fences an older producer of this id; its open transaction is aborted
-        pool = Analysts(settings, sink.ch)
         try:
+            await producer.start()  # fences an older producer of this id; its open transaction is aborted
             self.last = await self._read_back()
             log.info("alerts: %d rate(s) on %s, %d not ok", len(self.last), self.topic,
                      sum(1 for p in self.last.values() if p.state != "ok"))
-            waited_for = 0.0
-            while not self.should_stop and not self.fenced:
+            while not self.should_stop and sink.owns_first_partition():
                 sink.written.clear()
                 started = time.monotonic()
                 try:
-                    await self._evaluate(producer, pool)
-                except ProducerFenced:
-                    self.fenced = True
-                    log.warning("alerts: another worker publishes deliverability alerts now (this one was fenced)")
-                    return
-                except (Refused, KafkaError, ValueError) as exc:
-                    log.warning("alerts: evaluation failed (%s); next at the next insert", exc)
+                    rows = await pool.run(_judged, pool)
+                except (Refused, ValueError) as exc:  # ClickHouse refused or is down: not the producer's fault
+                    log.warning("alerts: the rates could not be read (%s); again at the next insert", exc)
+                else:
+                    await self._send(producer, rows)
                 took = time.monotonic() - started
                 metrics.observe("alert_evaluation_seconds", took)
-                waited_for = max(settings.alert_interval_seconds, COST_FACTOR * took)
-                await self.sleep(waited_for)
-                try:  # then the next insert, or the windows' slide
-                    await asyncio.wait_for(sink.written.wait(), RECHECK_SECONDS - waited_for
-                                           if waited_for < RECHECK_SECONDS else 0.001)
-                except asyncio.TimeoutError:
-                    pass
+                pause = max(settings.alert_interval_seconds, COST_FACTOR * took)
+                await self.sleep(pause)
+                # Then the next insert, or the windows' slide; the worker's stop ends either wait.
+                await self.wait(sink.written, timeout=max(RECHECK_SECONDS - pause, 0.001))
         finally:
-            pool.close()
             await producer.stop()
 
     async def _read_back(self) -> dict[bytes, alerts.Published]:
@@ -117,18 +137,17 @@ class AlertService(Service):
             await consumer.stop()
         return last
 
-    async def _evaluate(self, producer: AIOKafkaProducer, pool: Analysts) -> None:
-        def judged() -> list[dict]:
-            report = reports.run(pool.trusted(), "health", reports.Filters())
-            return [dict(zip(report.columns, row)) for row in report.rows]
-
-        rows = await pool.run(judged)
+    async def _send(self, producer: AIOKafkaProducer, rows: list[dict]) -> None:
+        """Publish the changes since the last records, in one transaction."""
         changes = alerts.changes(self.last, rows, int(time.time() * 1000))
         if not changes:
             return
         async with producer.transaction():
-            for key, value in changes:
-                await producer.send(self.topic, key=key, value=orjson.dumps(value), partition=0)
+            sent = [await producer.send(self.topic, key=key, value=orjson.dumps(value), partition=0)
+                    for key, value in changes]
+            # Every record acknowledged before the commit: a record the broker refused must not
+            # commit the others (aiokafka does not abort the transaction for it).
+            await asyncio.gather(*sent)
         for key, value in changes:
             self.last[key] = alerts.Published(value["state"], value["sequence"])
             metrics.inc("deliverability_alerts_total", 1, state=value["state"])
@@ -136,6 +155,12 @@ class AlertService(Service):
                         value["workspace_id"] or "(no workspace)", value["action"], value["provider"],
                         value["mailbox_provider"], value["metric"], 100 * value["rate"], value["period"],
                         value["events"], value["volume"], value["previous_state"])
+
+
+def _judged(pool: Analysts) -> list[dict]:
+    """The rates as the health report gives them (blocking: runs on the readers' threads)."""
+    report = reports.run(pool.trusted(), "health", reports.Filters())
+    return [dict(zip(report.columns, row)) for row in report.rows]
 
 
 alert_service: Optional[AlertService] = None

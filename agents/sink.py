@@ -37,6 +37,13 @@ class ClickHouseSink(Service):
         # runs. Its offsets stay where they were: nothing acknowledged is lost.
         self.failed: Optional[str] = None
         self._committed: dict[TopicPartition, int] = {}
+        self._consumer: Optional[AIOKafkaConsumer] = None
+
+    def owns_first_partition(self) -> bool:
+        """Whether this sink reads partition 0 of status-changes now (one worker of the app does:
+        the one that publishes deliverability alerts, agents/alerts.py)."""
+        consumer = self._consumer
+        return consumer is not None and TopicPartition(self.status_topic, 0) in consumer.assignment()
 
     async def _open(self) -> None:
         """Connect and apply the migrations, retrying while ClickHouse is unavailable (a server that
@@ -78,6 +85,7 @@ class ClickHouseSink(Service):
             fetch_max_bytes=4 * 1024 * 1024,
         )
         await consumer.start()
+        self._consumer = consumer
         metrics.set("sink_failed", 0)
         self.ready.set()
         # One insert in flight while the next batch gathers: a record that arrives during an insert
@@ -99,6 +107,7 @@ class ClickHouseSink(Service):
         finally:
             if writing is not None:
                 writing[0].cancel()
+            self._consumer = None
             await consumer.stop()
 
     async def _finish(self, consumer: AIOKafkaConsumer, write: asyncio.Future,

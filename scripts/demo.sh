@@ -97,7 +97,7 @@ for w in workspaces:
 PY
 say "deliverability alerts (the deliverability-alerts topic: each state change of a rate, once)"
 for i in $(seq 1 30); do  # the worker judges the rates again after each insert
-  if $bin/sendtrack alerts --format json 2>/dev/null | grep -q '"critical"'; then break; fi
+  if $bin/sendtrack alerts --format json 2>/dev/null | grep -q '"state":"critical"'; then break; fi
   sleep 1
 done
 $bin/sendtrack alerts | grep -E "over 24h" || echo "  (no alert over the last 24 hours)"

@@ -68,8 +68,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    """Print the deliverability alerts published so far (the committed records of the
-    deliverability-alerts topic), oldest first; with --follow, then each new one as it comes."""
+    """Print the deliverability alerts the deliverability-alerts topic holds (committed records,
+    oldest first; compaction keeps at least the last of each rate); with --follow, then each new one
+    as it comes."""
     import orjson
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("alerts", help="print the deliverability alerts (state changes of bounce, complaint, "
-                                      "failure and unsubscribe rates) published on deliverability-alerts")
+                                      "failure and unsubscribe rates) that deliverability-alerts holds")
     p.add_argument("--follow", action="store_true", help="keep printing new alerts as they come")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_alerts)

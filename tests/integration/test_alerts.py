@@ -73,34 +73,52 @@ def wait_for_state(w: Worker, key: list, state: str, timeout: float = 90) -> lis
     raise AssertionError(f"{key} never became {state}: {states_of(records, key)}\n{w.tail()}")
 
 
+def view_state(w: Worker, key: list) -> str:
+    rows = w.sql("SELECT state FROM sendtrack.deliverability_health WHERE workspace_id = '{}' AND period = '{}' "
+                 "AND action = '{}' AND provider = '{}' AND mailbox_provider = '{}' AND metric = '{}'".format(*key))
+    return rows[0][0] if rows else "ok"
+
+
 def test_each_state_change_is_published_once_across_kills(tmp_path_factory):
     w = Worker(tmp_path_factory.mktemp("alerts"), "alerts", health_min_messages=10, alert_interval_seconds=0.5)
     rnd = random.Random(17)
     now = int(time.time() * 1000)
-    # (traffic, the state the 24-hour bounce rate of shop-a's emails must reach)
+    # (traffic, messages in ClickHouse after it, the state the 24-hour bounce rate of shop-a's emails ends in)
     phases = [
-        (send("clean-1", 20, False, now), "ok"),  # 0 of 20
-        (send("bad-1", 10, True, now), "critical"),  # 10 of 30: 33 % (critical at 10 %)
-        (send("clean-2", 300, False, now), "ok"),  # 10 of 330: 3 %
-        (send("bad-2", 10, True, now), "warning"),  # 20 of 340: 5.9 % (warning at 5 %)
+        (send("clean-1", 20, False, now), 20, "ok"),  # 0 of 20
+        (send("bad-1", 10, True, now), 30, "critical"),  # 10 of 30: 33 % (critical at 10 %)
+        (send("clean-2", 300, False, now), 330, "ok"),  # 10 of 330: 3 %
+        (send("bad-2", 10, True, now), 340, "warning"),  # 20 of 340: 5.9 % (warning at 5 %)
     ]
+    ended_in = []
     try:
         w.start()
-        for (requests, callbacks), state in phases:
+        for (requests, callbacks), messages, state in phases:
             asyncio.run(produce(w.topic("send-requests"), requests))
             asyncio.run(produce(w.topic("provider-callbacks"), callbacks))
-            time.sleep(rnd.uniform(0, 2.5))  # before, during or after the evaluation and its transaction
+            time.sleep(rnd.uniform(0, 2.5))  # before, during or after an evaluation and its transaction
             w.stop(signal.SIGKILL)
             w.start()
+            w.wait_for("SELECT count(), countIf(bounced_at IS NOT NULL) + countIf(delivered_at IS NOT NULL) "
+                       "FROM sendtrack.messages WHERE workspace_id = 'shop-a'", [[messages, messages]], timeout=90)
+            assert view_state(w, BOUNCE_24H) == state
             records = wait_for_state(w, BOUNCE_24H, state)
+            ended_in.append(states_of(records, BOUNCE_24H)[-1] if states_of(records, BOUNCE_24H) else "ok")
         time.sleep(3)  # a few more evaluations: nothing more may come
         records = committed(w.topic("deliverability-alerts"))
+        stopping = time.monotonic()
+        w.stop()  # SIGTERM: the evaluator's waits end with the worker (it once held the stop for a minute)
+        assert time.monotonic() - stopping < 15
     finally:
         w.stop()
-    assert states_of(records, BOUNCE_24H) == ["critical", "ok", "warning"]
+    # While a phase's requests are in ClickHouse before their outcomes the rate passes through other
+    # values, and each state it passes through is a change: the states in between may vary, not
+    # where each phase ends, and never a repeat.
+    assert ended_in == ["ok", "critical", "ok", "warning"]
     by_key: dict[tuple, list[dict]] = {}
     for key, value in records:
         by_key.setdefault(tuple(key), []).append(value)
+    assert "critical" in states_of(records, BOUNCE_24H)
     for key, values in by_key.items():
         assert [v["sequence"] for v in values] == list(range(1, len(values) + 1)), (key, values)
         previous = "ok"
@@ -108,7 +126,6 @@ def test_each_state_change_is_published_once_across_kills(tmp_path_factory):
             assert v["previous_state"] == previous and v["state"] != previous, (key, values)
             previous = v["state"]
     last = by_key[tuple(BOUNCE_24H)][-1]
-    assert (last["events"], last["volume"], last["warning"], last["critical"]) == (20, 340, 0.05, 0.1)
-    # The 7-day rate moved with it; the failure rate (bounces are failures) went critical and back.
-    assert states_of(records, ["shop-a", "7d", "email", "sendgrid", "*", "bounce"]) == ["critical", "ok", "warning"]
-    assert states_of(records, ["shop-a", "24h", "email", "sendgrid", "*", "failure"]) == ["critical", "ok"]
+    assert last["volume"] == 340 and 17 <= last["events"] <= 20 and (last["warning"], last["critical"]) == (0.05, 0.1)
+    assert states_of(records, ["shop-a", "7d", "email", "sendgrid", "*", "bounce"])[-1] == "warning"
+    assert "critical" in states_of(records, ["shop-a", "24h", "email", "sendgrid", "*", "failure"])
