@@ -100,7 +100,11 @@ for i in $(seq 1 30); do  # the worker judges the rates again after each insert
   if $bin/sendtrack alerts --format json 2>/dev/null | grep -q '"state":"critical"'; then break; fi
   sleep 1
 done
-$bin/sendtrack alerts | grep -E "over 24h" || echo "  (no alert over the last 24 hours)"
+$bin/sendtrack alerts > "$SENDTRACK_DATA_DIR/alerts.txt" 2>/dev/null || true
+# The senders' reputation: email bounces and complaints over the last 24 hours (SES and Gmail watch those).
+grep -E "email via .*(bounce|complaint) rate over 24h" "$SENDTRACK_DATA_DIR/alerts.txt" || echo "  (no email alert)"
+others="$(grep -cvE "email via .*(bounce|complaint) rate over 24h" "$SENDTRACK_DATA_DIR/alerts.txt" || true)"
+echo "  ($others more on other rates, periods and channels: sendtrack alerts)"
 say "current status (Vietnamese labels)"
 $bin/sendtrack report status --lang vi
 say "top failure reasons"
