@@ -30,7 +30,7 @@ import time
 from typing import Optional
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerFenced
 from mode import Service
 
@@ -38,7 +38,7 @@ from agents.app import app, settings
 from agents.sink import sink
 from sendtrack import alerts
 from sendtrack.metrics import metrics
-from sendtrack.topics import ALERTS, ensure_alerts_topic
+from sendtrack.topics import ALERTS, committed_records, ensure_alerts_topic
 from sinks import reports
 from sinks.analyst import Analysts, Refused
 
@@ -119,23 +119,7 @@ class AlertService(Service):
 
     async def _read_back(self) -> dict[bytes, alerts.Published]:
         """The last committed record of every rate on the topic."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_broker, group_id=None,
-                                    enable_auto_commit=False, isolation_level="read_committed")
-        await consumer.start()
-        last: dict[bytes, alerts.Published] = {}
-        try:
-            tp = TopicPartition(self.topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            while await consumer.position(tp) < end:
-                for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
-                    for record in records:
-                        if record.key is not None and record.value is not None:
-                            last[record.key] = alerts.read(record.value)
-        finally:
-            await consumer.stop()
-        return last
+        return {key: alerts.read(value) async for key, value in committed_records(settings, self.topic)}
 
     async def _send(self, producer: AIOKafkaProducer, rows: list[dict]) -> None:
         """Publish the changes since the last records, in one transaction."""

@@ -36,7 +36,9 @@ def main() -> int:
         worker = Worker(Path(tmp), "screenshot", readers="analyst:screenshot")
         worker.start()
         try:
-            traffic = simulate.generate(args.messages, seed=11, run_id="demo")
+            # The demo's three shops, one sending to a bad list (scripts/demo.sh).
+            traffic = simulate.generate(args.messages, seed=11, run_id="demo",
+                                        workspaces=("shop-hanoi", "shop-saigon", "shop-danang"), bouncy="shop-danang")
             settings = Settings(kafka_broker=BROKER, topic_prefix=worker.prefix)
             asyncio.run(simulate.publish(settings, traffic, progress=False))
             deadline = time.monotonic() + 180

@@ -72,9 +72,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     oldest first; compaction keeps at least the last of each rate); with --follow, then each new one
     as it comes."""
     import orjson
-    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from sendtrack.topics import ALERTS
+    from sendtrack.topics import ALERTS, committed_records
 
     settings = get_settings()
 
@@ -91,28 +90,14 @@ def cmd_alerts(args: argparse.Namespace) -> int:
               f"over {a['period']} {figures}", flush=True)
 
     async def read() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_broker, group_id=None,
-                                    enable_auto_commit=False, isolation_level="read_committed")
-        await consumer.start()
-        try:
-            tp = TopicPartition(settings.topic(ALERTS), 0)
-            if tp.topic not in await consumer.topics():
-                print(f"alerts: no {tp.topic} topic yet (a worker creates it when its sink starts)", file=sys.stderr)
-                return 0
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            shown = 0
-            while args.follow or await consumer.position(tp) < end:
-                for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
-                    for record in records:
-                        show(record.value)
-                        shown += 1
-            if not shown:
-                print("alerts: none published: every judged rate has been within its thresholds", file=sys.stderr)
-            return 0
-        finally:
-            await consumer.stop()
+        shown = 0
+        async for _, value in committed_records(settings, settings.topic(ALERTS), follow=args.follow):
+            show(value)
+            shown += 1
+        if not shown:
+            print("alerts: none on the topic: every judged rate has been within its thresholds (or no worker "
+                  "with a sink has started yet)", file=sys.stderr)
+        return 0
 
     try:
         return asyncio.run(read())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -99,3 +100,27 @@ async def ensure_alerts_topic(settings: Settings) -> bool:
         return True
     finally:
         await admin.close()
+
+
+async def committed_records(settings: Settings, topic: str, follow: bool = False
+                            ) -> AsyncIterator[tuple[bytes, bytes]]:
+    """(key, value) of the committed records of a one-partition topic (read_committed: a transaction
+    aborted or still open is never read), from its start to its end; with `follow`, then each new one
+    as it is committed. A missing topic has none."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_broker, group_id=None,
+                                enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            return
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while follow or await consumer.position(tp) < end:
+            for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
+                for record in records:
+                    if record.key is not None and record.value is not None:
+                        yield record.key, record.value
+    finally:
+        await consumer.stop()
