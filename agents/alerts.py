@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Optional
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 60.0  # without inserts, the windows still slide
 RETRY_SECONDS = 10.0  # after the producer failed or was fenced
-# The evaluation's share of a core at most: the next one waits this many times the last one's duration.
+# The evaluation's share of the time at most: the next one waits this many times the last one's duration.
 COST_FACTOR = 9
 
 
@@ -79,10 +78,12 @@ class AlertService(Service):
                 except ProducerFenced:
                     log.warning("alerts: another worker's producer took over; this one tries again in %d s",
                                 int(RETRY_SECONDS))
+                    metrics.inc("alert_restarts_total")
+                    await self.sleep(RETRY_SECONDS)
                 except Exception as exc:  # noqa: BLE001 - the producer is started afresh and the topic read again
                     log.warning("alerts: %r; starting again in %d s", exc, int(RETRY_SECONDS))
-                metrics.inc("alert_restarts_total")
-                await self.sleep(RETRY_SECONDS)
+                    metrics.inc("alert_restarts_total")
+                    await self.sleep(RETRY_SECONDS)
         finally:
             pool.close()
 
@@ -147,7 +148,5 @@ def _judged(pool: Analysts) -> list[dict]:
     return [dict(zip(report.columns, row)) for row in report.rows]
 
 
-alert_service: Optional[AlertService] = None
 if settings.sink_enabled and settings.alert_interval_seconds > 0:
-    alert_service = AlertService()
-    app.service(alert_service)
+    app.service(AlertService())
