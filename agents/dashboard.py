@@ -20,7 +20,7 @@ STATIC = Path(__file__).with_name("static")
 # The page's own files, served from the package; the charting library comes from the plotly wheel.
 OWN_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 PLOTLY = "plotly.min.js"
-PANELS = ("funnel", "trend", "status", "failures", "health", "dead_letters", "latency", "customer")
+PANELS = ("funnel", "trend", "status", "failures", "health", "recipients", "dead_letters", "latency", "customer")
 
 try:
     PLOTLY_VERSION = metadata.version("plotly")

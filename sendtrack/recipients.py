@@ -2,11 +2,11 @@
 (from its domain) and the Vietnamese carrier of a phone number (from its prefix). Delivery problems
 show per mailbox provider and per carrier, not per campaign.
 
-The tables below are the maintained source. The sink writes them to ClickHouse at every start
-(`apply`, tables `mailbox_domains` and `carrier_prefixes`, migration 0012), where the
-`recipient_health` view classifies each message the same way `mailbox_provider` and `carrier` do
-here (tests/unit/test_recipients.py checks that both agree). A change to a table reclassifies past
-messages too: the class is derived when the view is read, from the recipient it stores.
+The tables below are the maintained source. The sink writes them to ClickHouse at every start,
+before it inserts (`apply`, tables `mailbox_domains` and `carrier_prefixes`, migration 0012), where
+the ingest view classifies each status change as `mailbox_provider` and `carrier` do here, and
+stores the classes (migration 0017; tests/unit/test_recipients.py checks that both agree). A change
+to a table classifies the messages ingested after it; past messages keep their class.
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ def available() -> list[Migration]:
     return found
 
 
+# The migration that stores each message's mailbox provider and carrier (and classifies those written
+# before it from the lookup tables, which `prepare` fills first).
+RECIPIENT_DIMENSIONS = 17
+
 # The oldest ClickHouse the migrations run on: 0006 uses ATTACH PARTITION ALL FROM (ClickHouse 24.4).
 MIN_SERVER_VERSION = (24, 4)
 
@@ -92,9 +96,11 @@ def prepare(ch: ClickHouse, settings, log=print) -> list[Migration]:
     from sendtrack import recipients
     from sinks import expectations, retention
 
-    ran = migrate(ch, log)
+    # Migration 0017 classifies past messages with the lookup tables: they are written first.
+    ran = migrate(ch, log, up_to=RECIPIENT_DIMENSIONS - 1)
+    recipients.apply(ch, log)
+    ran += migrate(ch, log)
     retention.apply(ch, settings, log)
     expectations.apply(ch, settings, log)
     expectations.apply_thresholds(ch, settings, log)
-    recipients.apply(ch, log)
     return ran

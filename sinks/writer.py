@@ -35,6 +35,9 @@ DEAD_LETTER_COLUMNS = (
     "error", "failed_at",
 )
 PROVENANCE = ("_topic", "_partition", "_offset")
+# What ClickHouse's ingest view adds to each status change from its recipient (migration 0017,
+# sendtrack/recipients.py): the records do not carry them.
+RECIPIENT_DIMENSIONS = ("mailbox_provider", "carrier")
 
 
 def _types(model: type, columns: tuple[str, ...]) -> list[tuple[str, tuple[type, ...]]]:
@@ -133,9 +136,10 @@ class Target(NamedTuple):
     ingest: str
     raw: str
     columns: tuple[str, ...]
+    derived: tuple[str, ...] = ()  # columns the ingest view adds to the raw table
 
 
-STATUS = Target("status_changes_ingest", "status_changes_raw", STATUS_COLUMNS + PROVENANCE)
+STATUS = Target("status_changes_ingest", "status_changes_raw", STATUS_COLUMNS + PROVENANCE, RECIPIENT_DIMENSIONS)
 ENGAGEMENT = Target("engagement_events_ingest", "engagement_events_raw", ENGAGEMENT_COLUMNS)
 DEAD = Target("dead_letters_ingest", "dead_letters_raw", DEAD_LETTER_COLUMNS)
 

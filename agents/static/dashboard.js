@@ -2,7 +2,7 @@
 "use strict";
 
 const FILTERS = ["workspace", "since", "until", "flow", "campaign", "step", "action", "provider", "by", "lang"];
-const PANELS = ["funnel", "trend", "status", "failures", "health", "dead_letters", "latency", "customer"];
+const PANELS = ["funnel", "trend", "status", "failures", "health", "recipients", "dead_letters", "latency", "customer"];
 const COLORS = {
   sent: "#4c78a8", processing: "#9ecae9", delivered: "#54a24b", opened: "#eeca3b", clicked: "#f58518",
   answered: "#b279a2", succeeded: "#72b7b2", failed: "#e45756", bounced: "#ff9d98",
@@ -14,6 +14,7 @@ const VI_WORDS = { action: "Hành động", current_status: "Trạng thái", cus
 const SOURCES = {
   funnel: "funnel_daily", trend: "funnel_daily", status: "current_status_daily", failures: "failure_reasons",
   dead_letters: "dead_letters", latency: "messages", customer: "messages", health: "deliverability_health",
+  recipients: "recipient_health",
 };
 
 const params = new URLSearchParams(location.search);
@@ -47,10 +48,11 @@ async function get(name, extra) {
 
 // ---- rendering --------------------------------------------------------------------------------
 
-const RATE_COLUMNS = new Set(["delivery_rate", "open_rate", "click_rate", "person_open_rate", "share"]);
+const RATE_COLUMNS = new Set(["delivery_rate", "open_rate", "click_rate", "person_open_rate", "share", "bounce_rate",
+  "complaint_rate"]);
 const TEXT_COLUMNS = new Set(["action", "flow", "campaign", "step", "provider", "reason_code", "reason", "current_status",
   "message_id", "flow_id", "campaign_id", "step_id", "requested_at", "timeline", "source_topic", "error_type",
-  "last_failed_at", "day", "period", "mailbox_provider", "metric", "measured", "state", "workspace"]);
+  "last_failed_at", "day", "period", "mailbox_provider", "carrier", "metric", "measured", "state", "workspace"]);
 // The health report's rates and thresholds, with the precision its thresholds need (tenths of a percent).
 const HEALTH_RATES = new Set(["rate", "warning", "critical"]);
 const healthPct = (r) => (r * 100).toFixed(r > 0 && r < 0.01 ? 2 : 1) + "%";
@@ -264,6 +266,31 @@ function renderHealth(doc) {
     `<details><summary class="hint">all rates (${doc.rows.length})</summary>${table("health", doc.columns, doc.rows)}</details>`;
 }
 
+// Who receives: one bar group per mailbox provider (email) or carrier (SMS, ZNS) and action, the
+// largest first; rates of the messages sent (delivered, bounced) or delivered (opened, complained).
+const RECIPIENT_RATES = [["delivery_rate", "delivered", "delivered"], ["bounce_rate", "bounced", "bounced"],
+  ["open_rate", "opened", "opened"], ["complaint_rate", "complained", "unsubscribed"]];
+
+function renderRecipients(doc) {
+  const panel = $("#recipients");
+  const note = unappliedNote("recipients", doc.unapplied);
+  if (!doc.rows.length) { empty(panel, EMPTY_TEXT()); $(".body", panel).insertAdjacentHTML("afterbegin", note); return; }
+  const at = (r, c) => r[doc.columns.indexOf(c)];
+  const who = (r) => `${at(r, "mailbox_provider") || at(r, "carrier") || "(other recipient)"} · ${at(r, "action")}`;
+  const top = doc.rows.slice(0, 10).reverse();
+  const height = Math.max(180, 26 * top.length + 90);
+  $(".chart", panel).style.height = `${height}px`;
+  plot(panel, RECIPIENT_RATES.map(([col, name, color]) => ({
+    type: "bar", orientation: "h", name: name, y: top.map(who), x: top.map((r) => at(r, col)),
+    customdata: top.map((r) => at(r, "messages")), marker: { color: COLORS[color] || "#888" },
+    hovertemplate: `%{y}: ${name} %{x:.1%} (of %{customdata} messages)<extra></extra>`,
+  })), { barmode: "group", height, xaxis: { tickformat: ".0%", range: [0, 1] }, margin: { l: 140, r: 12, t: 8, b: 30 },
+    legend: { orientation: "h", y: -0.12, x: 0, yanchor: "top", traceorder: "normal" } });
+  const more = doc.rows.length > top.length ? ` (the ${top.length} largest shown above)` : "";
+  $(".body", panel).innerHTML = note +
+    `<details><summary class="hint">numbers, ${doc.rows.length} rows${more}</summary>${table("recipients", doc.columns, doc.rows)}</details>`;
+}
+
 function renderDeadLetters(doc) {
   const panel = $("#dead_letters");
   if (doc.scoped) return empty(panel, doc.scoped);
@@ -282,7 +309,8 @@ function renderCustomer(doc) {
 }
 
 const RENDER = { funnel: renderFunnel, trend: renderTrend, status: renderStatus, failures: renderFailures,
-  dead_letters: renderDeadLetters, latency: renderLatency, customer: renderCustomer, health: renderHealth };
+  dead_letters: renderDeadLetters, latency: renderLatency, customer: renderCustomer, health: renderHealth,
+  recipients: renderRecipients };
 
 function choices(doc) {
   for (const [name, values] of Object.entries(doc)) {

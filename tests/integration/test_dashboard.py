@@ -280,7 +280,7 @@ def test_an_empty_database_shows_an_empty_state(empty_worker, chromium):
     page = browser.open_dashboard(chromium, empty_worker.port, READER)
     shot(page, "empty")
     assert page.locator("[data-testid=error]").count() == 0
-    for panel in ("funnel", "trend", "status", "failures", "health", "latency", "dead_letters"):
+    for panel in ("funnel", "trend", "status", "failures", "health", "recipients", "latency", "dead_letters"):
         assert page.locator(f"#{panel} [data-testid=empty]").count() == 1, panel
     assert {k: v for k, v in tiles(page).items() if not k.endswith("rate")} == \
         {"messages": "0", "delivered": "0", "opened": "0", "clicked": "0", "failed": "0"}
@@ -380,3 +380,20 @@ def test_the_health_panel_shows_the_rates_past_their_thresholds(health_worker, c
     apply(page, since="2026-01-01", until="2026-01-02", campaign="camp-a")
     assert page.locator("[data-testid=health-alerts] tbody tr").count() == len(alerts)
     assert "Not narrowed by campaign" in page.locator("#health [data-testid=unapplied]").inner_text()
+
+
+def test_the_recipients_panel_shows_rates_per_mailbox_provider(health_worker, chromium):
+    """The panel's numbers are the recipients report's, per mailbox provider as stored at ingestion."""
+    page = browser.open_dashboard(chromium, health_worker.port, READER, "refresh=0")
+    page.locator("#recipients").scroll_into_view_if_needed()
+    shot(page, "recipients")
+    page.locator("#recipients details summary").click()
+    shown = browser.table(page, "recipients-table")
+    report = health_worker.get("/reports/recipients")
+    same_as_report(shown, report, "mailbox_provider")
+    rates = {r["mailbox_provider"]: float(r["bounce_rate"]) for r in shown}
+    assert rates == {"gmail": 0.125, "yahoo": 0.06, "outlook": 0.75}
+    stored = health_worker.sql("SELECT mailbox_provider, count() FROM sendtrack.messages GROUP BY mailbox_provider "
+                               "ORDER BY mailbox_provider")
+    assert [tuple(r) for r in stored] == [("gmail", 120), ("outlook", 4), ("yahoo", 100)]
+    assert page.locator("#recipients .chart .main-svg").count() > 0  # the chart was drawn

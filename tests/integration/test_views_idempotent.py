@@ -15,7 +15,7 @@ from sendtrack.settings import Settings
 from sinks.clickhouse import ClickHouse
 from sinks import writer
 from sinks.migrate import available, migrate
-from sinks.writer import DEAD_LETTER_COLUMNS, ENGAGEMENT_COLUMNS, STATUS_COLUMNS, Batch
+from sinks.writer import DEAD_LETTER_COLUMNS, ENGAGEMENT_COLUMNS, RECIPIENT_DIMENSIONS, STATUS_COLUMNS, Batch
 
 VIEWS = {
     "messages": "message_id",
@@ -86,12 +86,14 @@ def test_ddl_columns_match_the_records(ch):
         return [r[0] for r in rows]
 
     change_fields = [f.name for f in dataclasses.fields(StatusChange)]
-    assert set(columns("status_changes_raw")) == set(STATUS_COLUMNS) <= set(change_fields)
+    # ClickHouse adds who receives (migration 0017), classified from the recipient.
+    assert set(columns("status_changes_raw")) == set(STATUS_COLUMNS + RECIPIENT_DIMENSIONS)
+    assert set(STATUS_COLUMNS) <= set(change_fields) and not set(RECIPIENT_DIMENSIONS) & set(change_fields)
     # What the record has and the milestone table does not is what the engagement table holds.
     assert set(change_fields) - set(STATUS_COLUMNS) == {"kind", "url", "is_machine"}
     assert set(columns("engagement_events_raw")) == set(ENGAGEMENT_COLUMNS) <= set(change_fields)
     assert columns("dead_letters_raw") == list(DEAD_LETTER_COLUMNS) == [f.name for f in dataclasses.fields(DeadLetter)]
-    assert set(columns("status_changes")) == set(STATUS_COLUMNS) - {"event_id"}
+    assert set(columns("status_changes")) == set(STATUS_COLUMNS + RECIPIENT_DIMENSIONS) - {"event_id"}
 
 
 def test_inserting_the_same_changes_twice_changes_no_view(ch):

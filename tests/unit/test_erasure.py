@@ -9,6 +9,7 @@ import dataclasses
 import orjson
 
 from schemas import dead_letters
+from sendtrack import recipients
 from sinks.erasure import erase_customer
 from sinks.writer import Batch
 from tests.unit.test_sink_inserts import CHANGE, rows
@@ -18,6 +19,7 @@ BOB, BOB_MAIL = "cus-bob-8", "bob@yahoo.com"
 
 
 def load(ch) -> None:
+    recipients.apply(ch, log=lambda *_: None)
     batch, offset = Batch(), 0
 
     def add(mid, customer, recipient, statuses, action="email", **kw):
@@ -58,7 +60,8 @@ def counts(ch) -> dict:
         "current": rows(ch, "SELECT * FROM {db}.current_status_daily ORDER BY ALL"),
         "failure_codes": rows(ch, "SELECT day, action, provider, reason_code, sum(messages) FROM {db}.failure_reasons "
                                   "GROUP BY ALL ORDER BY ALL"),
-        "health": rows(ch, "SELECT action, sum(messages) FROM {db}.recipient_health GROUP BY ALL ORDER BY ALL"),
+        "health": rows(ch, "SELECT action, mailbox_provider, carrier, sum(messages) FROM {db}.recipient_health "
+                           "GROUP BY ALL ORDER BY ALL"),
         "engagement": rows(ch, "SELECT * FROM {db}.engagement_daily ORDER BY ALL"),
         "bob": rows(ch, f"SELECT * FROM {{db}}.messages WHERE customer_id = '{BOB}' ORDER BY ALL"),
         "bob_changes": rows(ch, f"SELECT * EXCEPT _inserted_at FROM {{db}}.status_changes_raw WHERE customer_id = '{BOB}' ORDER BY ALL"),
@@ -95,6 +98,7 @@ def test_an_erased_customer_is_nowhere_and_every_count_stays(ch):
                         f"AND position(command, '{needle}') > 0") == [(0,)], needle
     assert rows(ch, f"SELECT count() FROM system.mutations WHERE database = '{ch.database}'")[0][0] >= 4
     assert counts(ch) == before
+    assert ("email", "gmail", "", 2) in before["health"] and ("sms", "", "vinaphone", 1) in before["health"]
     assert erased.messages == 3 and erased.recipients == 2
     assert erased.rows["dead_letters_raw"] == 4 and erased.rows["messages_by_workspace"] == 3
     assert erased.rows["status_changes_raw"] == 9 and erased.rows["engagement_events_raw"] == 1
