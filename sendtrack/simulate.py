@@ -141,6 +141,25 @@ class Traffic:
     malformed: int = 0
 
 
+# Recipients as a shop's list has them, so that the mailbox-provider and carrier breakdowns have
+# something to show: email addresses over the common providers and a shop's own domain, Vietnamese
+# mobile numbers (national and +84 forms) over the carriers. Chosen from the message's number, not
+# from the random stream, so the traffic of a seed is otherwise what it was.
+EMAIL_DOMAINS = ("gmail.com",) * 6 + ("yahoo.com", "yahoo.com.vn", "outlook.com", "hotmail.com", "icloud.com",
+                                      "fpt.vn", "shop.example.vn")
+PHONE_PREFIXES = ("098", "097", "086", "032", "035", "091", "088", "094", "090", "093", "077", "092", "058", "099",
+                  "087", "055")
+
+
+def recipient_of(action: str, i: int) -> str:
+    if action == "email":
+        return f"khach{i}@{EMAIL_DOMAINS[i * 7 % len(EMAIL_DOMAINS)]}"
+    if action in ("sms", "zns", "ai_call"):
+        number = f"{PHONE_PREFIXES[i * 5 % len(PHONE_PREFIXES)]}{i * 7919 % 10_000_000:07d}"
+        return "+84 " + number[1:] if i % 4 == 0 else number
+    return f"r{i}"
+
+
 def generate(n_messages: int, seed: int = 7, start_ms: Optional[int] = None, run_id: str = "sim",
              duplicate_rate: float = 0.1, provider_id_only_rate: float = 0.3, orphan_rate: float = 0.005,
              malformed_rate: float = 0.005, reorder_window: int = 50, workspaces: tuple[str, ...] = (),
@@ -167,7 +186,7 @@ def generate(n_messages: int, seed: int = 7, start_ms: Optional[int] = None, run
                       failure, workspace)
         traffic.messages.append(msg)
         request = {"message_id": mid, "action": action, "customer_id": msg.customer_id,
-                   "requested_at": requested_at, "provider": provider, "recipient": f"r{i}",
+                   "requested_at": requested_at, "provider": provider, "recipient": recipient_of(action, i),
                    "flow_id": msg.flow_id, "campaign_id": msg.campaign_id, "step_id": msg.step_id}
         if workspace:
             request["workspace_id"] = workspace

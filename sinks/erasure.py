@@ -12,7 +12,8 @@ What a customer's rows hold, and what erasure does with them:
 
 So the funnels, the current-status counts and the failure counts per code are the same after an
 erasure (the customer's messages count as before), by mailbox provider and carrier too (classified
-when the messages were ingested, migration 0017; not personal data). The message ids stay: they are the flow engine's opaque ids, and without the customer's id and
+when the messages were ingested, migration 0017; not personal data; a message erased before 0017
+stays unknown). The message ids stay: they are the flow engine's opaque ids, and without the customer's id and
 recipient nothing in ClickHouse ties them to a person any more.
 
 Each change is a ClickHouse mutation run synchronously (`mutations_sync = 2`): when `erase` returns,

@@ -269,7 +269,7 @@ function renderHealth(doc) {
 // Who receives: one bar group per mailbox provider (email) or carrier (SMS, ZNS) and action, the
 // largest first; rates of the messages sent (delivered, bounced) or delivered (opened, complained).
 const RECIPIENT_RATES = [["delivery_rate", "delivered", "delivered"], ["bounce_rate", "bounced", "bounced"],
-  ["open_rate", "opened", "opened"], ["complaint_rate", "complained", "unsubscribed"]];
+  ["open_rate", "opened", "opened"], ["complaint_rate", "complained", "unsubscribed"]];  // complained's own grey is too faint for a bar
 
 function renderRecipients(doc) {
   const panel = $("#recipients");
@@ -277,7 +277,16 @@ function renderRecipients(doc) {
   if (!doc.rows.length) { empty(panel, EMPTY_TEXT()); $(".body", panel).insertAdjacentHTML("afterbegin", note); return; }
   const at = (r, c) => r[doc.columns.indexOf(c)];
   const who = (r) => `${at(r, "mailbox_provider") || at(r, "carrier") || "(other recipient)"} · ${at(r, "action")}`;
-  const top = doc.rows.slice(0, 10).reverse();
+  // The chart shows email addresses and Vietnamese mobile numbers; Zalo, Messenger, HTTP and other
+  // recipients have no mailbox provider or carrier, and stay in the numbers.
+  const classified = doc.rows.filter((r) => at(r, "mailbox_provider") || at(r, "carrier"));
+  if (!classified.length) {
+    empty(panel, "No email address or Vietnamese mobile number among these recipients.");
+    $(".body", panel).insertAdjacentHTML("beforeend", note +
+      `<details><summary class="hint">numbers, ${doc.rows.length} rows</summary>${table("recipients", doc.columns, doc.rows)}</details>`);
+    return;
+  }
+  const top = classified.slice(0, 10).reverse();
   const height = Math.max(180, 26 * top.length + 90);
   $(".chart", panel).style.height = `${height}px`;
   plot(panel, RECIPIENT_RATES.map(([col, name, color]) => ({
@@ -286,7 +295,7 @@ function renderRecipients(doc) {
     hovertemplate: `%{y}: ${name} %{x:.1%} (of %{customdata} messages)<extra></extra>`,
   })), { barmode: "group", height, xaxis: { tickformat: ".0%", range: [0, 1] }, margin: { l: 140, r: 12, t: 8, b: 30 },
     legend: { orientation: "h", y: -0.12, x: 0, yanchor: "top", traceorder: "normal" } });
-  const more = doc.rows.length > top.length ? ` (the ${top.length} largest shown above)` : "";
+  const more = doc.rows.length > top.length ? ` (the ${top.length} largest email and mobile rows shown above)` : "";
   $(".body", panel).innerHTML = note +
     `<details><summary class="hint">numbers, ${doc.rows.length} rows${more}</summary>${table("recipients", doc.columns, doc.rows)}</details>`;
 }
