@@ -100,6 +100,7 @@ class AlertService(Service):
             self.last = await self._read_back()
             log.info("alerts: %d rate(s) on %s, %d not ok", len(self.last), self.topic,
                      sum(1 for p in self.last.values() if p.state != "ok"))
+            metrics.set("alert_evaluator", 1)
             while not self.should_stop and sink.owns_first_partition():
                 sink.written.clear()
                 started = time.monotonic()
@@ -116,6 +117,7 @@ class AlertService(Service):
                 # Then the next insert, or the windows' slide; the worker's stop ends either wait.
                 await self.wait(sink.written, timeout=max(RECHECK_SECONDS - pause, 0.001))
         finally:
+            metrics.set("alert_evaluator", 0)
             await producer.stop()
 
     async def _read_back(self) -> dict[bytes, alerts.Published]:

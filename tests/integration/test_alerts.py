@@ -129,3 +129,63 @@ def test_each_state_change_is_published_once_across_kills(tmp_path_factory):
     assert last["volume"] == 340 and 17 <= last["events"] <= 20 and (last["warning"], last["critical"]) == (0.05, 0.1)
     assert states_of(records, ["shop-a", "7d", "email", "sendgrid", "*", "bounce"])[-1] == "warning"
     assert "critical" in states_of(records, ["shop-a", "24h", "email", "sendgrid", "*", "failure"])
+
+
+def evaluator(w: Worker) -> bool:
+    """Whether this worker judges the rates now (its alerts producer is live: the gauge)."""
+    if w.proc is None or w.proc.poll() is not None:
+        return False
+    try:
+        return w.metrics().get("sendtrack_alert_evaluator", 0) == 1
+    except OSError:  # a worker between its start and its web server
+        return False
+
+
+def test_two_workers_of_one_app_publish_each_change_once(tmp_path_factory):
+    """Two live workers of one app: a rebalance moves the evaluator (the worker whose sink reads
+    status-changes' partition 0) or not; then the evaluator is SIGKILLed and the other takes over,
+    its producer fencing the killed one's. Whoever published, each rate's records are numbered without gap or repeat
+    and each moves away from the state before it. With embedded ClickHouse each worker's database
+    holds the partitions its sink read, so the states themselves are each evaluator's own view."""
+    tmp = tmp_path_factory.mktemp("alerts-two")
+    a = Worker(tmp, "alerts-two", health_min_messages=10, alert_interval_seconds=0.5)
+    b = Worker(tmp, "alerts-two-b", health_min_messages=10, alert_interval_seconds=0.5)
+    b.prefix = a.prefix  # the same app: topics, consumer groups, transactional id
+    b.env.update(SENDTRACK_TOPIC_PREFIX=a.env["SENDTRACK_TOPIC_PREFIX"], SENDTRACK_APP_ID=a.env["SENDTRACK_APP_ID"])
+    now = int(time.time() * 1000)
+    try:
+        a.start()
+        for requests, callbacks in (send("bad-1", 12, True, now), send("clean-1", 20, False, now)):
+            asyncio.run(produce(a.topic("send-requests"), requests))
+            asyncio.run(produce(a.topic("provider-callbacks"), callbacks))
+        wait_for_state(a, BOUNCE_24H, "critical")
+        b.start()  # a rebalance of the engine's and the sink's groups
+        for requests, callbacks in (send("clean-2", 200, False, now), send("bad-2", 40, True, now)):
+            asyncio.run(produce(a.topic("send-requests"), requests))
+            asyncio.run(produce(a.topic("provider-callbacks"), callbacks))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and evaluator(a) + evaluator(b) != 1:
+            time.sleep(0.5)
+        assert evaluator(a) + evaluator(b) == 1, (a.tail(), b.tail())
+        judge, other = (a, b) if evaluator(a) else (b, a)
+        judge.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not evaluator(other):
+            time.sleep(0.5)
+        assert evaluator(other), other.tail()
+        time.sleep(3)
+        settled = view_state(other, BOUNCE_24H)
+        records = wait_for_state(other, BOUNCE_24H, settled)
+    finally:
+        a.stop()
+        b.stop()
+    by_key: dict[tuple, list[dict]] = {}
+    for key, value in records:
+        by_key.setdefault(tuple(key), []).append(value)
+    assert by_key, "nothing was published"
+    for key, values in by_key.items():
+        assert [v["sequence"] for v in values] == list(range(1, len(values) + 1)), (key, values)
+        previous = "ok"
+        for v in values:
+            assert v["previous_state"] == previous and v["state"] != previous, (key, values)
+            previous = v["state"]
