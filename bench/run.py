@@ -204,7 +204,8 @@ class Worker:
                 raise SystemExit(f"bench: the worker exited; see {self.data_dir / 'worker.log'}")
             try:
                 if applied is not None:
-                    applied.append((time.time(), self.applied()))
+                    count = self.applied()
+                    applied.append((time.time(), count))
                 if self.get("/health").get("status") == "ok":
                     return
             except (OSError, ValueError):
@@ -245,7 +246,8 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
         # mark is reset before and after each check.
         rows = worker.sql("SELECT count() FROM sendtrack.status_changes_raw WHERE status != ''")[0][0]
         worker.sample()
-        applied.append((time.time(), worker.applied()))
+        count = worker.applied()
+        applied.append((time.time(), count))
         pipeline_peak = max(pipeline_peak, worker.peak_rss)
         now = time.monotonic()
         if now - last_report > 5:
@@ -456,17 +458,24 @@ def funnel_query(messages: int, path: Path) -> dict:
 def steady_rate(applied: list[tuple[float, float]], records: int, first: float, done_wall: float) -> dict:
     """The engine's rate once warm, reported apart from the end-to-end rate (issue 19: a short
     backlog is mostly start-up and warm-up). From the worker's count of input records applied,
-    sampled every fifth of a second until the worker is healthy, then every half second: the rate
-    between the samples where it passed a tenth and nine tenths of the backlog (the first sample
-    past each). `warmup_s` is how long the first tenth took after the first status
-    change, `tail_s` how long after nine tenths the last milestone reached the views (the rest of
-    the backlog and the sink catching up)."""
-    def when(share: float) -> tuple[float, float]:
-        return next(((t, n) for t, n in applied if n >= share * records), applied[-1])
-    (t10, n10), (t90, n90) = when(0.1), when(0.9)
-    span = max(t90 - t10, 1e-3)
-    return {"records_per_s": round((n90 - n10) / span), "seconds": round(span, 2),
-            "warmup_s": round(t10 - first, 2), "tail_s": round(done_wall - t90, 2)}
+    sampled every fifth of a second until it is healthy and every half second after: the times it
+    passed a tenth and nine tenths of the backlog, each interpolated between the two samples around
+    it, and the rate between them. `warmup_s` is the time from the first status change to a tenth,
+    `tail_s` from nine tenths to the last milestone in the views (the last tenth and the sink
+    catching up). None, with the reason, when the samples do not bracket both points (the worker
+    answered its first sample with more than a tenth applied) or lie less than a second apart."""
+    def when(share: float) -> Optional[float]:
+        target = share * records
+        for (t0, n0), (t1, n1) in zip(applied, applied[1:]):
+            if n0 < target <= n1:
+                return t0 + (t1 - t0) * (target - n0) / (n1 - n0)
+        return None
+    t10, t90 = when(0.1), when(0.9)
+    if t10 is None or t90 is None or t90 - t10 < 1.0:
+        return {"records_per_s": None, "reason": "too few samples around a tenth and nine tenths of the backlog",
+                "samples": len(applied)}
+    return {"records_per_s": round(0.8 * records / (t90 - t10)), "seconds": round(t90 - t10, 2),
+            "warmup_s": round(t10 - first, 2), "tail_s": round(done_wall - t90, 2), "samples": len(applied)}
 
 
 def main() -> int:
@@ -506,8 +515,9 @@ def main() -> int:
             result["pipeline"] = pipeline(worker, expect, timeout=6 * 3600)
             result["ratio_pipeline_to_baseline"] = round(
                 result["pipeline"]["records_per_s"] / result["baseline"]["records_per_s"], 3)
-            result["steady_ratio_to_baseline"] = round(
-                result["pipeline"]["steady"]["records_per_s"] / result["baseline"]["records_per_s"], 3)
+            steady = result["pipeline"]["steady"]["records_per_s"]
+            result["steady_ratio_to_baseline"] = (round(steady / result["baseline"]["records_per_s"], 3)
+                                                  if steady else None)
             rate = result["pipeline"]["records_per_s"] / 2
             result["merges_settled_seconds"] = settle_merges(worker)
             log(f"freshness: callbacks at {rate:,.0f} records/s for {fresh_seconds:.0f} s")
@@ -544,8 +554,10 @@ def main() -> int:
     p, b = result["pipeline"], result["baseline"]
     print(f"\nsendtrack: {p['records_per_s']:,} input records/s end to end "
           f"(baseline passthrough {b['records_per_s']:,}/s, ratio {result['ratio_pipeline_to_baseline']}; "
-          f"once warm {p['steady']['records_per_s']:,}/s, ratio {result['steady_ratio_to_baseline']}, "
-          f"after a warm-up of {p['steady']['warmup_s']} s); "
+          + (f"once warm {p['steady']['records_per_s']:,}/s, ratio {result['steady_ratio_to_baseline']}, "
+             f"after a warm-up of {p['steady']['warmup_s']} s); " if p["steady"]["records_per_s"]
+             else f"once warm: not measured, {p['steady']['reason']}); ")
+          +
           f"freshness p50 {result['freshness']['p50_s']} s, p99 {result['freshness']['p99_s']} s at "
           f"{result['freshness']['rate_records_per_s']:,}/s; peak RSS {p['peak_rss_mb']} MB "
           f"({p['check_query']['peak_rss_mb']} MB during the whole-dataset check query); "

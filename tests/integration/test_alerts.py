@@ -79,6 +79,21 @@ def view_state(w: Worker, key: list) -> str:
     return rows[0][0] if rows else "ok"
 
 
+def each_published_once(records: list[tuple[list, dict]]) -> dict[tuple, list[dict]]:
+    """Per rate: numbered 1, 2, … without gap or repeat, each record moving away from the state
+    before it (the first from ok). Returns the records per rate."""
+    by_key: dict[tuple, list[dict]] = {}
+    for key, value in records:
+        by_key.setdefault(tuple(key), []).append(value)
+    for key, values in by_key.items():
+        assert [v["sequence"] for v in values] == list(range(1, len(values) + 1)), (key, values)
+        previous = "ok"
+        for v in values:
+            assert v["previous_state"] == previous and v["state"] != previous, (key, values)
+            previous = v["state"]
+    return by_key
+
+
 def test_each_state_change_is_published_once_across_kills(tmp_path_factory):
     w = Worker(tmp_path_factory.mktemp("alerts"), "alerts", health_min_messages=10, alert_interval_seconds=0.5)
     rnd = random.Random(17)
@@ -115,16 +130,8 @@ def test_each_state_change_is_published_once_across_kills(tmp_path_factory):
     # values, and each state it passes through is a change: the states in between may vary, not
     # where each phase ends, and never a repeat.
     assert ended_in == ["ok", "critical", "ok", "warning"]
-    by_key: dict[tuple, list[dict]] = {}
-    for key, value in records:
-        by_key.setdefault(tuple(key), []).append(value)
+    by_key = each_published_once(records)
     assert "critical" in states_of(records, BOUNCE_24H)
-    for key, values in by_key.items():
-        assert [v["sequence"] for v in values] == list(range(1, len(values) + 1)), (key, values)
-        previous = "ok"
-        for v in values:
-            assert v["previous_state"] == previous and v["state"] != previous, (key, values)
-            previous = v["state"]
     last = by_key[tuple(BOUNCE_24H)][-1]
     assert last["volume"] == 340 and 17 <= last["events"] <= 20 and (last["warning"], last["critical"]) == (0.05, 0.1)
     assert states_of(records, ["shop-a", "7d", "email", "sendgrid", "*", "bounce"])[-1] == "warning"
@@ -141,51 +148,69 @@ def evaluator(w: Worker) -> bool:
         return False
 
 
+def stable_evaluator(a: Worker, b: Worker, seconds: float = 5, timeout: float = 120) -> Worker:
+    """The one worker that judges, once exactly one has for `seconds` (a worker that lost partition
+    0 stops its producer only at its next evaluation)."""
+    deadline, since, judge = time.monotonic() + timeout, None, None
+    while time.monotonic() < deadline:
+        now = [w for w in (a, b) if evaluator(w)]
+        if len(now) == 1 and now[0] is judge:
+            if time.monotonic() - since >= seconds:
+                return judge
+        else:
+            judge, since = (now[0] if len(now) == 1 else None), time.monotonic()
+        time.sleep(0.5)
+    raise AssertionError(f"no single evaluator: {a.tail()}\n{b.tail()}")
+
+
 def test_two_workers_of_one_app_publish_each_change_once(tmp_path_factory):
     """Two live workers of one app: a rebalance moves the evaluator (the worker whose sink reads
     status-changes' partition 0) or not; then the evaluator is SIGKILLed and the other takes over,
-    its producer fencing the killed one's. Whoever published, each rate's records are numbered without gap or repeat
-    and each moves away from the state before it. With embedded ClickHouse each worker's database
-    holds the partitions its sink read, so the states themselves are each evaluator's own view."""
+    its producer fencing the killed one's. The survivor must go on from the last state published
+    (read back from the topic), whoever published it: its first record's previous state is that
+    state and its sequence the next number. With embedded ClickHouse each worker's database holds the
+    partitions its sink read, so the states themselves are each evaluator's own view."""
     tmp = tmp_path_factory.mktemp("alerts-two")
     a = Worker(tmp, "alerts-two", health_min_messages=10, alert_interval_seconds=0.5)
     b = Worker(tmp, "alerts-two-b", health_min_messages=10, alert_interval_seconds=0.5)
     b.prefix = a.prefix  # the same app: topics, consumer groups, transactional id
     b.env.update(SENDTRACK_TOPIC_PREFIX=a.env["SENDTRACK_TOPIC_PREFIX"], SENDTRACK_APP_ID=a.env["SENDTRACK_APP_ID"])
     now = int(time.time() * 1000)
+
+    def traffic(*rounds: tuple[list, list]) -> None:
+        for requests, callbacks in rounds:
+            asyncio.run(produce(a.topic("send-requests"), requests))
+            asyncio.run(produce(a.topic("provider-callbacks"), callbacks))
+
     try:
         a.start()
-        for requests, callbacks in (send("bad-1", 12, True, now), send("clean-1", 20, False, now)):
-            asyncio.run(produce(a.topic("send-requests"), requests))
-            asyncio.run(produce(a.topic("provider-callbacks"), callbacks))
+        traffic(send("bad-1", 12, True, now), send("clean-1", 20, False, now))
         wait_for_state(a, BOUNCE_24H, "critical")
         b.start()  # a rebalance of the engine's and the sink's groups
-        for requests, callbacks in (send("clean-2", 200, False, now), send("bad-2", 40, True, now)):
-            asyncio.run(produce(a.topic("send-requests"), requests))
-            asyncio.run(produce(a.topic("provider-callbacks"), callbacks))
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and evaluator(a) + evaluator(b) != 1:
-            time.sleep(0.5)
-        assert evaluator(a) + evaluator(b) == 1, (a.tail(), b.tail())
-        judge, other = (a, b) if evaluator(a) else (b, a)
+        traffic(send("clean-2", 200, False, now), send("bad-2", 40, True, now))
+        judge = stable_evaluator(a, b)
+        other = b if judge is a else a
+        time.sleep(3)  # its evaluations of the traffic above
         judge.stop(signal.SIGKILL)
+        killed_at = time.time()
+        before = committed(a.topic("deliverability-alerts"))
+        last = [v for k, v in before if k == BOUNCE_24H][-1]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not evaluator(other):
             time.sleep(0.5)
         assert evaluator(other), other.tail()
-        time.sleep(3)
-        settled = view_state(other, BOUNCE_24H)
-        records = wait_for_state(other, BOUNCE_24H, settled)
+        # Move the survivor's view away from the last published state: it must publish, from there.
+        if last["state"] == "critical":
+            traffic(send("clean-3", 3000, False, now))
+            target = "ok"
+        else:
+            traffic(send("bad-3", 400, True, now))
+            target = "critical"
+        records = wait_for_state(other, BOUNCE_24H, target, timeout=120)
     finally:
         a.stop()
         b.stop()
-    by_key: dict[tuple, list[dict]] = {}
-    for key, value in records:
-        by_key.setdefault(tuple(key), []).append(value)
-    assert by_key, "nothing was published"
-    for key, values in by_key.items():
-        assert [v["sequence"] for v in values] == list(range(1, len(values) + 1)), (key, values)
-        previous = "ok"
-        for v in values:
-            assert v["previous_state"] == previous and v["state"] != previous, (key, values)
-            previous = v["state"]
+    after = [v for k, v in records if k == BOUNCE_24H and v["evaluated_at"] / 1000 >= killed_at]
+    assert after, "the survivor published nothing"
+    assert (after[0]["previous_state"], after[0]["sequence"]) == (last["state"], last["sequence"] + 1), (last, after)
+    each_published_once(records)
