@@ -14,7 +14,7 @@ from faust.exceptions import ProducerSendError
 from faust.types import EventT
 
 from agents.faust_adapter import batch_agent, offset_key, open_db, use_event
-from agents.transaction import Outbox, Refused, TooLarge, new_outbox, outbox, shown_key
+from agents.transaction import Outbox, Refused, TooLarge, new_outbox, outbox, placement, shown_key
 from agents.app import (
     app,
     by_provider_id_topic,
@@ -38,7 +38,6 @@ from sendtrack import state as state_mod
 from sendtrack.state import MessageState
 from sendtrack.metrics import metrics
 from sendtrack.batches import BATCH_KEY
-from sendtrack.partitions import Placement
 from sinks import erasure
 from sendtrack.topics import RECORD_BUDGET_BYTES
 
@@ -78,9 +77,8 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# The partition Kafka's default partitioner gives a key (murmur2, as the Java client), remembered
-# for the last keys: a message's callbacks and routed records come soon after its request.
-partition_for = Placement(N)
+# The partition Kafka's default partitioner gives a key (agents/transaction.py, `placement`).
+partition_for = placement
 
 
 def provider_key(provider: str, provider_message_id: str) -> str:
@@ -92,8 +90,8 @@ def recipient_key(psid: str) -> str:
 
 
 def send_by_provider_id(key: str, doc: dict[str, Any]) -> None:
-    """Send to the partition of the provider-id side that owns `key`."""
-    outbox().add_internal(BY_PID, partition_for(key), dict(doc, k=key))
+    """Send to the partition of the provider-id side that owns `key` (placed when the batch commits)."""
+    outbox().add_internal(BY_PID, key, dict(doc, k=key))
 
 
 def emit_changes(changes: list) -> None:
@@ -473,6 +471,20 @@ async def apply_batch(events: list, apply: Callable[[Any, int], None]) -> None:
                     "table writes %.3f s)", total, len(events), applied, box.produced, produce, tables)
 
 
+def _place_keys(events: list) -> None:
+    """Place the batch's input keys together (murmur2_many): producers key requests and callbacks
+    by message id, so the misrouting check of each record is then a lookup."""
+    keys = []
+    for event in events:
+        key = event.key
+        if key is not None and event.message.topic != ROUTED:
+            try:
+                keys.append(key.decode())
+            except UnicodeDecodeError:
+                pass  # not a message id: the record says which, once parsed
+    partition_for.prime(keys)
+
+
 @batch_agent(app, app.topic(REQUESTS, CALLBACKS, ROUTED, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw"), name="status-engine")
 async def status_engine(events: list) -> None:
@@ -481,6 +493,7 @@ async def status_engine(events: list) -> None:
     Requests first (a stable sort: each partition keeps its order): a callback fetched together
     with its request then finds the request applied instead of being held for it."""
     events.sort(key=lambda event: event.message.topic != REQUESTS)
+    _place_keys(events)
     await apply_batch(events, process)
     metrics.inc("engine_events_total", len(events))
     for topic, count in Counter(event.message.topic for event in events).items():

@@ -27,12 +27,18 @@ from agents.faust_adapter import SIZE_REFUSALS, produce, table_db, write_partiti
 from sendtrack import batches
 from sendtrack.batches import BATCH_KEY
 from sendtrack.metrics import metrics
-from sendtrack.partitions import partition as key_partition
+from sendtrack.partitions import Placement, partition as key_partition
 from sendtrack.topics import RECORD_BUDGET_BYTES
 
 log = logging.getLogger(__name__)
 
 N = settings.partitions
+
+# The partition Kafka's default partitioner gives a key (murmur2, as the Java client), remembered
+# for the last keys: a message's callbacks and routed records come soon after its request. The
+# engine places a batch's input keys together before applying it (`Placement.prime`), and an
+# internal item staged for a key is placed when the batch commits, with the batch's other new keys.
+placement = Placement(N)
 
 
 def shown_key(key: str) -> str:
@@ -84,8 +90,9 @@ class Outbox:
     def __init__(self) -> None:
         self.records: list[tuple[str, Optional[bytes], Optional[bytes], Optional[int]]] = []
         # Internal items (routed envelopes, provider-id operations), encoded, with their (topic,
-        # partition): a batch sends one record per partition holding all of them, not one per item.
-        self.items: list[tuple[str, int, bytes]] = []
+        # partition, or the key whose partition it goes to): a batch sends one record per partition
+        # holding all of them, not one per item.
+        self.items: list[tuple[str, int | str, bytes]] = []
         # (table name, key) -> (table, encoded value or _DELETED, partition). Values are encoded when
         # staged, to be sized; a read of a staged value decodes them, unless it takes the value put
         # (_lent).
@@ -108,8 +115,9 @@ class Outbox:
             raise TooLarge(f"a record to {topic} would take {size} bytes, over {RECORD_BUDGET_BYTES}")
         self.records.append((topic, key, value, partition))
 
-    def add_internal(self, topic: str, partition: int, item: dict[str, Any] | bytes) -> None:
-        """Stage an item for `topic`'s `partition` (an encoded item is taken as it is)."""
+    def add_internal(self, topic: str, partition: int | str, item: dict[str, Any] | bytes) -> None:
+        """Stage an item for `topic`'s `partition`, or for the partition of the key `partition`
+        names (placed when the batch commits). An encoded item is taken as it is."""
         raw = item if isinstance(item, bytes) else orjson.dumps(item)
         if len(raw) + batches.ENVELOPE > RECORD_BUDGET_BYTES:
             raise TooLarge(f"an internal record to {topic} would take {len(raw) + batches.ENVELOPE} bytes, "
@@ -135,8 +143,11 @@ class Outbox:
     def _pack_internal(self) -> None:
         """Turn the internal items into records `{"batch": [item, ...]}`, each under BATCH_RECORD_MAX
         of items unless it holds a single larger item."""
+        placement.prime(partition for _, partition, _ in self.items if isinstance(partition, str))
         groups: dict[tuple[str, int], list[bytes]] = {}
         for topic, partition, raw in self.items:
+            if isinstance(partition, str):
+                partition = placement(partition)
             groups.setdefault((topic, partition), []).append(raw)
         for (topic, partition), items in groups.items():
             for value in batches.pack(items):

@@ -70,6 +70,10 @@ def closure(status: str) -> list[str]:
     return out
 
 
+# Every status's closure, computed once (the rules ask for one per milestone reached).
+CLOSURES: dict[str, tuple[str, ...]] = {s: tuple(closure(s)) for s in CURRENT_RANK.keys() | IMPLIES.keys()}
+
+
 def current_status(reached: Any) -> str:
     """The one current status of a message whose reached milestones are `reached` (§2.3)."""
     best, best_rank = "", 0
@@ -130,8 +134,12 @@ def _change(state: MessageState, status: str, previous: str, now: int, *, curren
         entry = state["ms"][status]
         occurred_at, inferred, source = entry[OCCURRED_AT], entry[INFERRED], entry[SOURCE]
         url, is_machine = (entry[URL], entry[IS_MACHINE]) if len(entry) > URL else ("", False)
-    fail = state.get("fail") or ("", "", "")
-    is_failure = status in FAILURE
+    if status in FAILURE:
+        reason_code, reason, bounce_type = state.get("fail") or ("", "", "")
+        reason_at = state["fail_key"][0] if "fail_key" in state else 0
+    else:
+        reason_code = reason = bounce_type = ""
+        reason_at = 0
     return StatusChange(
         change_id=change_id(req["message_id"], status, source if kind == "engagement" else ""),
         kind=kind,
@@ -150,10 +158,10 @@ def _change(state: MessageState, status: str, previous: str, now: int, *, curren
         campaign_id=req.get("campaign_id") or "",
         step_id=req.get("step_id") or "",
         requested_at=req["requested_at"],
-        reason_code=fail[0] if is_failure else "",
-        reason=fail[1] if is_failure else "",
-        bounce_type=fail[2] if is_failure else "",
-        reason_at=state["fail_key"][0] if is_failure and "fail_key" in state else 0,
+        reason_code=reason_code,
+        reason=reason,
+        bounce_type=bounce_type,
+        reason_at=reason_at,
         event_id=source if source != REQUEST_SOURCE else "",
         url=url,
         is_machine=is_machine,
@@ -166,7 +174,7 @@ def _reach(state: MessageState, status: str, occurred_at: int, source: str, now:
     """Reach `status` and what it implies; one change per milestone newly reached."""
     allowed = ACTIONS[state["req"]["action"]]
     changes = []
-    for i, s in enumerate(closure(status)):
+    for i, s in enumerate(CLOSURES.get(status) or closure(status)):
         if s in allowed and s not in state["ms"]:
             previous = current_status(state["ms"])
             entry = [occurred_at, i > 0, source]
@@ -193,7 +201,7 @@ def _record_failure(state: MessageState, cb: Callback) -> bool:
 def _request_doc(req: SendRequest) -> tuple[dict[str, Any], str]:
     """The request as kept in the state (without attributes, which can be large) and a digest of
     its whole content, for telling a repeat from a conflicting request."""
-    doc = {k: v for k, v in _asdict(req).items() if v is not None}
+    doc = {name: v for name in req.__slots__ if (v := getattr(req, name)) is not None}
     if doc.get("workspace_id") == "":  # '' is no workspace, as absent is: the same content
         del doc["workspace_id"]
     content = _digest(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
@@ -254,15 +262,15 @@ def apply_callback(state: MessageState, cb: Callback, now: int, origin: Any = No
     state["ev"].append(seen)
     if len(state["ev"]) > MAX_EVENT_IDS:
         del state["ev"][: len(state["ev"]) - MAX_EVENT_IDS]
-    reached_before = set(state["ms"])
     reason_changed = status in FAILURE and _record_failure(state, cb)
-    already = status in reached_before
+    failed_before = sorted(FAILURE.intersection(state["ms"])) if reason_changed else ()
+    already = status in state["ms"]
     changes = _reach(state, status, cb.occurred_at, cb.event_id, now, cb)
     if reason_changed:
         # An earlier failure arrived late: its reason replaces the one already recorded on the
         # failure milestones, which are produced again (same change_id, newer reason_at wins).
         current = current_status(state["ms"])
-        for s in sorted(FAILURE & reached_before):
+        for s in failed_before:
             changes.append(_change(state, s, current, now, current=current))
     if already and status in ENGAGEMENT:
         # §2.4: a repeated open/click with a new event_id reaches nothing but is an engagement event.

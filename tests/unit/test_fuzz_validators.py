@@ -7,6 +7,7 @@ contract, or an `Invalid` whose error_type is a member of ErrorType. No services
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import re
 from typing import Any
@@ -18,6 +19,8 @@ from hypothesis import strategies as st
 
 from schemas.models import ACTIONS, MESSAGE_ID_MAX, STATUSES, Callback, Invalid, SendRequest
 from schemas.validate import ErrorType, TimeWindow, parse_callback, parse_send_request
+
+validate_mod = importlib.import_module("schemas.validate")  # the module: schemas.validate is also a function
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 MS_MIN, MS_MAX = 1_000_000_000_000, 10_000_000_000_000
@@ -561,3 +564,33 @@ def test_a_time_is_accepted_exactly_within_the_window(doc, now, window, offset, 
     else:
         assert isinstance(result, Invalid) and result.error_type == ErrorType.INVALID_VALUE, result
         assert name in result.error
+
+
+# ---------------------------------------------------------------------------------------------
+# The one-pass field check (issue 19) and the full one agree
+# ---------------------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(almost_valid(base_requests(), REQUEST_FIELDS) | almost_valid(base_callbacks(), CALLBACK_FIELDS)
+       | base_requests() | base_callbacks())
+def test_the_one_pass_field_check_gives_the_full_checks_verdict(doc):
+    """FieldChecks passes a record only when _check_fields would, and otherwise returns exactly its
+    error (the first problem in field order), for requests and callbacks alike."""
+    doc = orjson.loads(_dumps(doc))  # as the parser sees it: orjson's exact types
+    for checks in (validate_mod._REQUEST_FIELDS, validate_mod._CALLBACK_FIELDS):
+        assert checks(doc) == validate_mod._check_fields(doc, checks.specs, checks.names)
+
+
+@pytest.mark.parametrize("change", [
+    {"requested_at": True}, {"requested_at": 1.78e12}, {"message_id": None}, {"action": None},
+    {"provider": None}, {"attributes": []}, {"attributes": None}, {"flow_id": 7},
+    {"recipient": "x" * 513}, {"recipient": "x" * 512}, {"extra": 1}, {"workspace_id": ""},
+])
+def test_the_one_pass_field_check_on_each_kind_of_problem(change):
+    doc = dict(valid_request_doc(), **change)
+    checks = validate_mod._REQUEST_FIELDS
+    full = validate_mod._check_fields(doc, checks.specs, checks.names)
+    assert checks(doc) == full
+    assert (full is None) == (change in ({"provider": None}, {"attributes": None}, {"recipient": "x" * 512},
+                                         {"workspace_id": ""}))
