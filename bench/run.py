@@ -478,6 +478,38 @@ def steady_rate(applied: list[tuple[float, float]], records: int, first: float, 
             "warmup_s": round(t10 - first, 2), "tail_s": round(done_wall - t90, 2), "samples": len(applied)}
 
 
+def engine_alone(env: dict[str, str], data: Path, records: int, timeout: float) -> dict:
+    """The engine without the sink (`SENDTRACK_SINK_ENABLED=false`) as a new app on the same input
+    topics, after the pipeline: its rate once warm, measured as the pipeline's (steady_rate), and
+    its CPU per input record. What the sink and the embedded ClickHouse cost the engine's process
+    (issue 19: the sink in a process of its own). `records` is every input record in the topics (the
+    backlog and the freshness phase's); its status changes go to the topic again, read by no one."""
+    env = {**env, "SENDTRACK_APP_ID": env["SENDTRACK_APP_ID"] + "-engine-alone", "SENDTRACK_SINK_ENABLED": "false",
+           "SENDTRACK_DATA_DIR": str(data), "SENDTRACK_WEB_PORT": str(free_port())}
+    data.mkdir(parents=True, exist_ok=True)
+    worker = Worker(env, data)
+    applied: list[tuple[float, float]] = []
+    started = time.time()
+    worker.start()
+    try:
+        worker.wait_healthy(applied=applied)
+        while True:
+            count = worker.applied()
+            applied.append((time.time(), count))
+            worker.sample()
+            if count >= records:
+                break
+            if time.time() - started > timeout:
+                raise SystemExit(f"bench: the engine alone did not finish within {timeout} s ({count:,.0f} records)")
+            time.sleep(0.5)
+        done, cpu = time.time(), worker.cpu_seconds()
+    finally:
+        worker.stop()
+    return {"input_records": records, "seconds": round(done - started, 2),
+            "steady": steady_rate(applied, records, started, done),
+            "cpu_s_per_million": round(cpu / records * 1e6, 1), "peak_rss_mb": round(worker.peak_rss / 2**20)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a run of under two minutes")
@@ -489,6 +521,9 @@ def main() -> int:
     parser.add_argument("--skip-cold-restore", action="store_true",
                         help="do not measure the cold restore (about 25 s per million messages since "
                              "the bulk restore; it was 740 s before)")
+    parser.add_argument("--engine-alone", action="store_true",
+                        help="then run the engine without the sink on the same inputs (what the sink costs "
+                             "the engine's process)")
     args = parser.parse_args()
     messages = args.messages or (20_000 if args.quick else 2_000_000)
     funnel_messages = args.funnel_messages or (1_000_000 if args.quick else 10_000_000)
@@ -527,12 +562,20 @@ def main() -> int:
             # The worker's own peak: the backlog and the freshness phase, not the check query.
             result["pipeline"]["peak_rss_mb"] = max(result["pipeline"]["peak_rss_mb"],
                                                     result["freshness"]["peak_rss_mb"])
+            inputs = round(worker.applied())  # the backlog and the freshness phase's records
             worker.stop()
             rocksdb_bytes = du(data / "faust")
             if not args.skip_cold_restore:
                 result["cold_restore"] = cold_restore(worker, data, result["pipeline"]["startup_seconds"], messages)
         finally:
             worker.stop()
+        if args.engine_alone:
+            log(f"engine alone: the engine without the sink on the same {inputs:,} input records")
+            alone = result["engine_alone"] = engine_alone(env, data / "engine-alone", inputs, timeout=6 * 3600)
+            steady, ours = alone["steady"]["records_per_s"], result["pipeline"]["steady"]["records_per_s"]
+            alone["steady_ratio_to_pipeline"] = round(steady / ours, 3) if steady and ours else None
+            log(f"engine alone: once warm {steady or 0:,}/s ({alone['steady_ratio_to_pipeline']} of the "
+                f"pipeline's), {alone['cpu_s_per_million']} CPU s per million records")
         result["storage"] = {
             "rocksdb_mb_per_million_messages": round(rocksdb_bytes / 2**20 / messages * 1e6, 1),
             "clickhouse_mb_per_million_messages": round(du(data / "clickhouse") / 2**20 / messages * 1e6, 1),
