@@ -118,7 +118,10 @@ class Placement:
         return p
 
     def prime(self, keys: Iterable[str]) -> None:
-        """Place the keys not known yet, together (murmur2_many): a later call for one is a lookup."""
+        """Place the keys not known yet, together (murmur2_many): a later call for one is a lookup.
+        Every key given is then known, so a batch of more than `size` keys (a batch is
+        SENDTRACK_ENGINE_BATCH_EVENTS records, 2,000 by default) is kept whole until the next
+        unknown key clears the memory."""
         keys = list(dict.fromkeys(keys))
         new = [key for key in keys if key not in self._known]
         if not new:
