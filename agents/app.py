@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable, TypeVar
 
 import faust
 import orjson
@@ -13,6 +14,7 @@ from sendtrack.settings import get_settings
 from sendtrack.topics import RECORD_MAX_BYTES, ensure_topics
 
 settings = get_settings()
+F = TypeVar("F", bound=Callable)
 store.configure(settings.state_memory_mb, settings.restore_memory_mb)
 
 
@@ -34,8 +36,14 @@ class SendtrackApp(BatchApp):
         await super().on_first_start()
 
 
+# A worker without the engine (SENDTRACK_ENGINE_ENABLED=false: the sink, the readers, the alerts)
+# has no agents and no tables, and its Faust app a name of its own: it must never join the engine's
+# consumer group (settings.app_id), where it would be given input partitions it does not read. The
+# sink's group and every topic name still come from settings.app_id and the topic prefix.
+FAUST_APP_ID = settings.app_id if settings.engine_enabled else f"{settings.app_id}-sink-worker"
+
 app = SendtrackApp(
-    settings.app_id,
+    FAUST_APP_ID,
     broker=f"kafka://{settings.kafka_broker}",
     store="sendtrack-rocksdb://",  # agents/store.py: one memory budget for all tables
     datadir=str((settings.data_dir / "faust").resolve()),
@@ -87,6 +95,12 @@ ROCKSDB_OPTIONS = {
 }
 
 
+def engine_only(decorator: Callable[[F], F]) -> Callable[[F], F]:
+    """`decorator` (an agent's, a timer's) in a worker that runs the engine; in a sink-only worker
+    the function stays undecorated: nothing subscribes to the inputs, nothing ticks."""
+    return decorator if settings.engine_enabled else (lambda function: function)
+
+
 def _topic(name: str, **kwargs: object) -> faust.TopicT:
     return app.topic(
         settings.topic(name),
@@ -125,11 +139,14 @@ def _table(name: str, help: str) -> faust.TableT:
     return table
 
 
-messages_table = _table("messages", "message_id -> status state (sendtrack.state.MessageState)")
-held_index = _table("held-index", "message_id -> when its first callback was held (orphan TTL)")
-provider_ids_table = _table("provider-ids", "provider\\x1fprovider_message_id -> [message_id, touched_at]")
-provider_held_table = _table("provider-held", "provider id -> callbacks waiting for their mapping")
-messenger_recipients = _table(
-    "messenger-recipients",
-    "messenger\\x1fPSID -> {msgs: [[message_id, requested_at, statuses applied]], marks: {status: [watermark, event_id]}}",
-)
+if settings.engine_enabled:
+    messages_table = _table("messages", "message_id -> status state (sendtrack.state.MessageState)")
+    held_index = _table("held-index", "message_id -> when its first callback was held (orphan TTL)")
+    provider_ids_table = _table("provider-ids", "provider\\x1fprovider_message_id -> [message_id, touched_at]")
+    provider_held_table = _table("provider-held", "provider id -> callbacks waiting for their mapping")
+    messenger_recipients = _table(
+        "messenger-recipients",
+        "messenger\\x1fPSID -> {msgs: [[message_id, requested_at, statuses applied]], marks: {status: [watermark, event_id]}}",
+    )
+else:  # a sink-only worker holds no engine state (agents/engine.py registers nothing then)
+    messages_table = held_index = provider_ids_table = provider_held_table = messenger_recipients = None

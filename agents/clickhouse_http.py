@@ -408,5 +408,7 @@ class ClickHouseHTTPService(Service):
             self._server.executor.shutdown(wait=False, cancel_futures=True)
 
 
-if settings.clickhouse_http_port:
+# Only a worker with the sink has ClickHouse open to read; an engine-only worker beside it on the
+# same machine would otherwise take the port and answer every query with an error.
+if settings.clickhouse_http_port and settings.sink_enabled:
     app.service(ClickHouseHTTPService)

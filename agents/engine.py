@@ -18,6 +18,7 @@ from agents.transaction import Outbox, Refused, TooLarge, new_outbox, outbox, pl
 from agents.app import (
     app,
     by_provider_id_topic,
+    engine_only,
     callbacks_topic,
     dead_letters_topic,
     held_index,
@@ -485,8 +486,8 @@ def _place_keys(events: list) -> None:
     partition_for.prime(keys)
 
 
-@batch_agent(app, app.topic(REQUESTS, CALLBACKS, ROUTED, key_type=bytes, value_type=bytes,
-                            key_serializer="raw", value_serializer="raw"), name="status-engine")
+@engine_only(batch_agent(app, app.topic(REQUESTS, CALLBACKS, ROUTED, key_type=bytes, value_type=bytes,
+                                        key_serializer="raw", value_serializer="raw"), name="status-engine"))
 async def status_engine(events: list) -> None:
     """Apply a batch of requests, callbacks and routed records.
 
@@ -571,7 +572,7 @@ def sweep_provider_ids(partition: int, now: int) -> None:
     _evict(messenger_recipients, partition, now, sweeps.recipient_touched)
 
 
-@batch_agent(app, by_provider_id_topic, name="provider-id-resolver")
+@engine_only(batch_agent(app, by_provider_id_topic, name="provider-id-resolver"))
 async def provider_id_resolver(events: list) -> None:
     """Keep provider id -> message id, and re-key callbacks that name only the provider id."""
     await apply_batch(events, handle_by_provider_id)
@@ -590,7 +591,7 @@ async def request_erasure(message_ids: list[str]) -> dict[int, int]:
 _tick_order = itertools.cycle(range(N))
 
 
-@app.timer(settings.sweep_interval_seconds / (N * SWEEP_TICKS))
+@engine_only(app.timer(settings.sweep_interval_seconds / (N * SWEEP_TICKS)))
 async def send_sweep_ticks() -> None:
     """Ask the next partition, in turn, to sweep; the sweep runs in that partition's own event
     context. Each partition is asked SWEEP_TICKS times per interval."""

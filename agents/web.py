@@ -54,11 +54,11 @@ async def health(web, request):
     """Whether the worker is applying records and writing them. Open to all (load balancers,
     orchestrators): it names no host, path or customer."""
     sink_ready = (sink.ch is not None and sink.ready.is_set()) or not settings.sink_enabled
-    engine_ok = engine_ready()
+    engine_ok = not settings.engine_enabled or engine_ready()
     failed = getattr(sink, "failed", None)
     ok = sink_ready and engine_ok and not failed
     body = {"status": "ok" if ok else ("failed" if failed else "starting"),
-            "engine": "ready" if engine_ok else "starting",
+            "engine": ("ready" if engine_ok else "starting") if settings.engine_enabled else "off",
             "sink": "failed" if failed else ("ready" if sink_ready else "starting"),
             "clickhouse": ("embedded" if settings.clickhouse_is_embedded else "server") if sink.ch else None}
     if failed:
@@ -103,6 +103,10 @@ def reader_of(request) -> auth.Reader | auth.Denied:
     return readers.authenticate(request.headers, request.remote)
 
 
+# Why a read cannot be answered while ClickHouse is not open here: not yet, or never on this worker.
+NOT_OPEN = ("ClickHouse is not open yet" if settings.sink_enabled else
+            "this worker runs no sink (SENDTRACK_SINK_ENABLED=false) and has no ClickHouse: read from "
+            "the worker that runs it")
 _analysts: dict[Optional[str], Analysts] = {}
 
 
@@ -124,7 +128,7 @@ def reader_pool(web, request) -> tuple[Optional[Analysts], Any]:
         return None, refuse(web, reader)
     pool = analysts(reader.workspace)
     if pool is None:
-        return None, web.json({"error": "ClickHouse is not open yet"}, status=503)
+        return None, web.json({"error": NOT_OPEN}, status=503)
     return pool, None
 
 
@@ -209,7 +213,7 @@ class Erase(View):
         if not customer:
             return self.web.json({"error": "customer is required (?customer=ID[&workspace=W])"}, status=400)
         if sink.ch is None:
-            return self.web.json({"error": "ClickHouse is not open yet"}, status=503)
+            return self.web.json({"error": NOT_OPEN}, status=503)
         log.warning("erase: admin %r erases %s%s", admin.name, erasure.subject(customer),
                     "" if workspace is None else f" of workspace {workspace!r}")
         # The engine first: once it applied the erase records and the sink wrote every status change

@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from faust.web import Request, Response, View
 
-from agents.app import app, callbacks_topic, settings, webhooks_topic
+from agents.app import app, callbacks_topic, engine_only, settings, webhooks_topic
 from agents.faust_adapter import batch_agent
 from agents.engine import TooLarge, emit_dead_letter, new_outbox, recipient_key, send_by_provider_id
 from schemas.models import Invalid
@@ -205,7 +205,7 @@ def _replayed(raw: RawWebhook) -> bool:
     return ADAPTER_TOKENS.first_use(nonce, fingerprint(raw.body), raw.received_at) is Use.REPLAY
 
 
-@batch_agent(app, webhooks_topic, name="webhook-adapter")
+@engine_only(batch_agent(app, webhooks_topic, name="webhook-adapter"))
 async def webhook_adapter(events: list) -> None:
     """Turn raw provider webhooks into canonical provider-callbacks (or dead letters)."""
     box = new_outbox()

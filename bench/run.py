@@ -222,6 +222,85 @@ class Worker:
                 self.proc.kill()
 
 
+class Pair:
+    """The pipeline as two processes (`--split`): an engine-only worker (SENDTRACK_SINK_ENABLED=false)
+    and a worker of the sink, the readers and the alerts (SENDTRACK_ENGINE_ENABLED=false), under the
+    same app id and topics. Reads as one Worker: SQL and health from the sink's, the input count
+    from the engine's, counters summed, CPU summed, peak RSS the sum of the two processes' peaks
+    (no less than the peak of their sum), each process's kept apart too."""
+
+    def __init__(self, settings_env: dict[str, str], data_dir: Path) -> None:
+        (data_dir / "sink").mkdir(parents=True, exist_ok=True)
+        self.engine = Worker({**settings_env, "SENDTRACK_SINK_ENABLED": "false"}, data_dir)
+        self.sink = Worker({**settings_env, "SENDTRACK_ENGINE_ENABLED": "false",
+                            "SENDTRACK_DATA_DIR": str(data_dir / "sink"), "SENDTRACK_WEB_PORT": str(free_port())},
+                           data_dir / "sink")
+        self.data_dir = data_dir  # the engine's: its log has the slow batches, its faust/ the tables
+        self.port = self.sink.port
+        self.peaks: dict[str, dict[str, int]] = {}
+
+    @property
+    def peak_rss(self) -> int:
+        """The sum of the two processes' peaks: at least the peak of their sum, maybe more."""
+        return self.engine.peak_rss + self.sink.peak_rss
+
+    def note_peaks(self, phase: str) -> None:
+        """Keep each process's peak (MiB) in `phase` (the kernel's marks are reset between phases)."""
+        seen = self.peaks.setdefault(phase, {"engine": 0, "sink": 0})
+        for name, worker in (("engine", self.engine), ("sink", self.sink)):
+            seen[name] = max(seen[name], round(worker.peak_rss / 2**20))
+
+    def metrics_by_process(self) -> dict[str, dict[str, float]]:
+        return {"engine": self.engine.metrics(), "sink": self.sink.metrics()}
+
+    def start(self) -> None:
+        self.engine.start()
+        self.sink.start()
+
+    def get(self, path: str, **params) -> dict:
+        return self.sink.get(path, **params)
+
+    def sql(self, q: str):
+        return self.sink.sql(q)
+
+    def metrics(self) -> dict[str, float]:
+        out = dict(self.engine.metrics())
+        for name, value in self.sink.metrics().items():
+            out[name] = out.get(name, 0.0) + value
+        return out
+
+    def applied(self) -> float:
+        return self.engine.applied()
+
+    def sample(self) -> None:
+        self.engine.sample()
+        self.sink.sample()
+
+    def reset_peak(self) -> None:
+        self.engine.reset_peak()
+        self.sink.reset_peak()
+
+    def cpu_seconds(self) -> float:
+        return self.engine.cpu_seconds() + self.sink.cpu_seconds()
+
+    def wait_healthy(self, timeout: float = 180, applied: Optional[list] = None) -> None:
+        self.engine.wait_healthy(timeout, applied)
+        deadline = time.monotonic() + timeout
+        while True:  # the engine goes on meanwhile: keep sampling its input count
+            try:
+                self.sink.wait_healthy(timeout=0.5)
+                return
+            except SystemExit:
+                if time.monotonic() > deadline or self.sink.proc.poll() is not None:
+                    raise
+            if applied is not None:
+                applied.append((time.time(), self.engine.applied()))
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.sink.stop()
+
+
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -249,6 +328,8 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
         count = worker.applied()
         applied.append((time.time(), count))
         pipeline_peak = max(pipeline_peak, worker.peak_rss)
+        if isinstance(worker, Pair) and rows < expect["milestones"]:
+            worker.note_peaks("backlog")
         now = time.monotonic()
         if now - last_report > 5:
             log(f"pipeline: {rows:,}/{expect['milestones']:,} milestones in ClickHouse "
@@ -290,6 +371,9 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
         "cpu_utilisation_cores": round(cpu / elapsed, 2),
         "inserts_per_s": {t: round(n / elapsed, 2) for t, n in inserts.items()},
         "worker_timings": timings({}, metrics),
+        # Two processes: their histograms apart (the event loop's lag of each, not of both summed).
+        **({"worker_timings_by_process": {name: timings({}, m) for name, m in worker.metrics_by_process().items()}}
+           if isinstance(worker, Pair) else {}),
         "peak_rss_mb": round(pipeline_peak / 2**20),  # then the max with the freshness phase's
         "backlog_peak_rss_mb": round(pipeline_peak / 2**20),
         "check_query": {"seconds": round(check_seconds, 2), "peak_rss_mb": round(check_peak / 2**20)},
@@ -305,6 +389,7 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
     await producer.start()
     run = uuid.uuid4().hex[:6]
     before = worker.metrics()
+    before_each = worker.metrics_by_process() if isinstance(worker, Pair) else {}
     log_from = (worker.data_dir / "worker.log").stat().st_size
     published: dict[str, float] = {}
     now_ms = int(time.time() * 1000)
@@ -349,6 +434,9 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
             "engine_to_clickhouse": {"p50_s": round(qs[49], 3), "p99_s": round(qs[98], 3),
                                      "max_s": round(sink_[-1], 3)},
             "worker_timings": timings(before, worker.metrics()),
+            **({"worker_timings_by_process": {name: timings(before_each[name], m)
+                                              for name, m in worker.metrics_by_process().items()}}
+               if isinstance(worker, Pair) else {}),
             "slow_engine_batches": slow_batches(worker.data_dir / "worker.log", log_from)}
 
 
@@ -518,14 +606,22 @@ def main() -> int:
     parser.add_argument("--funnel-messages", type=int, help="synthetic messages for the funnel query "
                         "(default 10,000,000; --quick 1,000,000)")
     parser.add_argument("--freshness-seconds", type=float, default=None)
+    parser.add_argument("--freshness-rate", type=float, default=None, metavar="RATE",
+                        help="records/s of the freshness phase (default: half the run's end-to-end rate); "
+                             "a fixed rate compares layouts or code at the same load")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and the run's topics")
     parser.add_argument("--skip-cold-restore", action="store_true",
                         help="do not measure the cold restore (about 25 s per million messages since "
                              "the bulk restore; it was 740 s before)")
+    parser.add_argument("--split", action="store_true",
+                        help="run the pipeline as two processes: an engine-only worker and a worker of the "
+                             "sink and the readers (SENDTRACK_ENGINE_ENABLED=false); no cold restore")
     parser.add_argument("--engine-alone", action="store_true",
                         help="then run the engine without the sink on a copy of the same inputs (what the "
                              "sink costs the engine's process)")
     args = parser.parse_args()
+    if args.freshness_rate is not None and args.freshness_rate <= 0:
+        parser.error("--freshness-rate must be above 0")
     messages = args.messages or (20_000 if args.quick else 2_000_000)
     funnel_messages = args.funnel_messages or (1_000_000 if args.quick else 10_000_000)
     fresh_seconds = args.freshness_seconds or (15 if args.quick else 60)
@@ -551,16 +647,18 @@ def main() -> int:
         log("baseline: aiokafka consumer -> producer passthrough of the same topics")
         result["baseline"] = asyncio.run(baseline(settings, expect["records"]))
         log(f"baseline: {result['baseline']['records_per_s']:,} records/s")
-        worker = Worker(env, data)
+        worker = Pair(env, data) if args.split else Worker(env, data)
+        result["split"] = args.split
         try:
-            log("pipeline: worker with embedded ClickHouse on the backlog")
+            log("pipeline: " + ("an engine-only worker and a sink worker with embedded ClickHouse" if args.split
+                                else "worker with embedded ClickHouse") + " on the backlog")
             result["pipeline"] = pipeline(worker, expect, timeout=6 * 3600)
             result["ratio_pipeline_to_baseline"] = round(
                 result["pipeline"]["records_per_s"] / result["baseline"]["records_per_s"], 3)
             steady = result["pipeline"]["steady"]["records_per_s"]
             result["steady_ratio_to_baseline"] = (round(steady / result["baseline"]["records_per_s"], 3)
                                                   if steady else None)
-            rate = result["pipeline"]["records_per_s"] / 2
+            rate = args.freshness_rate if args.freshness_rate is not None else result["pipeline"]["records_per_s"] / 2
             result["merges_settled_seconds"] = settle_merges(worker)
             log(f"freshness: callbacks at {rate:,.0f} records/s for {fresh_seconds:.0f} s")
             result["freshness"] = asyncio.run(freshness(worker, settings, rate, fresh_seconds))
@@ -569,9 +667,12 @@ def main() -> int:
             # The worker's own peak: the backlog and the freshness phase, not the check query.
             result["pipeline"]["peak_rss_mb"] = max(result["pipeline"]["peak_rss_mb"],
                                                     result["freshness"]["peak_rss_mb"])
+            if args.split:
+                worker.note_peaks("freshness")
+                result["pipeline"]["peak_rss_mb_per_process"] = worker.peaks
             worker.stop()
             rocksdb_bytes = du(data / "faust")
-            if not args.skip_cold_restore:
+            if not args.skip_cold_restore and not args.split:
                 result["cold_restore"] = cold_restore(worker, data, result["pipeline"]["startup_seconds"], messages)
         finally:
             worker.stop()
@@ -585,7 +686,8 @@ def main() -> int:
                 f"pipeline's), {alone['cpu_s_per_million']} CPU s per million records")
         result["storage"] = {
             "rocksdb_mb_per_million_messages": round(rocksdb_bytes / 2**20 / messages * 1e6, 1),
-            "clickhouse_mb_per_million_messages": round(du(data / "clickhouse") / 2**20 / messages * 1e6, 1),
+            "clickhouse_mb_per_million_messages": round(du(data / ("sink/clickhouse" if args.split else "clickhouse"))
+                                                        / 2**20 / messages * 1e6, 1),
             "tracked_messages": messages,
         }
         result["funnel_query"] = funnel_query(funnel_messages, data / "funnel-chdb")
@@ -613,13 +715,13 @@ def main() -> int:
           f"({p['check_query']['peak_rss_mb']} MB during the whole-dataset check query); "
           f"funnel query {result['funnel_query']['query_ms_median']} ms over "
           f"{result['funnel_query']['messages']:,} messages; cold restore "
-          + cold_restore_summary(result.get("cold_restore")))
+          + cold_restore_summary(result.get("cold_restore"), args.split))
     return 0
 
 
-def cold_restore_summary(restore: Optional[dict]) -> str:
+def cold_restore_summary(restore: Optional[dict], split: bool = False) -> str:
     if restore is None:
-        return "not measured (--skip-cold-restore)"
+        return "not measured (" + ("--split" if split else "--skip-cold-restore") + ")"
     if restore["seconds_per_million_messages"] == 0:
         # A small state restores within the time a worker takes to start at all.
         return (f"{restore['seconds']} s, no longer than a warm start ({restore['warm_start_seconds']} s): "

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # The ClickHouse sink runs in the worker; extra engine-only workers can turn it off (embedded
     # ClickHouse is one per process, so a second worker on one machine would write to another copy).
     sink_enabled: bool = True
+    # The status engine (its agents, tables and sweeps) runs in the worker. `false` makes a worker of
+    # the sink, the readers and the alerts only, beside engine-only workers (SENDTRACK_SINK_ENABLED=
+    # false): the two then share the machine's cores instead of one process's event loop.
+    engine_enabled: bool = True
     sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_batch_seconds: float = Field(default=1.0, gt=0)
     # Deliverability alerts (agents/alerts.py): the rates are judged again after the sink's inserts,
@@ -153,6 +157,13 @@ class Settings(BaseSettings):
     # The public base URL providers call, e.g. https://hooks.example.vn. Twilio signs the URL it called;
     # unset = Twilio webhooks are refused (the request's Host header is never trusted for it).
     webhook_public_url: str = ""
+
+    @model_validator(mode="after")
+    def _does_something(self) -> "Settings":
+        if not (self.engine_enabled or self.sink_enabled):
+            raise ValueError("SENDTRACK_ENGINE_ENABLED and SENDTRACK_SINK_ENABLED are both false: "
+                             "such a worker would do nothing")
+        return self
 
     @model_validator(mode="after")
     def _retention_outlives_orphans(self) -> "Settings":

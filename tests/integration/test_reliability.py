@@ -270,6 +270,13 @@ def new_worker(tmp: Path, name: str, **settings: Any) -> Worker:
     return Worker(tmp, name, **{**WORKER_SETTINGS, **settings})
 
 
+def same_app(b: Worker, a: Worker) -> None:
+    """Make `b` a worker of `a`'s app: the same app id and topics, its own data dir and web port."""
+    b.env["SENDTRACK_TOPIC_PREFIX"] = a.prefix
+    b.env["SENDTRACK_APP_ID"] = a.env["SENDTRACK_APP_ID"]
+    b.prefix = a.prefix
+
+
 def wait_healthy(w: Worker, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     doc: Any = None
@@ -415,11 +422,8 @@ def test_rebalance_two_workers_one_killed_and_restarted(tmp_data):
     model = build_model(traffic)
     a = new_worker(tmp_data, "rebA")
     b = new_worker(tmp_data, "rebB", sink_enabled=False)
-    # The same group and topics, its own data dir and web port; no sink (embedded ClickHouse is
-    # one per process: A's holds the views).
-    b.env["SENDTRACK_TOPIC_PREFIX"] = a.prefix
-    b.env["SENDTRACK_APP_ID"] = a.env["SENDTRACK_APP_ID"]
-    b.prefix = a.prefix
+    # The same group and topics; no sink (embedded ClickHouse is one per process: A's holds the views).
+    same_app(b, a)
     settings = Settings(kafka_broker=BROKER, topic_prefix=a.prefix, partitions=PARTITIONS)
     parts = chunks(traffic.records, 5)
     group = a.env["SENDTRACK_APP_ID"]
@@ -473,6 +477,67 @@ def test_rebalance_two_workers_one_killed_and_restarted(tmp_data):
     finally:
         b.stop()
         a.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2b. The pipeline as two processes: an engine-only worker and a sink worker, each killed once
+
+
+def test_engine_and_sink_in_two_processes_each_killed_mid_stream(tmp_data):
+    """SENDTRACK_ENGINE_ENABLED=false: a worker of the sink and the readers only, beside an
+    engine-only worker under the same app id. Each is SIGKILLed once while records flow and
+    restarted; the views are exact, and the sink worker never joined the engine's group."""
+    started = time.monotonic()
+    rnd = random.Random(20261203)
+    traffic = simulate.generate(3000, seed=11, run_id=f"split-{os.getpid()}", malformed_rate=0, orphan_rate=0)
+    model = build_model(traffic)
+    engine = new_worker(tmp_data, "splitE", sink_enabled=False)
+    sink = new_worker(tmp_data, "splitS", engine_enabled=False)
+    same_app(sink, engine)
+    settings = Settings(kafka_broker=BROKER, topic_prefix=engine.prefix, partitions=PARTITIONS)
+    parts = chunks(traffic.records, 4)
+    group = engine.env["SENDTRACK_APP_ID"]
+    engine.start()
+    try:
+        sink.start()
+        health = sink.get("/health")
+        assert health["engine"] == "off" and health["sink"] == "ready", health
+        assert engine.get("/health")["clickhouse"] is None
+        wait_group(BROKER, group, 1)  # the engine alone: the sink worker has a group of its own
+        pub = Publisher(settings, parts[0], rate=len(parts[0]) / 2.5)
+        pub.start()
+        pub.finish()
+        for victim in (engine, sink):  # chunk 1: the engine is killed, chunk 2: the sink
+            part = parts[1] if victim is engine else parts[2]
+            pub = Publisher(settings, part, rate=len(part) / 2.5)
+            pub.start()
+            delay = rnd.uniform(0.3, 2)
+            time.sleep(delay)
+            counters = engine_counters(victim)
+            sigkill(victim)
+            print(f"\n{'engine' if victim is engine else 'sink'} worker killed {delay:.2f} s into a chunk; "
+                  f"its incarnation had {counters}")
+            pub.finish()
+            victim.start()
+        pub = Publisher(settings, parts[3], rate=len(parts[3]) / 2.5)
+        pub.start()
+        pub.finish()
+        verify_views(BROKER, sink, model, timeout=90)
+        alive(engine)
+        assert asyncio.run(_group_state(BROKER, group))[1] == 1, "the sink worker joined the engine's group"
+        # The sink worker opened no table's RocksDB; the engine worker no ClickHouse.
+        tables = [p for p in (sink.data_dir / "faust").rglob("*") if p.name.startswith(
+            ("messages", "held-index", "provider-", "messenger-"))] if (sink.data_dir / "faust").exists() else []
+        assert not tables, tables
+        assert (engine.data_dir / "faust").exists() and not (engine.data_dir / "clickhouse").exists()
+        inputs = [engine.topic("send-requests"), engine.topic("provider-callbacks")]
+        print(f"group committed all input {wait_committed(BROKER, group, inputs, timeout=30):.1f} s after the check")
+        print(f"raw duplicates: {raw_duplicates(sink)}")
+        print(f"status-changes topic: {verify_change_log(BROKER, sink, model)}")
+        print(f"test 2b took {time.monotonic() - started:.1f} s")
+    finally:
+        sink.stop()
+        engine.stop()
 
 
 # ---------------------------------------------------------------------------------------------

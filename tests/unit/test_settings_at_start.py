@@ -64,3 +64,49 @@ def test_a_bad_setting_is_named_without_printing_any_settings_value():
     assert "cannot start with these settings" in done.stderr
     assert "SENDTRACK_READER_WORKSPACES names 'bob', who is not in SENDTRACK_READERS" in done.stderr
     assert "pw-secret" not in done.stderr + done.stdout, done.stderr[-2000:]
+
+
+def test_a_worker_with_neither_engine_nor_sink_is_refused():
+    env = {**os.environ, "SENDTRACK_ENGINE_ENABLED": "false", "SENDTRACK_SINK_ENABLED": "false"}
+    done = subprocess.run([sys.executable, "-m", "sendtrack.cli", "worker"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "SENDTRACK_ENGINE_ENABLED and SENDTRACK_SINK_ENABLED are both false" in done.stderr
+
+
+WHAT_RUNS = """
+import json
+from agents import app as app_module, engine, webhooks, clickhouse_http, faust_adapter
+app = app_module.app
+print(json.dumps({"id": app.conf.id, "agents": sorted(app.agents), "tables": sorted(app.tables),
+                  "handlers": sorted(faust_adapter._handlers), "timers": sorted(
+                      t.__name__ for t in app._app_tasks if "sweep" in getattr(t, "__name__", "")),
+                  "services": sorted(s.__name__ if isinstance(s, type) else type(s).__name__
+                                     for s in app._extra_services)}))
+"""
+
+
+def what_runs(**env: str) -> dict:
+    import json
+
+    done = subprocess.run([sys.executable, "-c", WHAT_RUNS], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SENDTRACK_APP_ID": "split-check", "SENDTRACK_TOPIC_PREFIX": "p.",
+                               "SENDTRACK_CLICKHOUSE_HTTP_PORT": "18123", **env})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_sink_worker_has_no_agent_table_or_sweep_and_a_group_of_its_own():
+    """SENDTRACK_ENGINE_ENABLED=false: nothing subscribes to the inputs (the engine's group would give
+    it partitions it does not read), no table is restored, no sweep ticks; the sink stays."""
+    whole = what_runs()
+    assert whole["id"] == "split-check"
+    assert whole["agents"] and whole["tables"] and whole["handlers"] and whole["timers"]
+    sink = what_runs(SENDTRACK_ENGINE_ENABLED="false")
+    assert sink["id"] == "split-check-sink-worker"
+    assert sink["agents"] == [] and sink["tables"] == [] and sink["handlers"] == [] and sink["timers"] == []
+    assert {"ClickHouseSink", "ClickHouseHTTPService"} <= set(sink["services"])
+    # An engine-only worker has no ClickHouse to serve over HTTP (a sink worker on the same machine does).
+    engine = what_runs(SENDTRACK_SINK_ENABLED="false")
+    assert engine["id"] == "split-check" and engine["agents"] and engine["tables"]
+    assert "ClickHouseSink" not in engine["services"] and "ClickHouseHTTPService" not in engine["services"]
