@@ -284,8 +284,8 @@ class Pair:
         return self.engine.cpu_seconds() + self.sink.cpu_seconds()
 
     def wait_healthy(self, timeout: float = 180, applied: Optional[list] = None) -> None:
-        self.engine.wait_healthy(timeout, applied)
         deadline = time.monotonic() + timeout
+        self.engine.wait_healthy(timeout, applied)
         while True:  # the engine goes on meanwhile: keep sampling its input count
             try:
                 self.sink.wait_healthy(timeout=0.5)

@@ -41,7 +41,7 @@ def available() -> list[Migration]:
 
 # The migration that stores each message's mailbox provider and carrier (and classifies those written
 # before it from the lookup tables, which `prepare` fills first).
-RECIPIENT_DIMENSIONS = 17
+RECIPIENT_CLASSES_MIGRATION = 17
 
 # The oldest ClickHouse the migrations run on: 0006 uses ATTACH PARTITION ALL FROM (ClickHouse 24.4).
 MIN_SERVER_VERSION = (24, 4)
@@ -97,7 +97,7 @@ def prepare(ch: ClickHouse, settings, log=print) -> list[Migration]:
     from sinks import expectations, retention
 
     # Migration 0017 classifies past messages with the lookup tables: they are written first.
-    ran = migrate(ch, log, up_to=RECIPIENT_DIMENSIONS - 1)
+    ran = migrate(ch, log, up_to=RECIPIENT_CLASSES_MIGRATION - 1)
     recipients.apply(ch, log)
     ran += migrate(ch, log)
     retention.apply(ch, settings, log)

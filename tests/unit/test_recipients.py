@@ -137,19 +137,19 @@ def test_migration_0017_classifies_the_messages_written_before_it(engine_path):
 
     ch = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"), database=f"rd_{uuid.uuid4().hex[:10]}")
     try:
-        migrations.migrate(ch, log=lambda *_: None, up_to=migrations.RECIPIENT_DIMENSIONS - 1)
+        migrations.migrate(ch, log=lambda *_: None, up_to=migrations.RECIPIENT_CLASSES_MIGRATION - 1)
         old = [(f"m{i}", "email" if "@" in r else "sms", r, ["sent", "delivered"]) for i, (r, _, _) in enumerate(EXAMPLES)]
         write(ch, old)
         before = ch.query(f"SELECT * FROM `{ch.database}`.messages ORDER BY message_id")[1]
         funnel = ch.query(f"SELECT * FROM `{ch.database}`.funnel_daily ORDER BY ALL")[1]
         assert [m.version for m in migrations.prepare(ch, Settings(), log=lambda *_: None)] == [
-            migrations.RECIPIENT_DIMENSIONS]
+            migrations.RECIPIENT_CLASSES_MIGRATION]
         python = {r: (mailbox, carrier) for r, mailbox, carrier in EXAMPLES}
         assert classes(ch) == python
         after = ch.query(f"SELECT * EXCEPT (mailbox_provider, carrier) FROM `{ch.database}`.messages "
                          "ORDER BY message_id")[1]
         assert after == before
-        rerun = next(m for m in migrations.available() if m.version == migrations.RECIPIENT_DIMENSIONS)
+        rerun = next(m for m in migrations.available() if m.version == migrations.RECIPIENT_CLASSES_MIGRATION)
         for statement in rerun.statements(ch.database):
             ch.command(statement)
         assert classes(ch) == python
