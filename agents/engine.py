@@ -18,9 +18,9 @@ from agents.transaction import Outbox, Refused, TooLarge, new_outbox, outbox, pl
 from agents.app import (
     app,
     by_provider_id_topic,
-    engine_only,
     callbacks_topic,
     dead_letters_topic,
+    engine_only,
     held_index,
     messages_table,
     messenger_recipients,

@@ -503,6 +503,9 @@ def test_engine_and_sink_in_two_processes_each_killed_mid_stream(tmp_data):
         health = sink.get("/health")
         assert health["engine"] == "off" and health["sink"] == "ready", health
         assert engine.get("/health")["clickhouse"] is None
+        # Reads go to the sink's worker; the engine's says so rather than "not open yet" for ever.
+        status, body = engine.request("GET", "/query", q="SELECT 1")
+        assert status == 503 and "runs no sink" in body["error"], (status, body)
         wait_group(BROKER, group, 1)  # the engine alone: the sink worker has a group of its own
         pub = Publisher(settings, parts[0], rate=len(parts[0]) / 2.5)
         pub.start()
