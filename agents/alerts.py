@@ -17,9 +17,9 @@ Exactly once, across crashes and between workers:
 - Any failure of the producer (fenced, a transaction that failed, the broker gone) ends that
   producer: after a pause a new one fences the others and reads the topic back again.
 An evaluation costs a query over the last 7 days of messages (1.7 s at 10 M messages over 30 days,
-docs/dashboard.md); the next one waits at least SENDTRACK_ALERT_INTERVAL_SECONDS and nine times the
-last one's duration: evaluating takes at most a tenth of the time (ClickHouse may use several
-threads for it).
+docs/dashboard.md); it runs on one of ClickHouse's threads, and the next one waits at least
+SENDTRACK_ALERT_INTERVAL_SECONDS and nine times the last one's duration: evaluating takes at most a
+tenth of a core, however many messages the week holds.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ class AlertService(Service):
                 return
             await self.sleep(0.5)
         # The readers' limits, but room for every rate: about 1,000 workspaces' rates are 100,000 rows.
+        # One of ClickHouse's threads: with the pause below, evaluating takes at most a tenth of a core.
         pool = Analysts(settings.model_copy(update={"query_max_result_rows": 10_000_000,
-                                                    "query_max_result_bytes": 1024 ** 3}), sink.ch)
+                                                    "query_max_result_bytes": 1024 ** 3}), sink.ch, threads=1)
         try:
             while not self.should_stop:
                 if not sink.owns_first_partition():

@@ -176,10 +176,11 @@ def workspace_filters(database: str, workspace: str) -> str:
     return "{" + ", ".join(pairs) + "}"
 
 
-def analyst_limits(settings: Settings, database: Optional[str] = None, workspace: Optional[str] = None
-                   ) -> dict[str, Any]:
+def analyst_limits(settings: Settings, database: Optional[str] = None, workspace: Optional[str] = None,
+                   threads: Optional[int] = None) -> dict[str, Any]:
     """Session settings of a reader's connection; `readonly` last, so the others can be set first.
-    With a workspace, the session sees only that workspace's rows of `database`."""
+    With a workspace, the session sees only that workspace's rows of `database`; with `threads`, a
+    statement runs on at most that many of ClickHouse's threads."""
     limits: dict[str, Any] = {
         "max_execution_time": settings.query_max_seconds,
         "max_result_rows": settings.query_max_result_rows,
@@ -198,6 +199,8 @@ def analyst_limits(settings: Settings, database: Optional[str] = None, workspace
     if workspace is not None:
         assert database is not None, "a workspace's filters name the database's tables"
         limits["additional_table_filters"] = workspace_filters(database, workspace)
+    if threads is not None:
+        limits["max_threads"] = threads
     limits["readonly"] = 1
     return limits
 
@@ -295,11 +298,12 @@ class Analysts:
     """A few read-only sessions for readers' statements (SENDTRACK_QUERY_CONCURRENCY at once), of
     every workspace or, with `workspace`, of that one only."""
 
-    def __init__(self, settings: Settings, engine: ClickHouse, workspace: Optional[str] = None) -> None:
+    def __init__(self, settings: Settings, engine: ClickHouse, workspace: Optional[str] = None,
+                 threads: Optional[int] = None) -> None:
         self.settings = settings
         self.database = engine.database
         self.workspace = workspace
-        self.limits = analyst_limits(settings, engine.database, workspace)
+        self.limits = analyst_limits(settings, engine.database, workspace, threads)
         self._idle: "queue.LifoQueue[Any]" = queue.LifoQueue()
         self._opened = 0
         self._lock = threading.Lock()

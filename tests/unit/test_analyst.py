@@ -111,3 +111,18 @@ def test_a_readers_query_does_not_hold_the_sinks_connection(engine):
     assert finished_first and inserted_in < 1.0, inserted_in
     # The sink's session is not readonly: readers' settings stay on their own sessions.
     assert ch.query("SELECT getSetting('readonly')")[1] == [(0,)]
+
+
+def test_a_pool_can_keep_its_statements_to_one_thread(engine):
+    # The alerts' evaluator reads through such a pool: with a pause of nine times its duration, one
+    # thread keeps it to a tenth of a core. A reader's pool uses ClickHouse's default.
+    settings, ch, pool = engine
+    one = Analysts(settings, ch, threads=1)
+    try:
+        assert one.trusted_query("SELECT getSetting('max_threads')")[1] == [(1,)]
+        with pytest.raises(Refused):  # the session is readonly: a statement cannot raise it again
+            one.query("SELECT 1 SETTINGS max_threads = 8")
+    finally:
+        one.close()
+    # A reader's pool keeps the engine's own default (the machine's cores).
+    assert pool.trusted_query("SELECT getSetting('max_threads')")[1] == ch.query("SELECT getSetting('max_threads')")[1]
