@@ -107,7 +107,8 @@ class Settings(BaseSettings):
     engine_enabled: bool = True
     sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_batch_seconds: float = Field(default=1.0, gt=0)
-    # …or after this many once the sink has read everything there is (a steady load, no backlog).
+    # …or, once the sink has read everything there is, after this many and three times the last
+    # insert (agents/sink.py: short batches under a steady load, large ones while a backlog drains).
     sink_caught_up_seconds: float = Field(default=0.25, gt=0)
     # Deliverability alerts (agents/alerts.py): the rates are judged again after the sink's inserts,
     # at most this often (and at most a tenth of a core); 0 = no alerts are published.
