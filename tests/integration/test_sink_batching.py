@@ -49,9 +49,8 @@ def visible_after(w: Worker, mid: str, timeout: float) -> float:
 
 
 def test_a_caught_up_sink_does_not_wait_out_the_batch_time(worker):
-    # Three records 2.5 s apart. Were each batch to gather for 20 s, one of them would wait at least
-    # 5 s (the three in one batch: the first waits for the third; split: the record after the cut
-    # waits for most of a batch).
+    # Three records at least 2.5 s apart, each published once the one before is in the view. Were a
+    # batch to gather for its whole 20 s, each would wait for most of a batch (seen: 20 s).
     visible_after(worker, "trickle-warm-up", timeout=BATCH_SECONDS + 30)  # the sink has joined its group
     waits = []
     for i in range(3):
