@@ -19,7 +19,8 @@ Exactly once, across crashes and between workers:
 An evaluation costs a query over the last 7 days of messages (1.7 s at 10 M messages over 30 days,
 docs/dashboard.md); it runs on one of ClickHouse's threads, and the next one waits at least
 SENDTRACK_ALERT_INTERVAL_SECONDS and nine times the last one's duration: evaluating takes at most a
-tenth of a core, however many messages the week holds.
+tenth of a core, however many messages the week holds. Its memory grows with the parts of
+messages_by_workspace that ClickHouse has not merged yet (sinks/analyst.py, EVALUATION_BLOCK_ROWS).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sendtrack import alerts
 from sendtrack.metrics import metrics
 from sendtrack.topics import ALERTS, committed_records, ensure_alerts_topic
 from sinks import reports
-from sinks.analyst import Analysts, Refused
+from sinks.analyst import Analysts, Refused, evaluation_pool
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,7 @@ class AlertService(Service):
             if self.should_stop or sink.failed:
                 return
             await self.sleep(0.5)
-        # The readers' limits, but room for every rate: about 1,000 workspaces' rates are 100,000 rows.
-        # One of ClickHouse's threads: with the pause below, evaluating takes at most a tenth of a core.
-        pool = Analysts(settings.model_copy(update={"query_max_result_rows": 10_000_000,
-                                                    "query_max_result_bytes": 1024 ** 3}), sink.ch, threads=1)
+        pool = evaluation_pool(settings, sink.ch)
         try:
             while not self.should_stop:
                 if not sink.owns_first_partition():

@@ -175,16 +175,20 @@ class Worker:
                 out[name] = float(value)
         return out
 
-    def applied(self) -> float:
-        """Input records the engine has applied (its records_in_total counters)."""
-        return sum(v for k, v in self.metrics().items() if k.startswith("sendtrack_records_in_total"))
+    def applied(self, metrics: Optional[dict[str, float]] = None) -> float:
+        """Input records the engine has applied (its records_in_total counters), from `metrics` if given."""
+        return sum(v for k, v in (metrics or self.metrics()).items() if k.startswith("sendtrack_records_in_total"))
 
-    def sample(self) -> None:
-        """Peak RSS (VmHWM) and CPU seconds of the worker process."""
+    def sample(self) -> int:
+        """Update the peak RSS (VmHWM) of the worker process; return its current RSS (VmRSS), bytes."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        rss = 0
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 self.peak_rss = max(self.peak_rss, int(line.split()[1]) * 1024)
+            elif line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+        return rss
 
     def reset_peak(self) -> None:
         """Reset the kernel's high-water mark (VmHWM) to the current RSS (Linux clear_refs 5)."""
@@ -269,12 +273,11 @@ class Pair:
             out[name] = out.get(name, 0.0) + value
         return out
 
-    def applied(self) -> float:
-        return self.engine.applied()
+    def applied(self, metrics: Optional[dict[str, float]] = None) -> float:
+        return self.engine.applied()  # only the engine counts input records
 
-    def sample(self) -> None:
-        self.engine.sample()
-        self.sink.sample()
+    def sample(self) -> int:
+        return self.engine.sample() + self.sink.sample()
 
     def reset_peak(self) -> None:
         self.engine.reset_peak()
@@ -317,6 +320,11 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
     last_report, rows, done_wall, cpu = 0.0, 0, 0.0, 0.0
     pipeline_peak = check_peak = 0
     check_seconds = 0.0
+    # (seconds since healthy, RSS MiB, peak so far MiB, input records applied, alert evaluations,
+    # active parts of messages_by_workspace): where in the backlog the peak is reached, and what the
+    # worker was doing then.
+    timeline: list[tuple[float, int, int, int, int, int]] = []
+    parts = -1
     while True:
         # Milestone rows of the raw table (it also holds request rows, status ''). The deduplicating
         # view (FINAL) and the funnel (uniqExact states of every message) are checked only once
@@ -324,10 +332,19 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
         # queries in the worker's process. Their memory is measured apart: the kernel's high-water
         # mark is reset before and after each check.
         rows = worker.sql("SELECT count() FROM sendtrack.status_changes_raw WHERE status != ''")[0][0]
-        worker.sample()
-        count = worker.applied()
+        rss = worker.sample()
+        metrics = worker.metrics()
+        count = worker.applied(metrics)
         applied.append((time.time(), count))
         pipeline_peak = max(pipeline_peak, worker.peak_rss)
+        if len(timeline) % 10 == 0:  # what the alerts' FINAL reads: its memory grows with the parts
+            try:
+                parts = worker.sql("SELECT count() FROM system.parts WHERE database = 'sendtrack' "
+                                   "AND table = 'messages_by_workspace' AND active")[0][0]
+            except (OSError, ValueError, KeyError, IndexError):
+                parts = -1
+        timeline.append((round(time.monotonic() - ready, 1), round(rss / 2**20), round(worker.peak_rss / 2**20),
+                         int(count), int(metrics.get("sendtrack_alert_evaluation_seconds_count", 0)), parts))
         if isinstance(worker, Pair) and rows < expect["milestones"]:
             worker.note_peaks("backlog")
         now = time.monotonic()
@@ -377,6 +394,9 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
         "peak_rss_mb": round(pipeline_peak / 2**20),  # then the max with the freshness phase's
         "backlog_peak_rss_mb": round(pipeline_peak / 2**20),
         "check_query": {"seconds": round(check_seconds, 2), "peak_rss_mb": round(check_peak / 2**20)},
+        "rss_timeline": {"columns": ["seconds", "rss_mb", "peak_mb", "records_applied", "alert_evaluations",
+                                     "messages_by_workspace_parts"],
+                         "rows": timeline[::max(1, len(timeline) // 200)]},
         "rows_per_insert": {t: round(metrics.get(f'sendtrack_clickhouse_rows_total{{table="{t}"}}', 0) / n)
                             for t, n in inserts.items() if n},
     }

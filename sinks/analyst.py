@@ -177,10 +177,11 @@ def workspace_filters(database: str, workspace: str) -> str:
 
 
 def analyst_limits(settings: Settings, database: Optional[str] = None, workspace: Optional[str] = None,
-                   threads: Optional[int] = None) -> dict[str, Any]:
+                   threads: Optional[int] = None, block_rows: Optional[int] = None) -> dict[str, Any]:
     """Session settings of a reader's connection; `readonly` last, so the others can be set first.
     With a workspace, the session sees only that workspace's rows of `database`; with `threads`, a
-    statement runs on at most that many of ClickHouse's threads."""
+    statement runs on at most that many of ClickHouse's threads; with `block_rows`, it reads blocks
+    of at most that many rows (less memory for a FINAL over many parts, which holds a block of each)."""
     limits: dict[str, Any] = {
         "max_execution_time": settings.query_max_seconds,
         "max_result_rows": settings.query_max_result_rows,
@@ -201,6 +202,8 @@ def analyst_limits(settings: Settings, database: Optional[str] = None, workspace
         limits["additional_table_filters"] = workspace_filters(database, workspace)
     if threads is not None:
         limits["max_threads"] = threads
+    if block_rows is not None:
+        limits["max_block_size"] = block_rows
     limits["readonly"] = 1
     return limits
 
@@ -299,11 +302,11 @@ class Analysts:
     every workspace or, with `workspace`, of that one only."""
 
     def __init__(self, settings: Settings, engine: ClickHouse, workspace: Optional[str] = None,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, block_rows: Optional[int] = None) -> None:
         self.settings = settings
         self.database = engine.database
         self.workspace = workspace
-        self.limits = analyst_limits(settings, engine.database, workspace, threads)
+        self.limits = analyst_limits(settings, engine.database, workspace, threads, block_rows)
         self._idle: "queue.LifoQueue[Any]" = queue.LifoQueue()
         self._opened = 0
         self._lock = threading.Lock()
@@ -497,6 +500,23 @@ class Analysts:
     def trusted(self) -> "TrustedReads":
         """What sinks/reports.py reads through: its own SQL, on these sessions and limits."""
         return TrustedReads(self)
+
+
+# The deliverability alerts' evaluation (agents/alerts.py) reads messages_by_workspace FINAL, which
+# holds a block of every part's columns at once: its memory grows with the parts not merged yet, and
+# a backlog leaves many. At 1 M messages in 45 parts it added 204-244 MB to the process's peak with
+# ClickHouse's default blocks (65,409 rows) and 175-179 MB with blocks of 1,024 rows, no slower; the
+# same data in 2 parts added 28 MB (bench/alert_memory.py, docs/performance.md "Eighteenth session").
+EVALUATION_BLOCK_ROWS = 1024
+
+
+def evaluation_pool(settings: Settings, engine: ClickHouse) -> Analysts:
+    """The sessions the alerts' evaluation reads through: the readers' limits, but room for every
+    rate (about 1,000 workspaces' rates are 100,000 rows); one of ClickHouse's threads (with the
+    evaluator's pause, at most a tenth of a core) and small blocks."""
+    return Analysts(settings.model_copy(update={"query_max_result_rows": 10_000_000,
+                                                "query_max_result_bytes": 1024 ** 3}), engine,
+                    threads=1, block_rows=EVALUATION_BLOCK_ROWS)
 
 
 class TrustedReads:
