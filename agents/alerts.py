@@ -20,7 +20,7 @@ An evaluation costs a query over the last 7 days of messages (1.7 s at 10 M mess
 docs/dashboard.md); it runs on one of ClickHouse's threads, and the next one waits at least
 SENDTRACK_ALERT_INTERVAL_SECONDS and nine times the last one's duration: evaluating takes at most a
 tenth of a core, however many messages the week holds. Its memory grows with the parts of
-messages_by_workspace that ClickHouse has not merged yet (sinks/analyst.py, EVALUATION_BLOCK_ROWS).
+message_health (migration 0018) that ClickHouse has not merged yet (sinks/analyst.py, EVALUATION_BLOCK_ROWS).
 """
 
 from __future__ import annotations

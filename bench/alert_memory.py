@@ -1,8 +1,8 @@
 """How much memory the deliverability alerts' evaluation takes in the worker's process.
 
 The alerts evaluate the `health` report (deliverability_health over the last 7 days of
-messages_by_workspace FINAL) on the worker's embedded ClickHouse, in the worker's own process: the
-memory it takes adds to the engine's and the sink's. This builds a dataset of `--messages` messages
+message_health FINAL; of messages_by_workspace FINAL before migration 0018) on the worker's embedded
+ClickHouse, in the worker's own process: the memory it takes adds to the engine's and the sink's. This builds a dataset of `--messages` messages
 sent in the last week (in `--inserts` inserts, as a sink's batches leave it: many parts, merging),
 then, in a fresh process per variant, evaluates the report the way agents/alerts.py does and prints
 the process's RSS before and its high-water mark after.
@@ -29,6 +29,26 @@ def status_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def parts(ch) -> dict[str, int]:
+    _, rows = ch.query(f"SELECT table, count() FROM system.parts WHERE database = '{ch.database}' AND active "
+                       "AND table IN ('messages_by_workspace', 'message_health') GROUP BY table")
+    return dict(rows)
+
+
+# The rates' counts as the view before migration 0018 read them (messages_by_workspace FINAL), and as
+# it reads them since (message_health FINAL): `{"query": "wide"}` or `{"query": "narrow"}` runs one
+# of them alone on the evaluation's sessions, instead of the whole evaluation.
+COUNTS = {
+    "wide": "SELECT workspace_id, action, provider, mailbox_provider, count(), countIf(delivered_at IS NOT NULL), "
+            "countIf(bounced_at IS NOT NULL), countIf(failed_at IS NOT NULL), countIf(complained_at IS NOT NULL), "
+            "countIf(unsubscribed_at IS NOT NULL) FROM sendtrack.messages_by_workspace FINAL "
+            "WHERE requested_at >= now64(3) - toIntervalDay(7) GROUP BY ALL",
+    "narrow": "SELECT workspace_id, action, provider, mailbox_provider, count(), sum(delivered), sum(bounced), "
+              "sum(failed), sum(complained), sum(unsubscribed) FROM sendtrack.message_health FINAL "
+              "WHERE requested_at >= now64(3) - toIntervalDay(7) GROUP BY ALL",
+}
 
 
 def build(path: Path, messages: int, inserts: int, table_settings: str = "") -> None:
@@ -63,11 +83,8 @@ def build(path: Path, messages: int, inserts: int, table_settings: str = "") -> 
             "arrayFilter(s -> (s.2), [('sent', true), ('delivered', n % 20 < 17), ('bounced', n % 20 = 17), "
             "('failed', n % 20 > 17)]) AS reached "
             f"FROM numbers({n})) ARRAY JOIN arrayMap(x -> x.1, reached) AS st")
-    _, parts = ch.query(f"SELECT count() FROM system.parts WHERE database = '{ch.database}' "
-                        "AND table = 'messages_by_workspace' AND active")
     print(f"built {messages:,} messages in {inserts} inserts, {time.monotonic() - started:.1f} s, in {path} "
-          f"(again with --path; delete it when done): messages_by_workspace has {parts[0][0]} active parts",
-          flush=True)
+          f"(again with --path; delete it when done); active parts: {parts(ch)}", flush=True)
     ch._client.close()
 
 
@@ -86,11 +103,13 @@ def evaluate(path: Path, variant: dict) -> dict:
         readonly = pool.limits.pop("readonly")
         pool.limits.update(variant["clickhouse"])
         pool.limits["readonly"] = readonly
+    seen = parts(ch)
     before = status_kb("VmRSS")
     started = time.monotonic()
-    rows = _judged(pool)
+    rows = pool.trusted_query(COUNTS[variant["query"]])[1] if variant.get("query") else _judged(pool)
     took = time.monotonic() - started
-    return {"variant": variant, "rows": len(rows), "seconds": round(took, 2), "rss_before_mb": before // 1024,
+    return {"variant": variant, "parts": seen, "rows": len(rows), "seconds": round(took, 2),
+            "rss_before_mb": before // 1024,
             "peak_mb": status_kb("VmHWM") // 1024, "added_mb": (status_kb("VmHWM") - before) // 1024}
 
 
@@ -100,7 +119,9 @@ def main() -> None:
     parser.add_argument("--inserts", type=int, default=300)
     parser.add_argument("--table-settings", default="", help="messages_by_workspace's settings to build with")
     parser.add_argument("--path", type=Path, help="an existing dataset (built by a previous run)")
-    parser.add_argument("--variants", default='[{}]', help="JSON list of {settings: {...}, clickhouse: {...}}: sendtrack's and ClickHouse's settings changed")
+    parser.add_argument("--variants", default='[{}]',
+                        help="JSON list of {settings: {...}, clickhouse: {...}, query: wide|narrow}: sendtrack's "
+                             "and ClickHouse's settings changed, or one of the two counts alone")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:

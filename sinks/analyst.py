@@ -77,7 +77,7 @@ READING_STATEMENTS = ("SelectWithUnionQuery", "SelectIntersectExceptQuery", "Sho
 # subqueries and joins, and no statement can change it), and see nothing of the tables that belong to
 # no workspace. A table of customer rows that a migration adds must be named here
 # (tests/unit/test_scoped_readers.py fails otherwise).
-WORKSPACE_TABLES = ("status_changes_raw", "engagement_events_raw", "messages_by_workspace",
+WORKSPACE_TABLES = ("status_changes_raw", "engagement_events_raw", "messages_by_workspace", "message_health",
                     "funnel_daily_by_workspace", "engagement_daily_by_workspace")
 NO_WORKSPACE_TABLES = ("dead_letters_raw",)  # a refused record may not even name a message
 # The system tables a scoped reader may read: catalogs that clients (JDBC, Grafana, DBeaver) query,
@@ -502,11 +502,11 @@ class Analysts:
         return TrustedReads(self)
 
 
-# The deliverability alerts' evaluation (agents/alerts.py) reads messages_by_workspace FINAL, which
-# holds a block of every part's columns at once: its memory grows with the parts not merged yet, and
-# a backlog leaves many. At 1 M messages in 45 parts it added 204-244 MB to the process's peak with
-# ClickHouse's default blocks (65,409 rows) and 175-179 MB with blocks of 1,024 rows, no slower; the
-# same data in 2 parts added 28 MB (bench/alert_memory.py, docs/performance.md "Eighteenth session").
+# The deliverability alerts' evaluation (agents/alerts.py) reads message_health FINAL (migration
+# 0018), which holds a block of every part's columns at once. At 1 M messages in 4 parts it added
+# 46-47 MB to the process's peak with ClickHouse's default blocks (65,409 rows) and 21-23 MB with
+# blocks of 1,024 rows, a tenth slower (bench/alert_memory.py, docs/performance.md "Eighteenth
+# session"; before 0018 the view read messages_by_workspace FINAL: 170-240 MB in 45 parts).
 EVALUATION_BLOCK_ROWS = 1024
 
 

@@ -8,6 +8,7 @@ What a customer's rows hold, and what erasure does with them:
 | engagement_events_raw | customer_id, recipient, the clicked URL | set to '' |
 | messages_by_workspace | customer_id, recipient (in its sorting key), the failure's reason | the row is written again without them, then the original deleted |
 | dead_letters_raw | whole payloads | every dead letter of the customer's messages, or whose payload names the customer or a recipient of theirs, is deleted |
+| message_health | none (a message's id, action, provider, mailbox provider and milestones reached) | kept |
 | funnel_daily_by_workspace, engagement_daily_by_workspace | none (counts per day and dimension) | kept |
 
 So the funnels, the current-status counts and the failure counts per code are the same after an

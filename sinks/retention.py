@@ -2,7 +2,7 @@
 
 | table | kept for | counted from | setting (default) |
 |---|---|---|---|
-| status_changes_raw, messages_by_workspace, engagement_events_raw (a customer's rows: ids, recipient, reasons, URLs) | `retention_days` | the request's `requested_at` | SENDTRACK_RETENTION_DAYS (730) |
+| status_changes_raw, messages_by_workspace, message_health, engagement_events_raw (a customer's rows: ids, recipient, reasons, URLs) | `retention_days` | the request's `requested_at` | SENDTRACK_RETENTION_DAYS (730) |
 | funnel_daily_by_workspace, engagement_daily_by_workspace (counts per day, no identities) | `aggregate_retention_days` | `day` | SENDTRACK_AGGREGATE_RETENTION_DAYS (1095) |
 | dead_letters_raw (whole payloads, raw webhook bodies) | `dead_letter_retention_days` | `failed_at` | SENDTRACK_DEAD_LETTER_RETENTION_DAYS (30) |
 
@@ -33,6 +33,7 @@ class Rule:
 RULES = (
     Rule("status_changes_raw", "toDateTime(requested_at)", "retention_days"),
     Rule("messages_by_workspace", "toDateTime(requested_at)", "retention_days"),
+    Rule("message_health", "toDateTime(requested_at)", "retention_days"),
     Rule("engagement_events_raw", "toDateTime(requested_at)", "retention_days"),
     Rule("funnel_daily_by_workspace", "day", "aggregate_retention_days"),
     Rule("engagement_daily_by_workspace", "day", "aggregate_retention_days"),

@@ -30,8 +30,8 @@ def ttl_of(ch: ClickHouse, table: str) -> str:
 def test_the_settings_become_each_tables_ttl_and_are_applied_once(ch):
     settings = Settings()
     changed = retention.apply(ch, settings, log=lambda *_: None)
-    assert changed == {"status_changes_raw": 730, "messages_by_workspace": 730, "engagement_events_raw": 730,
-                       "funnel_daily_by_workspace": 1095, "engagement_daily_by_workspace": 1095, "dead_letters_raw": 30}
+    assert changed == {"status_changes_raw": 730, "messages_by_workspace": 730, "message_health": 730,
+                       "engagement_events_raw": 730, "funnel_daily_by_workspace": 1095, "engagement_daily_by_workspace": 1095, "dead_letters_raw": 30}
     assert ttl_of(ch, "status_changes_raw") == "toDateTime(requested_at) + toIntervalDay(730)"
     assert ttl_of(ch, "funnel_daily_by_workspace") == "day + toIntervalDay(1095)"
     assert ttl_of(ch, "dead_letters_raw") == "toDateTime(failed_at) + toIntervalDay(30)"
@@ -56,9 +56,10 @@ def test_rows_past_their_retention_are_deleted_and_the_others_stay(ch):
         batch.add_dead_letter(orjson.dumps({**DEAD, "offset": i, "failed_at": now - age_days * DAY_MS}),
                               "dead-letters", 0, i)
     batch.write(ch)
-    every = ("status_changes_raw", "messages_by_workspace", "engagement_events_raw", "funnel_daily_by_workspace", "dead_letters_raw")
+    every = ("status_changes_raw", "messages_by_workspace", "message_health", "engagement_events_raw",
+             "funnel_daily_by_workspace", "dead_letters_raw")
     before = {t: rows(ch, f"SELECT count() FROM {{db}}.{t}")[0][0] for t in every}
-    assert before["messages_by_workspace"] == 4 and before["dead_letters_raw"] == 2, before
+    assert before["messages_by_workspace"] == 4 and before["message_health"] >= 4 and before["dead_letters_raw"] == 2, before
 
     retention.apply(ch, Settings(retention_days=365, time_max_age_days=365, aggregate_retention_days=480),
                     log=lambda *_: None)
@@ -67,6 +68,7 @@ def test_rows_past_their_retention_are_deleted_and_the_others_stay(ch):
 
     assert rows(ch, "SELECT message_id FROM {db}.messages ORDER BY message_id") == [("m1",), ("m20",)]
     assert rows(ch, "SELECT DISTINCT message_id FROM {db}.status_changes_raw ORDER BY message_id") == [("m1",), ("m20",)]
+    assert rows(ch, "SELECT message_id FROM {db}.message_health FINAL ORDER BY message_id") == [("m1",), ("m20",)]
     assert rows(ch, "SELECT event_id FROM {db}.engagement_events ORDER BY event_id") == [("e1",), ("e20",)]
     assert rows(ch, "SELECT offset FROM {db}.dead_letters_raw") == [(1,)]
     # The funnel keeps counts longer than identities: 450 days old stays, 500 goes.
