@@ -503,10 +503,10 @@ class Analysts:
 
 
 # The deliverability alerts' evaluation (agents/alerts.py) reads message_health FINAL (migration
-# 0018), which holds a block of every part's columns at once. At 1 M messages in 4 parts it added
-# 46-47 MB to the process's peak with ClickHouse's default blocks (65,409 rows) and 21-23 MB with
-# blocks of 1,024 rows, a tenth slower (bench/alert_memory.py, docs/performance.md "Eighteenth
-# session"; before 0018 the view read messages_by_workspace FINAL: 170-240 MB in 45 parts).
+# 0018), which holds a block of every part's columns at once. At 1 M messages in 7 parts it added
+# 59-85 MB to the process's peak with ClickHouse's default blocks (65,409 rows) and 24-29 MB with
+# blocks of 1,024 rows, a little slower (bench/alert_memory.py, docs/performance.md "Eighteenth
+# session"; before 0018 the view read messages_by_workspace FINAL: 175-244 MB in 42-45 parts).
 EVALUATION_BLOCK_ROWS = 1024
 
 

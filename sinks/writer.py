@@ -87,7 +87,7 @@ REJECTED_BY_CLICKHOUSE = "rejected_by_clickhouse"
 # ClickHouse refuses an insert whose rows fall in more than max_partitions_per_insert_block (100 by
 # default) partitions of one table (TOO_MANY_PARTS): a backfill of a few years did, on every retry.
 # Every partitioned table an insert reaches is partitioned by the month of requested_at:
-# status_changes_raw, messages_by_workspace and engagement_events_raw by toYYYYMM(requested_at),
+# status_changes_raw, messages_by_workspace, message_health and engagement_events_raw by toYYYYMM(requested_at),
 # funnel_daily_by_workspace by toYYYYMM(day) where day = toDate(requested_at); dead_letters_raw has one
 # partition. So an insert of at most this many months of requested_at stays within the limit in
 # each of them, with room for a server configured lower.

@@ -8,20 +8,23 @@
 -- reached. Read with FINAL it takes about 2.5 times less memory for the same parts, and fewer,
 -- cheaper parts (narrow rows merge cheaply, so more of them merge at once).
 --
--- A message is one row of this table per (workspace, message id); its action, provider and mailbox
--- provider fold by max, its request time by min (every row of a message carries the same ones), each
--- flag by max: 1 once any status change of the message reached that status. Rows reaching it twice
--- (a row written both by the view and by the copy below, a duplicate status change) fold the same.
+-- A message is one row of this table per workspace, message id, request time, action and provider
+-- (every row of a message carries the same ones; a message id sent again after the engine forgot it
+-- is another row, as in messages_by_workspace); its mailbox provider folds by max, each flag by max:
+-- 1 once any status change of the message reached that status. Rows reaching it twice (a row written
+-- both by the view and by the copy below, a duplicate status change) fold the same. The request
+-- time is in the sorting key so that a FINAL restricted to the last 7 days reads only the months
+-- they fall in: ClickHouse prunes partitions under FINAL only by sorting key columns.
 -- No personal data: the message ids stay after an erasure as in the other tables (sinks/erasure.py),
 -- and it keeps rows as long as messages_by_workspace (sinks/retention.py).
 CREATE TABLE IF NOT EXISTS {db}.message_health
 (
     workspace_id     LowCardinality(String),
     message_id       String,
-    action           SimpleAggregateFunction(max, LowCardinality(String)),
-    provider         SimpleAggregateFunction(max, LowCardinality(String)),
+    requested_at     DateTime64(3, 'UTC'),
+    action           LowCardinality(String),
+    provider         LowCardinality(String),
     mailbox_provider SimpleAggregateFunction(max, LowCardinality(String)),
-    requested_at     SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
     delivered        SimpleAggregateFunction(max, UInt8),
     bounced          SimpleAggregateFunction(max, UInt8),
     failed           SimpleAggregateFunction(max, UInt8),
@@ -30,7 +33,7 @@ CREATE TABLE IF NOT EXISTS {db}.message_health
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(requested_at)
-ORDER BY (workspace_id, message_id)
+ORDER BY (workspace_id, message_id, requested_at, action, provider)
 SETTINGS max_parts_to_merge_at_once = 16, min_compress_block_size = 65536, max_compress_block_size = 131072;
 
 -- The view feeds the table first; the copy below then brings the messages written before, so a

@@ -129,8 +129,8 @@ def test_a_pool_can_keep_its_statements_to_one_thread(engine):
 
 
 def test_the_alerts_evaluation_reads_on_one_thread_in_small_blocks(engine):
-    # Its FINAL over message_health holds a block of every unmerged part: at 1 M messages in 4 parts,
-    # ClickHouse's default blocks added 46-47 MB to the peak, these 21-23 MB (bench/alert_memory.py).
+    # Its FINAL over message_health holds a block of every unmerged part: at 1 M messages in 7 parts,
+    # ClickHouse's default blocks added 59-85 MB to the peak, these 24-29 MB (bench/alert_memory.py).
     settings, ch, pool = engine
     alerts = evaluation_pool(settings, ch)
     try:

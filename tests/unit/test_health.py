@@ -245,5 +245,21 @@ def test_migration_0018_counts_the_messages_written_before_it_once(engine_path):
         after = health(ch)
         assert after[("24h", "email", "sendgrid", "gmail", "bounce")]["volume"] == 196
         assert after[("24h", "email", "sendgrid", "gmail", "bounce")]["events"] == 10
+        # The view reads message_health alone: without messages_by_workspace it says the same.
+        ch.command(f"ALTER TABLE `{ch.database}`.messages_by_workspace DELETE WHERE 1 SETTINGS mutations_sync = 2")
+        assert health(ch) == after
     finally:
         ch.command(f"DROP DATABASE IF EXISTS `{ch.database}`")
+
+
+def test_the_health_reads_only_the_months_of_the_last_7_days(classified):
+    # ClickHouse prunes partitions under FINAL only by sorting key columns: message_health keeps the
+    # request time in its key, or every evaluation would read all the months kept (730 days).
+    publish(classified, [("old", "sendgrid", "gmail.com", 24 * 70, 1000, BOUNCED),
+                         ("new", "sendgrid", "gmail.com", 1, 10, DELIVERED)])
+    db = f"`{classified.database}`"
+    with pytest.raises(Exception, match="(?i)limit for rows"):
+        classified.query(f"SELECT count() FROM {db}.message_health FINAL SETTINGS max_rows_to_read = 500")
+    expectations.apply_thresholds(classified, Settings(), log=lambda *_: None)
+    assert classified.query(f"SELECT sum(volume) FROM {db}.deliverability_health WHERE period = '7d' "
+                            "AND metric = 'bounce' AND mailbox_provider = '*' SETTINGS max_rows_to_read = 500")[1] == [(10,)]
