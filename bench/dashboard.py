@@ -95,7 +95,7 @@ def generate(data_dir: str, messages: int, dead_letters: int) -> dict:
         log(f"{offset + count:,}/{messages:,} messages")
     ch.command(DEAD.format(db=ch.database, count=dead_letters, first_day=FIRST_DAY, days=DAYS))
     filled = time.monotonic() - started
-    for table in ("funnel_daily_by_workspace", "messages_by_workspace"):
+    for table in ("funnel_daily_by_workspace", "messages_by_workspace", "message_health"):
         ch.command(f"OPTIMIZE TABLE `{ch.database}`.{table} FINAL")
     merged = time.monotonic() - started - filled
     _, [(raw, agg, states, size)] = ch.query(
