@@ -321,10 +321,10 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
     pipeline_peak = check_peak = 0
     check_seconds = 0.0
     # (seconds since healthy, RSS MiB, peak so far MiB, input records applied, alert evaluations,
-    # active parts of messages_by_workspace): where in the backlog the peak is reached, and what the
-    # worker was doing then.
-    timeline: list[tuple[float, int, int, int, int, int]] = []
-    parts = -1
+    # active parts of messages_by_workspace and of message_health, which the alerts' evaluation reads
+    # with FINAL): where in the backlog the peak is reached, and what the worker was doing then.
+    timeline: list[tuple] = []
+    parts = (-1, -1)
     while True:
         # Milestone rows of the raw table (it also holds request rows, status ''). The deduplicating
         # view (FINAL) and the funnel (uniqExact states of every message) are checked only once
@@ -337,14 +337,15 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
         count = worker.applied(metrics)
         applied.append((time.time(), count))
         pipeline_peak = max(pipeline_peak, worker.peak_rss)
-        if len(timeline) % 10 == 0:  # what the alerts' FINAL reads: its memory grows with the parts
+        if len(timeline) % 10 == 0:  # a FINAL's memory grows with the parts it reads
             try:
-                parts = worker.sql("SELECT count() FROM system.parts WHERE database = 'sendtrack' "
-                                   "AND table = 'messages_by_workspace' AND active")[0][0]
+                parts = tuple(worker.sql(
+                    "SELECT countIf(table = 'messages_by_workspace'), countIf(table = 'message_health') "
+                    "FROM system.parts WHERE database = 'sendtrack' AND active")[0])
             except (OSError, ValueError, KeyError, IndexError):
-                parts = -1
+                parts = (-1, -1)
         timeline.append((round(time.monotonic() - ready, 1), round(rss / 2**20), round(worker.peak_rss / 2**20),
-                         int(count), int(metrics.get("sendtrack_alert_evaluation_seconds_count", 0)), parts))
+                         int(count), int(metrics.get("sendtrack_alert_evaluation_seconds_count", 0)), *parts))
         if isinstance(worker, Pair) and rows < expect["milestones"]:
             worker.note_peaks("backlog")
         now = time.monotonic()
@@ -395,7 +396,7 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
         "backlog_peak_rss_mb": round(pipeline_peak / 2**20),
         "check_query": {"seconds": round(check_seconds, 2), "peak_rss_mb": round(check_peak / 2**20)},
         "rss_timeline": {"columns": ["seconds", "rss_mb", "peak_mb", "records_applied", "alert_evaluations",
-                                     "messages_by_workspace_parts"],
+                                     "messages_by_workspace_parts", "message_health_parts"],
                          "rows": timeline[::max(1, len(timeline) // 200)]},
         "rows_per_insert": {t: round(metrics.get(f'sendtrack_clickhouse_rows_total{{table="{t}"}}', 0) / n)
                             for t, n in inserts.items() if n},
