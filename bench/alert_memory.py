@@ -89,11 +89,12 @@ def build(path: Path, messages: int, inserts: int, table_settings: str = "") -> 
 
 
 def evaluate(path: Path, variant: dict) -> dict:
-    """One evaluation as agents/alerts.py runs it, with `variant`'s settings changed."""
+    """One evaluation as agents/alerts.py runs it (the health report on its sessions), with `variant`'s
+    settings changed."""
     from sendtrack.settings import Settings
     from sinks.analyst import evaluation_pool
+    from sinks import reports
     from sinks.clickhouse import ClickHouse
-    from agents.alerts import _judged
 
     settings = Settings(clickhouse_url=f"chdb://{path}", **variant.get("settings", {}))
     ch = ClickHouse.connect(settings)
@@ -106,7 +107,7 @@ def evaluate(path: Path, variant: dict) -> dict:
     seen = parts(ch)
     before = status_kb("VmRSS")
     started = time.monotonic()
-    rows = pool.trusted_query(COUNTS[variant["query"]])[1] if variant.get("query") else _judged(pool)
+    rows = pool.trusted_query(COUNTS[variant["query"]])[1] if variant.get("query") else reports.run(pool.trusted(), "health", reports.Filters()).rows
     took = time.monotonic() - started
     return {"variant": variant, "parts": seen, "rows": len(rows), "seconds": round(took, 2),
             "rss_before_mb": before // 1024,
