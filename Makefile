@@ -6,7 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export SENDTRACK_KAFKA_BROKER ?= localhost:9092
 
-.PHONY: all install browser kafka-up kafka-down kafka-status test test-soak test-unit test-integration demo bench bench-quick bench-engine-memory bench-funnel-merge bench-dashboard screenshot migrate worker clean
+.PHONY: all install browser kafka-up kafka-down kafka-status test test-soak test-unit test-integration demo bench bench-quick bench-floor bench-engine-memory bench-funnel-merge bench-dashboard screenshot migrate worker clean
+
+# Runs the command $(1) with a broker: starts one if none answers, and stops what it started; exits
+# with the command's status.
+with_kafka = started=0; \
+	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
+	$(1); rc=$$?; \
+	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
+	exit $$rc
 
 all: install
 
@@ -41,11 +49,7 @@ test-unit: install
 
 # Starts the broker if none answers, runs everything, and stops what it started.
 test: install browser
-	@started=0; \
-	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
-	$(PY) -m pytest tests -q -p no:cacheprovider -ra; rc=$$?; \
-	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
-	exit $$rc
+	@$(call with_kafka,$(PY) -m pytest tests -q -p no:cacheprovider -ra)
 
 # The reliability tests (SIGKILL loop, two-worker rebalance, broker restart) SOAK_RUNS times over,
 # with their printed measurements; `make test` runs them once. See docs/reliability.md.
@@ -71,14 +75,15 @@ demo: install
 	@scripts/demo.sh
 
 bench: install
-	@started=0; \
-	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
-	$(PY) bench/run.py $(BENCH_ARGS); rc=$$?; \
-	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
-	exit $$rc
+	@$(call with_kafka,$(PY) bench/run.py $(BENCH_ARGS))
 
 bench-quick:
 	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick
+
+# The floor of the engine's design on this machine: plain aiokafka + RocksDB loops, with and without the
+# status rules, beside the real engine alone, against the same-run passthrough (see bench/floor.py).
+bench-floor: install
+	@$(call with_kafka,$(PY) bench/floor.py $(BENCH_ARGS))
 
 # The embedded engine's own memory while it ingests, with ClickHouse's allocator settings and with sendtrack's.
 bench-engine-memory: install
@@ -89,19 +94,11 @@ bench-funnel-merge: install
 
 # The README's picture of the dashboard (docs/img/dashboard.png), from a worker fed simulated traffic.
 screenshot: install browser
-	@started=0; \
-	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
-	$(PY) scripts/screenshot.py $(SCREENSHOT_ARGS); rc=$$?; \
-	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
-	exit $$rc
+	@$(call with_kafka,$(PY) scripts/screenshot.py $(SCREENSHOT_ARGS))
 
 # The dashboard API's latency over a large database (BENCH_ARGS: see bench/dashboard.py --help).
 bench-dashboard: install
-	@started=0; \
-	if ! scripts/kafka/kafka.sh status >/dev/null 2>&1; then scripts/kafka/kafka.sh up && started=1; fi; \
-	$(PY) bench/dashboard.py $(BENCH_ARGS); rc=$$?; \
-	if [ $$started = 1 ]; then scripts/kafka/kafka.sh down; fi; \
-	exit $$rc
+	@$(call with_kafka,$(PY) bench/dashboard.py $(BENCH_ARGS))
 
 clean:
 	rm -rf $(VENV) .kafka data
