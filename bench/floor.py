@@ -44,7 +44,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -59,11 +59,12 @@ from run import BROKER, baseline, delete_topics, engine_alone, free_port, log, p
 from schemas.models import Invalid  # noqa: E402
 from schemas.validate import parse_callback, parse_send_request  # noqa: E402
 from sendtrack import state as state_mod, status  # noqa: E402
+from sendtrack.partitions import partition as key_partition  # noqa: E402
 from sendtrack.settings import Settings  # noqa: E402
 from sendtrack.topics import ensure_topics  # noqa: E402
 
 BATCH = 2000  # records per fetch, as SENDTRACK_ENGINE_BATCH_EVENTS
-SAMPLE_DELAY = 20  # seconds into the engine's backlog before its threads are sampled (start-up, warm-up)
+SAMPLE_DELAY = 20  # seconds after the engine's worker appears before its threads are sampled (start-up, warm-up)
 
 # A status change as the engine encodes it (sendtrack/status.py, StatusChange): the io loop
 # produces one of this size per input record, the real engine 0.93 per input in the 5 M run.
@@ -107,6 +108,38 @@ class Loop:
         self.pids: dict[str, str] = {}
         self.changes = 0
         self.refused = 0
+        self.unresolved = 0  # callbacks naming only a provider id not mapped yet (the engine holds them)
+        # What the fetch being applied stages, per partition: records to produce, state writes.
+        self.out: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.writes: dict[int, dict[bytes, bytes]] = {}
+
+    def apply_fetch(self, fetched: Iterable[tuple[str, int, list]], apply: Callable, now: int) -> int:
+        """Apply every record of one fetch ((topic, partition, records with .key and .value), in
+        offset order per partition); returns how many. What it stages is in `out` and `writes`."""
+        self.out, self.writes = {}, {}
+        n = 0
+        for topic, partition, recs in fetched:
+            for r in recs:
+                apply(self, topic, partition, r.key, r.value, now)
+            n += len(recs)
+        return n
+
+    def write_states(self) -> None:
+        """The fetch's state writes, one RocksDB write batch per partition (after its records are produced)."""
+        for partition, staged in self.writes.items():
+            batch = WriteBatch(raw_mode=True)
+            for k, v in staged.items():
+                batch.put(k, v)
+            self.dbs[partition].write(batch)
+
+    def state(self, partition: int, key: bytes) -> Optional[bytes]:
+        """A state as this fetch left it, else as the partition's RocksDB holds it."""
+        raw = self.writes.get(partition, {}).get(key)
+        return raw if raw is not None else self.dbs[partition].get(key)
+
+    def stage(self, partition: int, key: bytes, state: bytes, changes: list[bytes]) -> None:
+        self.writes.setdefault(partition, {})[key] = state
+        self.out.setdefault(partition, []).extend((key, change) for change in changes)
 
     async def topics(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=BROKER)
@@ -139,28 +172,16 @@ class Loop:
                     continue
                 if started is None:
                     started = time.monotonic()
-                out: dict[int, list[tuple[bytes, bytes]]] = {}
-                writes: dict[int, dict[bytes, bytes]] = {}
-                for tp, recs in fetched.items():
-                    db, staged = self.dbs[tp.partition], writes.setdefault(tp.partition, {})
-                    sink = out.setdefault(tp.partition, [])
-                    for r in recs:
-                        apply(self, tp.topic, r.key, r.value, db, staged, sink, now)
-                    seen += len(recs)
-                groups = {}
-                for partition, items in out.items():
-                    groups[(self.changes_topic, partition)] = items
-                for partition, staged in writes.items():
-                    groups[(self.changelog_topic, partition)] = list(staged.items())
+                seen += self.apply_fetch(((tp.topic, tp.partition, recs) for tp, recs in fetched.items()), apply, now)
+                groups = {(self.changes_topic, partition): items for partition, items in self.out.items()}
+                groups.update(((self.changelog_topic, partition), list(staged.items()))
+                              for partition, staged in self.writes.items())
                 produced += sum(len(items) for items in groups.values())
                 await produce(producer, groups)
-                for partition, staged in writes.items():
-                    batch = WriteBatch(raw_mode=True)
-                    for k, v in staged.items():
-                        batch.put(k, v)
-                    self.dbs[partition].write(batch)
+                self.write_states()
                 await consumer.commit()
             elapsed = time.monotonic() - started
+            cpu1, broker1 = time.process_time(), broker_cpu_seconds()
         finally:
             await consumer.stop()
             await producer.stop()
@@ -168,9 +189,9 @@ class Loop:
                 db.close()
         return {"records": seen, "seconds": round(elapsed, 2), "records_per_s": round(seen / elapsed),
                 "produced_per_input": round(produced / seen, 3),
-                "cpu_s_per_million": round((time.process_time() - cpu0) / seen * 1e6, 1),
-                "broker_cpu_s_per_million": round((broker_cpu_seconds() - broker0) / seen * 1e6, 1),
-                "status_changes": self.changes, "refused": self.refused}
+                "cpu_s_per_million": round((cpu1 - cpu0) / seen * 1e6, 1),
+                "broker_cpu_s_per_million": round((broker1 - broker0) / seen * 1e6, 1),
+                "status_changes": self.changes, "refused": self.refused, "unresolved": self.unresolved}
 
 
 async def produce(producer: AIOKafkaProducer, groups: dict[tuple[str, int], list]) -> None:
@@ -187,29 +208,24 @@ async def produce(producer: AIOKafkaProducer, groups: dict[tuple[str, int], list
     await asyncio.gather(*futures)
 
 
-def _state(db: Rdict, staged: dict[bytes, bytes], key: bytes) -> Optional[bytes]:
-    raw = staged.get(key)
-    return raw if raw is not None else db.get(key)
-
-
-def apply_io(loop: Loop, topic: str, key: Optional[bytes], value: bytes, db: Rdict, staged: dict,
-             sink: list, now: int) -> None:
+def apply_io(loop: Loop, topic: str, partition: int, key: Optional[bytes], value: bytes, now: int) -> None:
     """The engine's Kafka and RocksDB work for one record, with a made-up state change."""
     doc = orjson.loads(value)
     mid = (doc.get("message_id") or doc.get("provider_message_id") or "").encode() or (key or b"")
-    raw = _state(db, staged, mid)
+    raw = loop.state(partition, mid)
     state = orjson.loads(raw) if raw is not None else {"req": None, "ms": {}, "ev": [], "held": []}
     state["ms"][doc.get("status") or "sent"] = [doc.get("occurred_at") or now, False, doc.get("event_id", "")]
     state["ev"].append(doc.get("event_id", ""))
-    staged[mid] = orjson.dumps(state)
     change = dict(CHANGE_TEMPLATE, message_id=mid.decode(), recorded_at=now)
-    sink.append((mid, orjson.dumps(change)))
+    loop.stage(partition, mid, orjson.dumps(state), [orjson.dumps(change)])
     loop.changes += 1
 
 
-def apply_rules(loop: Loop, topic: str, key: Optional[bytes], value: bytes, db: Rdict, staged: dict,
-                sink: list, now: int) -> None:
-    """The engine's validation and status rules for one record, with its state in RocksDB."""
+def apply_rules(loop: Loop, topic: str, partition: int, key: Optional[bytes], value: bytes, now: int) -> None:
+    """The engine's validation and status rules for one record, with its state in RocksDB on the
+    partition that owns its message. Producers key requests and callbacks by message id, so that is
+    the partition the record came from; a callback naming only the provider's id came with no key
+    (any partition): its message's partition is computed, where the engine routes it through Kafka."""
     if topic.endswith("send-requests"):
         rec = parse_send_request(value, now_ms=now)
         if isinstance(rec, Invalid):
@@ -225,21 +241,22 @@ def apply_rules(loop: Loop, topic: str, key: Optional[bytes], value: bytes, db: 
         if message_id is None:
             message_id = loop.pids.get(f"{rec.provider}\x1f{rec.provider_message_id}")
             if message_id is None:
+                loop.unresolved += 1
                 return
         elif rec.provider and rec.provider_message_id:
             loop.pids.setdefault(f"{rec.provider}\x1f{rec.provider_message_id}", message_id)
     mid = message_id.encode()
-    raw = _state(db, staged, mid)
+    if key != mid:
+        partition = key_partition(mid, len(loop.dbs))
+    raw = loop.state(partition, mid)
     state = orjson.loads(raw) if raw is not None else status.new_state()
     if rec.__class__.__name__ == "SendRequest":
         outcome = status.apply_request(state, rec, now)
     else:
         outcome = status.apply_callback(state, rec, now, origin=[topic, 0, 0])
-    for change in outcome.changes:
-        sink.append((mid, orjson.dumps(change)))
     loop.changes += len(outcome.changes)
     state_mod.mark_applied(state, topic, 0, now)
-    staged[mid] = orjson.dumps(state)
+    loop.stage(partition, mid, orjson.dumps(state), [orjson.dumps(change) for change in outcome.changes])
 
 
 async def run_engine(run: str, records: int, data: Path, profile: Optional[Path], seconds: int) -> dict:
@@ -253,7 +270,7 @@ async def run_engine(run: str, records: int, data: Path, profile: Optional[Path]
         alone = engine_alone(env, f"{run}.", data, records, timeout=3600)
         broker = broker_cpu_seconds() - broker0
     finally:
-        sampler.join(timeout=seconds + 120)
+        sampler.join(timeout=sampler.longest)
     steady = alone["steady"].get("records_per_s") or round(records / alone["seconds"])
     # The run's topics: its inputs and outputs (`run.*`) and the engine's changelogs (`run-*`).
     topics = await topic_records(run)
@@ -290,29 +307,37 @@ async def topic_records(prefix: str) -> dict[str, int]:
 
 class Sampler(threading.Thread):
     """Beside the engine's worker: finds its process (its environment names the run's app id), waits
-    SAMPLE_DELAY seconds into the backlog, then for `seconds` takes the CPU of each of its threads
-    (/proc/<pid>/task) and the input records it applied meanwhile (its /metrics), running py-spy
-    over the same window when asked. `result` holds CPU microseconds per input record by thread:
-    the main thread (the engine's batches, the event loop), the other Python threads (Faust's
-    consumer thread, executors), RocksDB's, and the rest."""
+    SAMPLE_DELAY seconds after finding it (past its start-up and warm-up), then for `seconds` takes
+    the CPU of each of its threads (/proc/<pid>/task) and the input records it applied meanwhile (its
+    /metrics), running py-spy over the same window when asked. `result` holds CPU microseconds per
+    input record by thread: the main thread (the engine's batches, the event loop), the other Python
+    threads (Faust's consumer thread, executors), RocksDB's, and the rest; `total`, their sum, is the
+    engine's CPU per record once warm (its whole-run figure also counts start-up and the tail)."""
+
+    FIND_SECONDS = 300
 
     def __init__(self, run: str, seconds: int, profile: Optional[Path]) -> None:
         super().__init__(daemon=True)
         self.run_id, self.seconds, self.profile = run, seconds, profile
         self.result: dict[str, Any] = {}
 
+    @property
+    def longest(self) -> float:
+        """How long the sampling can take, at most."""
+        return self.FIND_SECONDS + SAMPLE_DELAY + self.seconds + 60
+
     def run(self) -> None:
         try:
             self.result = self._sample()
-        except (FileNotFoundError, ConnectionError, urllib.error.URLError):
+        except (FileNotFoundError, ProcessLookupError, ConnectionError, urllib.error.URLError):
             self.result = {"error": f"the engine's worker ended before the sampling window did (it starts "
-                                    f"{SAMPLE_DELAY} s into the backlog and lasts {self.seconds} s): "
+                                    f"{SAMPLE_DELAY} s after the worker and lasts {self.seconds} s): "
                                     f"use a longer backlog (--messages)"}
         except Exception as exc:  # the engine's own figures stand without it
             self.result = {"error": repr(exc)}
 
     def _find(self) -> tuple[int, int]:
-        deadline = time.time() + 300
+        deadline = time.time() + self.FIND_SECONDS
         while time.time() < deadline:
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
@@ -327,17 +352,18 @@ class Sampler(threading.Thread):
         raise RuntimeError("the engine's worker was not found")
 
     @staticmethod
-    def _threads(pid: int) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def _threads(pid: int) -> dict[int, tuple[str, float]]:
+        """tid -> (its group, its CPU seconds so far). A thread that ends within the window is not counted."""
+        out: dict[int, tuple[str, float]] = {}
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
                 comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
                 fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
-                continue
+                continue  # the thread ended meanwhile
             group = ("main" if int(tid) == pid else "python" if comm.startswith("python")
                      else "rocksdb" if comm.startswith("rocksdb") else "other")
-            out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            out[int(tid)] = (group, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
         return out
 
     @staticmethod
@@ -347,29 +373,43 @@ class Sampler(threading.Thread):
                    if line.startswith("sendtrack_records_in_total"))
 
     def _sample(self) -> dict[str, Any]:
+        spy = Path(sys.executable).parent / "py-spy"
+        if self.profile is not None and not spy.exists():
+            return {"error": f"--profile needs py-spy ({spy} not found: pip install py-spy)"}
         pid, port = self._find()
         time.sleep(SAMPLE_DELAY)
         cpu0, n0, t0 = self._threads(pid), self._applied(port), time.monotonic()
+        problem = None
         if self.profile is not None:
-            subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d",
-                            str(self.seconds), "-r", "50", "-f", "speedscope", "-o", str(self.profile), "--threads"],
-                           check=False, capture_output=True)
+            done = subprocess.run([str(spy), "record", "-p", str(pid), "-d", str(self.seconds), "-r", "50",
+                                   "-f", "speedscope", "-o", str(self.profile), "--threads"],
+                                  check=False, capture_output=True, text=True)
+            if done.returncode != 0:
+                problem = f"py-spy failed ({done.returncode}): {done.stderr.strip()[-300:]}"
         else:
             time.sleep(self.seconds)
         cpu1, n1, t1 = self._threads(pid), self._applied(port), time.monotonic()
         applied = n1 - n0
         if applied <= 0:
             return {"error": "no input applied in the window (the backlog ended before it)"}
-        return {"window_s": round(t1 - t0, 1), "records": int(applied), "records_per_s": round(applied / (t1 - t0)),
-                "cpu_us_per_record": {g: round((cpu1.get(g, 0.0) - cpu0.get(g, 0.0)) / applied * 1e6, 1)
-                                      for g in sorted(cpu1)},
-                "cores": {g: round((cpu1.get(g, 0.0) - cpu0.get(g, 0.0)) / (t1 - t0), 2) for g in sorted(cpu1)}}
+        # A thread's CPU in the window: what it used since the window began, or since it started.
+        used: dict[str, float] = {}
+        for tid, (group, seconds) in cpu1.items():
+            used[group] = used.get(group, 0.0) + seconds - cpu0.get(tid, (group, 0.0))[1]
+        used["total"] = sum(used.values())
+        result = {"window_s": round(t1 - t0, 1), "records": int(applied), "records_per_s": round(applied / (t1 - t0)),
+                  "cpu_us_per_record": {g: round(v / applied * 1e6, 1) for g, v in sorted(used.items())},
+                  "cores": {g: round(v / (t1 - t0), 2) for g, v in sorted(used.items())}}
+        if problem:
+            result["profile_error"] = problem
+        return result
 
 
-# How the main thread's py-spy samples are grouped (docs/performance.md, "Twentieth session"): each
-# sample goes to the first group whose test its stack passes, innermost sendtrack frame first.
-_COMMIT = {"Outbox._commit", "Outbox._produce", "Outbox._produce_once", "Outbox._pack_internal", "produce",
-           "write_partition", "_changelog", "pack", "murmur2_many", "Placement.prime"}
+# How the main thread's py-spy samples are grouped (docs/performance.md, "Twentieth session"): a sample
+# under a record's application goes to the innermost sendtrack part it is in; one under the commit
+# (Outbox._commit) to the commit; the rest by the first frame, innermost first, that names a part.
+_ENGINE_FILES = ("engine.py", "faust_adapter.py", "partitions.py", "metrics.py", "state.py", "provider_ids.py",
+                 "watermarks.py", "batches.py", "models.py", "dead_letters.py", "transaction.py")
 
 
 def _group(stack: list[tuple[str, str]]) -> str:
@@ -383,13 +423,14 @@ def _group(stack: list[tuple[str, str]]) -> str:
                 return "RocksDB reads (Outbox.get)" if name == "Outbox.get" else "staging (Outbox)"
             if name == "emit_changes":
                 return "status changes encoded"
-            if path in ("engine.py", "faust_adapter.py", "partitions.py", "metrics.py", "state.py",
-                        "provider_ids.py", "watermarks.py", "batches.py", "models.py", "dead_letters.py"):
+            if path in _ENGINE_FILES:
                 return "the rest of the engine's own code"
         return "the rest of the engine's own code"
+    if "Outbox._commit" in names:
+        return "the commit"
     for name, path in reversed(stack):
-        if name in _COMMIT and path in ("transaction.py", "faust_adapter.py", "batches.py", "partitions.py"):
-            return "the commit"
+        if path in ("engine.py", "transaction.py", "partitions.py", "metrics.py"):
+            return "the rest of the engine's own code"  # the batch loop, savepoints, placing a batch's keys
         if path == "faust_adapter.py":
             return "the adapter"
     if any("aiokafka" in path or path in ("selectors.py", "base_events.py", "events.py", "selector_events.py")
