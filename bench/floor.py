@@ -3,8 +3,8 @@ reaches with no Faust, no sink and no ClickHouse, against the same-run passthrou
 
 The engine applies each input record with one RocksDB read, its status rules, the status changes
 produced, the state written back (a changelog record, then RocksDB) and the input's offset
-committed. This bench runs that shape on plain aiokafka and rocksdict, in one process, over the
-same simulated workload `make bench` publishes (fresh topics), in three loops one after the other:
+committed. This bench runs that shape on plain aiokafka and rocksdict (in its own process), over the
+same simulated workload `make bench` publishes (fresh topics), in four loops one after the other:
 
   passthrough  consume -> produce each record (bench/run.py's baseline);
   io           the engine's Kafka and RocksDB work without its rules: per record the value decoded,
@@ -13,14 +13,18 @@ same simulated workload `make bench` publishes (fresh topics), in three loops on
                (topic, partition) with aiokafka's batch builder (as agents/faust_adapter.produce),
                one RocksDB write batch per partition, the offsets committed;
   rules        the same with the engine's real validation and status rules (schemas/validate.py,
-               sendtrack/status.py) in place of the made-up change: the status changes produced
-               are the real ones. Callbacks naming only the provider's id are resolved through a
-               dict and misrouted records are applied where they are read (the engine routes them
-               through Kafka: more produced records than here);
+               sendtrack/status.py) in place of the made-up change, each message's state on the
+               partition that owns it. A callback naming only the provider's id (no key: any
+               partition) is resolved through a dict and applied on its message's partition, where
+               the engine routes it through Kafka; one whose mapping comes later is dropped (counted
+               as `unresolved`), where the engine holds it. So this is an upper bound for an engine
+               with these rules, not a runtime with the engine's guarantees;
   engine       the real engine (a worker with SENDTRACK_SINK_ENABLED=false: Faust, its tables, the
                routing and the provider-id side, no sink and no ClickHouse) on the same topics as an
                app of its own, measured as bench/run.py's --engine-alone: its rate once warm and its
-               CPU. With --profile, py-spy samples it for --profile-seconds in the middle of the backlog.
+               CPU over the whole run; and the CPU of each of its threads over --profile-seconds from
+               SAMPLE_DELAY s after it starts (`threads.total` compares with the loops' CPU), with
+               py-spy over that window if --profile is given.
 
 Each loop prints records/s, its ratio to the passthrough and its CPU seconds per million input
 records (this process only; the broker's share is printed apart from /proc).
