@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
-from run import BROKER, baseline, delete_topics, engine_alone, free_port, log, publish_workload  # noqa: E402
+from run import BROKER, baseline, delete_topics, engine_alone, log, publish_workload  # noqa: E402
 from schemas.models import Invalid  # noqa: E402
 from schemas.validate import parse_callback, parse_send_request  # noqa: E402
 from sendtrack import state as state_mod, status  # noqa: E402
