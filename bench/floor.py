@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
 from run import BROKER, baseline, delete_topics, engine_alone, log, publish_workload  # noqa: E402
-from schemas.models import Invalid  # noqa: E402
+from schemas.models import Invalid, SendRequest  # noqa: E402
 from schemas.validate import parse_callback, parse_send_request  # noqa: E402
 from sendtrack import state as state_mod, status  # noqa: E402
 from sendtrack.partitions import partition as key_partition  # noqa: E402
@@ -82,6 +82,12 @@ CHANGE_TEMPLATE = {
 }
 
 
+def cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def broker_cpu_seconds() -> float:
     """CPU seconds of the Kafka broker's JVM so far (0 when it is not found on this machine)."""
     for pid in os.listdir("/proc"):
@@ -91,8 +97,7 @@ def broker_cpu_seconds() -> float:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             if b"kafka.Kafka" not in cmd and b"kafka-server" not in cmd:
                 continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return cpu_seconds(Path(f"/proc/{pid}/stat"))
         except OSError:
             continue
     return 0.0
@@ -254,7 +259,7 @@ def apply_rules(loop: Loop, topic: str, partition: int, key: Optional[bytes], va
         partition = key_partition(mid, len(loop.dbs))
     raw = loop.state(partition, mid)
     state = orjson.loads(raw) if raw is not None else status.new_state()
-    if rec.__class__.__name__ == "SendRequest":
+    if isinstance(rec, SendRequest):
         outcome = status.apply_request(state, rec, now)
     else:
         outcome = status.apply_callback(state, rec, now, origin=[topic, 0, 0])
@@ -265,7 +270,7 @@ def apply_rules(loop: Loop, topic: str, partition: int, key: Optional[bytes], va
 
 async def run_engine(run: str, records: int, data: Path, profile: Optional[Path], seconds: int) -> dict:
     """The real engine on the run's topics (bench/run.py's engine_alone), its threads' CPU sampled
-    in the middle of the backlog, and py-spied meanwhile if asked."""
+    over a window from SAMPLE_DELAY s after it starts (Sampler), and py-spied meanwhile if asked."""
     env = {"SENDTRACK_KAFKA_BROKER": BROKER}
     sampler = Sampler(run, seconds, profile)
     sampler.start()
@@ -362,12 +367,12 @@ class Sampler(threading.Thread):
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
                 comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                used = cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
             except OSError:
                 continue  # the thread ended meanwhile
             group = ("main" if int(tid) == pid else "python" if comm.startswith("python")
                      else "rocksdb" if comm.startswith("rocksdb") else "other")
-            out[int(tid)] = (group, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+            out[int(tid)] = (group, used)
         return out
 
     @staticmethod
