@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from faust.types import EventT
 
-from agents.faust_adapter import batch_agent, offset_key, open_db, use_event
+from agents.faust_adapter import batch_agent, offset_key, open_db
 from agents.transaction import Outbox, Refused, TooLarge, new_outbox, outbox, placement, shown_key
 from agents.app import (
     app,
@@ -105,7 +105,6 @@ def emit_changes(changes: list) -> None:
     partition = box.partition()
     for change in changes:
         box.add(STATUS_CHANGES, change.message_id.encode(), orjson.dumps(change), partition)
-    metrics.inc("status_changes_total", len(changes))
 
 
 # A dead letter always fits its record (with its key): it can never be refused itself.
@@ -397,7 +396,6 @@ def _apply_one(box: Outbox, event: EventT, apply: Callable[[Any, int], None], no
     """Apply one record in its own event context (its table writes belong to its partition). A
     record that fails changes nothing (its staged effects are rolled back) and becomes a dead
     letter: too_large when its effect would not fit in a Kafka record, processing_error otherwise."""
-    use_event(event)
     box.event = event
     savepoint = box.savepoint()
     try:
@@ -411,6 +409,13 @@ def _apply_one(box: Outbox, event: EventT, apply: Callable[[Any, int], None], no
         emit_dead_letter(_origin(event), event.key, event.value or b"",
                          Invalid(ErrorType.PROCESSING_ERROR, f"processing failed: {exc!r}"))
     box.event = None
+
+
+def _count_changes(box: Outbox) -> None:
+    """Count the status changes a commit published (once per batch, not per record)."""
+    changes = box.sent.get(STATUS_CHANGES, 0)
+    if changes:
+        metrics.inc("status_changes_total", changes)
 
 
 async def _apply_one_at_a_time(events: list, apply: Callable[[Any, int], None], now: int,
@@ -435,6 +440,7 @@ async def _apply_one_at_a_time(events: list, apply: Callable[[Any, int], None], 
         _apply_one(box, event, apply, now)
         try:
             await box.commit(refusable=True)
+            _count_changes(box)
         except Refused as refused:
             rewrite.update(((table.name, key), (table, key, partition))
                            for table, key, partition in box.touched(committed=True))
@@ -458,6 +464,7 @@ async def apply_batch(events: list, apply: Callable[[Any, int], None]) -> None:
     applied = time.perf_counter() - started
     try:
         await box.commit(refusable=True)
+        _count_changes(box)
     except Refused as refused:
         await _apply_one_at_a_time(events, apply, now, box.touched(committed=True), refused.error)
     produce, tables = box.timings.get("produce", 0.0), box.timings.get("tables", 0.0)

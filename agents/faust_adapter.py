@@ -11,7 +11,6 @@ What the rest of sendtrack uses:
 
 * `BatchApp`, `batch_agent`, `RecordEvent`: batch delivery (below).
 * `register_codec(name, dumps, loads)`, `reset_changelog(table)`: table serialization.
-* `use_event(event)`: make a record Faust's current event (tables read its partition).
 * `produce(app, groups)`: send records as producer batches and wait for their acknowledgements.
 * `write_partition(table, partition, items, changelog_offset)`: a batch's writes to one table
   partition's RocksDB, with the changelog offset they include.
@@ -49,13 +48,11 @@ import asyncio
 import logging
 import os
 import time
-import weakref
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
 import faust
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from faust.serializers import codecs
-from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from rocksdict import WriteBatch
@@ -83,10 +80,11 @@ class RecordMessage:
 
 
 class RecordEvent:
-    """A record as a handler sees it; it can be made Faust's current event, which tables read to
-    pick the partition of a write (its store and its changelog partition)."""
+    """A record as a handler sees it. The engine reads and writes its tables through its Outbox
+    (agents/transaction.py), which takes the partition from the record: it is never made Faust's
+    current event, which only Faust's own table API (`table[key]`) reads."""
 
-    __slots__ = ("message", "key", "value", "__weakref__")
+    __slots__ = ("message", "key", "value")
 
     def __init__(self, message: Any, key: Optional[bytes], value: Optional[bytes]) -> None:
         self.message = message
@@ -333,13 +331,6 @@ def reset_changelog(table: Any) -> Any:
     are now: recovery decodes the changelog with the topic's serializers. Returns the new topic."""
     table._changelog_topic = None
     return table.changelog_topic
-
-
-def use_event(event: Optional[Any]) -> None:
-    """Make `event` the current event of this task, as Faust tables read it (`faust.streams.
-    current_event()`, a context variable): a table read then looks in that event's partition.
-    Only this task is affected."""
-    _current_event.set(weakref.ref(event) if event is not None else None)
 
 
 # How the broker (or the client) refuses a record for its size: retrying cannot help.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
+from collections import deque
 from typing import Optional
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -20,9 +22,11 @@ from sinks.writer import REJECTED_BY_CLICKHOUSE, Batch, Unwritable
 
 log = logging.getLogger(__name__)
 
-# An early batch (the sink has caught up) gathers at least this many times as long as the last
-# insert took.
+# An early batch (the sink has caught up) gathers at least this many times as long as an insert
+# takes: the median of the last INSERTS_REMEMBERED inserts, so that one slow insert does not hold
+# the next batch open for three times its duration (what records waited longest for at half load).
 EARLY_BATCH_INSERT_FACTOR = 3
+INSERTS_REMEMBERED = 5
 
 
 class ClickHouseSink(Service):
@@ -42,7 +46,7 @@ class ClickHouseSink(Service):
         self.failed: Optional[str] = None
         self._committed: dict[TopicPartition, int] = {}
         self._consumer: Optional[AIOKafkaConsumer] = None
-        self._last_insert_seconds = 0.0
+        self._insert_seconds: deque[float] = deque(maxlen=INSERTS_REMEMBERED)  # the last inserts' durations
 
     def owns_first_partition(self) -> bool:
         """Whether this sink reads partition 0 of status-changes now (one worker of the app does:
@@ -121,25 +125,35 @@ class ClickHouseSink(Service):
             await self._commit(consumer, offsets)
             self._report_lag(consumer, offsets)
 
+    def insert_seconds(self) -> float:
+        """How long an insert takes now: the median of the last few (0 before the first)."""
+        return statistics.median(self._insert_seconds) if self._insert_seconds else 0.0
+
     async def _collect(self, consumer: AIOKafkaConsumer) -> tuple[Batch, dict[TopicPartition, int]]:
         """Gather records until the batch is full or its time is up: SENDTRACK_SINK_BATCH_SECONDS, or
         less once the sink has read everything its partitions hold (a record under a steady load then
         waits less). Such an early batch still gathers for SENDTRACK_SINK_CAUGHT_UP_SECONDS and for
-        three times as long as the last insert took, so inserting takes at most about a quarter of
-        the time: while the engine drains a backlog the sink keeps reaching the end of what the
-        engine has written, but its inserts are slow then, and its batches stay large (an insert's
-        cost is mostly per insert)."""
+        three times as long as an insert takes (the median of the last five), so inserting takes at
+        most about a quarter of the time: while the engine drains a backlog the sink keeps reaching
+        the end of what the engine has written, but its inserts are slow then, and its batches stay
+        large (an insert's cost is mostly per insert)."""
         batch, offsets = Batch(), {}
         started = time.monotonic()
         deadline = started + settings.sink_batch_seconds
         early = min(deadline, started + max(settings.sink_caught_up_seconds,
-                                            EARLY_BATCH_INSERT_FACTOR * self._last_insert_seconds))
-        while batch.rows < settings.sink_batch_rows and not self.should_stop:
+                                            EARLY_BATCH_INSERT_FACTOR * self.insert_seconds()))
+        ended = "stopping"
+        while not self.should_stop:
+            if batch.rows >= settings.sink_batch_rows:
+                ended = "full"
+                break
             now = time.monotonic()
             if now >= deadline:
+                ended = "deadline"
                 break
             if now >= early and batch.records:
                 if await self._caught_up(consumer):
+                    ended = "caught_up"
                     break
                 until = min(deadline, now + 0.1)  # look again soon, new records or not
             else:
@@ -151,6 +165,10 @@ class ClickHouseSink(Service):
                 for r in records:
                     add(r.value or b"", r.topic, r.partition, r.offset)
                 offsets[tp] = records[-1].offset + 1
+        if batch.records:
+            # How long a batch gathered, and why it stopped: a record waits up to that long here.
+            metrics.observe("sink_batch_gather_seconds", time.monotonic() - started)
+            metrics.inc("sink_batches_total", 1, ended=ended)
         return batch, offsets
 
     @staticmethod
@@ -174,8 +192,9 @@ class ClickHouseSink(Service):
             try:
                 started = time.perf_counter()
                 written = await asyncio.to_thread(batch.write, self.ch)
-                self._last_insert_seconds = time.perf_counter() - started
-                metrics.observe("clickhouse_insert_seconds", self._last_insert_seconds)
+                took = time.perf_counter() - started
+                self._insert_seconds.append(took)
+                metrics.observe("clickhouse_insert_seconds", took)
             except Exception as exc:
                 if not is_retriable(exc):
                     # Not an outage, and nothing a dead letter can hold (Unwritable: a table missing,

@@ -105,6 +105,7 @@ class Outbox:
         self._undo: list[tuple[tuple[str, str], Optional[tuple[Any, Any, int]]]] = []  # for rollback
         self.event: Optional[EventT] = None  # the event being applied: table writes belong to its partition
         self.produced = 0  # records acknowledged by the broker
+        self.sent: dict[str, int] = {}  # the same, per topic
         # Seconds per phase of the commit: produce (serializing, then the broker's acknowledgements)
         # and tables (the RocksDB writes).
         self.timings: dict[str, float] = {}
@@ -281,6 +282,9 @@ class Outbox:
             groups.setdefault((topic, partition), []).append((key, value))
         last = await produce(app, groups)
         self.produced += len(self.records)
+        sent = self.sent
+        for (topic, _), items in groups.items():
+            sent[topic] = sent.get(topic, 0) + len(items)
         self.records = []
         return last
 

@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -415,6 +416,8 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
     published: dict[str, float] = {}
     now_ms = int(time.time() * 1000)
     started = time.monotonic()
+    sampler = BusySampler(worker)
+    sampler.start()
     try:
         for i in range(2 * n):
             mid = f"fresh-{run}-{i % n}"
@@ -440,6 +443,7 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
         if got >= n:
             break
         time.sleep(1)
+    sampler.stop()
     rows = worker.sql(f"SELECT message_id, toUnixTimestamp64Milli(min(_inserted_at)), "
                       f"toUnixTimestamp64Milli(min(recorded_at)) FROM sendtrack.status_changes_raw "
                       f"WHERE message_id LIKE 'fresh-{run}-%' AND status = 'delivered' GROUP BY message_id")
@@ -454,11 +458,65 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
             "to_engine": {"p50_s": round(qe[49], 3), "p99_s": round(qe[98], 3), "max_s": round(engine[-1], 3)},
             "engine_to_clickhouse": {"p50_s": round(qs[49], 3), "p99_s": round(qs[98], 3),
                                      "max_s": round(sink_[-1], 3)},
-            "worker_timings": timings(before, worker.metrics()),
+            "worker_timings": timings(before, after := worker.metrics()),
+            # The sink's batches by what ended them (agents/sink.py, _collect).
+            "sink_batches": {k.split('ended="')[1].rstrip('"}'): int(v - before.get(k, 0.0))
+                             for k, v in after.items() if k.startswith("sendtrack_sink_batches_total{")},
             **({"worker_timings_by_process": {name: timings(before_each[name], m)
                                               for name, m in worker.metrics_by_process().items()}}
                if isinstance(worker, Pair) else {}),
-            "slow_engine_batches": slow_batches(worker.data_dir / "worker.log", log_from)}
+            "slow_engine_batches": slow_batches(worker.data_dir / "worker.log", log_from),
+            "alert_evaluations": sampler.overlap(
+                "alert_evaluation_seconds", [(published[mid], ms / 1000) for mid, ms, _ in rows])}
+
+
+class BusySampler(threading.Thread):
+    """Samples the worker's duration histograms every SAMPLE_SECONDS while a phase runs, so that
+    what a callback waited for can be set beside what the worker was doing meanwhile: each
+    observation of a histogram (an alert evaluation, an insert) ended between two samples and took
+    what its sum grew by, so it ran over about [sample - duration, sample]."""
+
+    SAMPLE_SECONDS = 0.25
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(daemon=True)
+        self.worker = worker
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.SAMPLE_SECONDS):
+            try:
+                self.samples.append((time.time(), self.worker.metrics()))
+            except OSError:
+                pass  # a sample missed: the next one covers it
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+    def intervals(self, name: str) -> list[tuple[float, float]]:
+        """(start, end) wall times of each observation of histogram `name` (several ending between
+        the same two samples are taken as one span of their summed duration)."""
+        out = []
+        key_n, key_s = f"sendtrack_{name}_count", f"sendtrack_{name}_sum"
+        for (_, before), (t, after) in zip(self.samples, self.samples[1:]):
+            if after.get(key_n, 0.0) > before.get(key_n, 0.0):
+                out.append((t - (after.get(key_s, 0.0) - before.get(key_s, 0.0)), t))
+        return out
+
+    def overlap(self, name: str, waits: list[tuple[float, float]]) -> dict:
+        """How the waits (published, visible) that overlapped an observation of `name` compare with
+        the others: their share and their p99."""
+        spans = self.intervals(name)
+        hit = [end - start for start, end in waits if any(s < end and start < e for s, e in spans)]
+        rest = [end - start for start, end in waits if not any(s < end and start < e for s, e in spans)]
+
+        def p99(xs: list[float]) -> Optional[float]:
+            return round(statistics.quantiles(xs, n=100)[98], 3) if len(xs) >= 2 else None
+        return {"observations": [[round(s, 2), round(e - s, 2)] for s, e in spans],
+                "waits_overlapping": len(hit), "waits_other": len(rest),
+                "p99_overlapping_s": p99(hit), "p99_other_s": p99(rest)}
 
 
 def slow_batches(path: Path, offset: int, keep: int = 20) -> list[str]:
@@ -471,7 +529,7 @@ def slow_batches(path: Path, offset: int, keep: int = 20) -> list[str]:
 
 TIMINGS = ("engine_batch_seconds", "engine_apply_seconds", "engine_produce_seconds", "engine_table_write_seconds",
            "clickhouse_insert_seconds", "event_loop_lag_seconds", "malloc_trim_seconds",
-           "gc_full_collection_seconds", "alert_evaluation_seconds")
+           "gc_full_collection_seconds", "alert_evaluation_seconds", "sink_batch_gather_seconds")
 
 
 def timings(before: dict[str, float], after: dict[str, float]) -> dict:

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -123,6 +124,8 @@ def test_the_outage_delayed_rows_and_inserts_stay_few_and_large(run):
     inserts = metric(metrics, "sendtrack_clickhouse_inserts_total")
     rows = metric(metrics, "sendtrack_clickhouse_rows_total")
     assert rows >= sum(len(m.expected) for m in traffic.messages)
+    # Every status change the engine published is counted once its batch is acknowledged.
+    assert metric(metrics, "sendtrack_status_changes_total") >= sum(len(m.expected) for m in traffic.messages)
     assert inserts <= rows / 20, (inserts, rows)
 
 
@@ -230,6 +233,13 @@ def test_metrics_show_where_memory_and_time_go(run):
     assert 1 <= writes <= metric(text, "sendtrack_clickhouse_inserts_total")
     assert value('sendtrack_event_loop_lag_seconds_bucket{le="+Inf"}') == value(
         "sendtrack_event_loop_lag_seconds_count") > 0
+    # Each batch the sink gathered is timed and counted by what ended it (a batch may be gathered
+    # between two reads of /metrics: the two may differ by one).
+    gathered = value("sendtrack_sink_batch_gather_seconds_count")
+    ended = metric(text, "sendtrack_sink_batches_total")
+    assert gathered >= 1 and abs(ended - gathered) <= 1, (ended, gathered)
+    assert set(re.findall(r'sendtrack_sink_batches_total\{ended="(\w+)"\}', text)) <= {
+        "caught_up", "deadline", "full", "stopping"}
 
 
 def test_the_embedded_engine_and_analyst_queries_are_bounded(run):

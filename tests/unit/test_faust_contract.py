@@ -8,7 +8,6 @@ that no module but the adapter touches a private name.
 from __future__ import annotations
 
 import ast
-import contextvars
 import importlib
 import inspect
 import textwrap
@@ -245,27 +244,6 @@ CONTRACT = [
 @pytest.mark.parametrize("internal", CONTRACT, ids=[i.id for i in CONTRACT])
 def test_the_internal_is_as_the_adapter_uses_it(internal: Internal) -> None:
     internal.check()
-
-
-def test_a_context_variable_holds_fausts_current_event():
-    """use_event: Faust's tables read the current event's partition from this context variable."""
-    import faust.streams
-
-    from agents.faust_adapter import RecordEvent, RecordMessage, use_event
-
-    assert isinstance(faust.streams._current_event, contextvars.ContextVar), \
-        "faust.streams._current_event is no longer a ContextVar (use_event sets it)"
-
-    def in_context() -> None:
-        event = RecordEvent(SimpleNamespace(partition=3), b"k", b"v")
-        use_event(event)
-        assert faust.streams.current_event() is event, \
-            "faust.streams.current_event() no longer returns what _current_event holds (a weakref)"
-        use_event(None)
-        assert faust.streams.current_event() is None
-
-    contextvars.copy_context().run(in_context)
-    assert RecordMessage.__slots__  # the message the engine and tables read
 
 
 def test_the_offset_a_batch_writes_is_the_one_fausts_recovery_reads(tmp_path):

@@ -227,3 +227,26 @@ def test_an_outage_is_retried_and_then_the_batch_is_committed(ch):
     asyncio.run(run())
     assert sink.failed is None and consumer.committed == [{"tp": 3}]
     assert rows(ch, "SELECT count() FROM {db}.messages") == [(3,)]
+
+
+def test_a_caught_up_batch_waits_for_the_typical_insert_not_the_last_slow_one(ch):
+    """The early batch gathers three times as long as an insert takes: the median of the last
+    five, so one slow insert does not hold the next batch open for three times its duration."""
+    from agents.sink import INSERTS_REMEMBERED, ClickHouseSink
+
+    sink = ClickHouseSink()
+    sink.ch = ch
+    assert sink.insert_seconds() == 0.0  # before the first insert: SENDTRACK_SINK_CAUGHT_UP_SECONDS alone
+
+    async def insert(n: int) -> None:
+        await sink._finish(Commits(), asyncio.ensure_future(sink._write(backfill(n))), {})
+
+    for _ in range(INSERTS_REMEMBERED):
+        asyncio.run(insert(3))
+    typical = sink.insert_seconds()
+    assert typical > 0
+    sink._insert_seconds.append(typical + 5.0)  # one insert far slower than the others
+    assert sink.insert_seconds() < typical * 2 + 0.05, "one slow insert moved the window"
+    for _ in range(INSERTS_REMEMBERED // 2 + 1):
+        sink._insert_seconds.append(typical + 5.0)
+    assert sink.insert_seconds() >= typical + 5.0, "slow inserts that are the rule must widen the window"
