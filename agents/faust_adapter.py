@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 
 class RecordMessage:
-    """The parts of a Kafka record the engine and Faust tables read (`event.message.*`)."""
+    """The parts of a Kafka record the engine reads (`event.message.*`)."""
 
     __slots__ = ("topic", "partition", "offset", "tp", "key", "value", "timestamp")
 
@@ -313,7 +313,7 @@ class BatchApp(faust.App):
 
 
 # ---------------------------------------------------------------------------------------------
-# Tables: serialization, the current event, and the write protocol's two halves (produce, store)
+# Tables: serialization, and the write protocol's two halves (produce, store)
 
 
 def register_codec(name: str, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any]) -> None:

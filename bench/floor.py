@@ -422,20 +422,22 @@ _ENGINE_FILES = ("engine.py", "faust_adapter.py", "partitions.py", "metrics.py",
 
 
 def _group(stack: list[tuple[str, str]]) -> str:
-    """The part of the engine a sample of the main thread is in (stack: (function, file), outermost first)."""
+    """The part of the engine a sample of the main thread is in (stack: (function, file), outermost
+    first). A function is named as py-spy 0.3 names it (`Outbox.get`) or 0.4 (`get`): by its last part."""
+    stack = [(name.rsplit(".", 1)[-1], path) for name, path in stack]
     names = {name for name, _ in stack}
     if "process" in names or "apply_by_provider_id" in names:
         for name, path in reversed(stack):
             if path in ("status.py", "validate.py"):
                 return {"status.py": "status rules", "validate.py": "validation"}[path]
             if path == "transaction.py":
-                return "RocksDB reads (Outbox.get)" if name == "Outbox.get" else "staging (Outbox)"
+                return "RocksDB reads (Outbox.get)" if name == "get" else "staging (Outbox)"
             if name == "emit_changes":
                 return "status changes encoded"
             if path in _ENGINE_FILES:
                 return "the rest of the engine's own code"
         return "the rest of the engine's own code"
-    if "Outbox._commit" in names:
+    if "_commit" in names:
         return "the commit"
     for name, path in reversed(stack):
         if path in ("engine.py", "transaction.py", "partitions.py", "metrics.py"):
