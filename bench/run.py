@@ -489,7 +489,7 @@ class BusySampler(threading.Thread):
     """Samples the worker's duration histograms every SAMPLE_SECONDS while a phase runs, so that
     what a callback waited for can be set beside what the worker was doing meanwhile: each
     observation of a histogram (an alert evaluation, an insert) ended between two samples and took
-    what its sum grew by, so it ran over about [sample - duration, sample]."""
+    what its sum grew by, so it ran within [previous sample - duration, sample] (see intervals)."""
 
     SAMPLE_SECONDS = 0.25
 
