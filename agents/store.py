@@ -92,19 +92,36 @@ def end_all_bulk_loads() -> None:
         end_bulk_load(db)
 
 
+# Compaction. Under the shared write buffer manager a partition's memtable is flushed at well under
+# 4 MB (0.4 MB files in the 5 M run), and RocksDB (dynamic level sizes) merges level-0 files straight
+# into the partition's one sorted level: with its default trigger of four files, every 1-2 MB of new
+# state rewrote the whole partition (11 times what was written at 70 MB, more as it grows; a quarter
+# of a core at 5 M messages). More level-0 files per compaction write each byte fewer times; reads
+# then check more level-0 files, each behind its bloom filter (10 bits per key: about 1% of the
+# misses read a block). bench/state_compaction.py measures both (docs/performance.md).
+L0_COMPACTION_TRIGGER = 16
+L0_SLOWDOWN_TRIGGER = 48
+L0_STOP_TRIGGER = 64
+BLOOM_BITS_PER_KEY = 10
+
+
 class SharedRocksDBOptions(faust_rocksdb.RocksDBOptions):
-    """Faust's options, with the process-wide cache and write buffer manager."""
+    """Faust's options, with the process-wide cache and write buffer manager, and compaction for
+    small flushes (above)."""
 
     def as_options(self) -> Any:
         options = super().as_options()
         table = rocksdict.BlockBasedOptions()
-        table.set_bloom_filter(self.bloom_filter_size, True)
+        table.set_bloom_filter(BLOOM_BITS_PER_KEY, True)
         table.set_block_cache(_shared["cache"])
         table.set_cache_index_and_filter_blocks(True)
         table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
         options.set_block_based_table_factory(table)
         options.set_write_buffer_manager(_shared["write_buffers"])
+        options.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER)
+        options.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN_TRIGGER)
+        options.set_level_zero_stop_writes_trigger(L0_STOP_TRIGGER)
         return options
 
 

@@ -162,8 +162,15 @@ class Worker:
 
     def get(self, path: str, **params) -> dict:
         url = f"http://127.0.0.1:{self.port}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            return json.loads(resp.read())
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            # The worker's answer says why (a reader's limit, the statement's error): keep it in
+            # the exception's message, which a run that ends on it prints.
+            exc.body = exc.read().decode(errors="replace")[:300]
+            exc.msg = f"{exc.msg}: {exc.body}"
+            raise
 
     def sql(self, q: str):
         return self.get("/query", q=q)["rows"]
@@ -367,7 +374,7 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
                 # The worker refused the check as it refuses any reader's statement past its limits
                 # (SENDTRACK_QUERY_MAX_SECONDS, the readers' memory): right after a backlog its
                 # FINAL reads many unmerged parts. The milestones are in; the check waits for merges.
-                detail = exc.read().decode(errors="replace")[:300]
+                detail = getattr(exc, "body", "")
                 check_refusals.append(detail)
                 log(f"pipeline: the check query was refused ({exc.code}: {detail}); again in 15 s")
                 if len(check_refusals) >= 20:
@@ -459,9 +466,14 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
             break
         time.sleep(1)
     sampler.stop()
-    rows = worker.sql(f"SELECT message_id, toUnixTimestamp64Milli(min(_inserted_at)), "
-                      f"toUnixTimestamp64Milli(min(recorded_at)) FROM sendtrack.status_changes_raw "
-                      f"WHERE message_id LIKE 'fresh-{run}-%' AND status = 'delivered' GROUP BY message_id")
+    # In parts of at most FRESH_ROWS_PER_QUERY messages: a reader's answer holds at most
+    # SENDTRACK_QUERY_MAX_RESULT_ROWS (100,000) rows, fewer than a fast run's callbacks.
+    parts = -(-len(published) // FRESH_ROWS_PER_QUERY)
+    rows = [row for part in range(parts) for row in worker.sql(
+        f"SELECT message_id, toUnixTimestamp64Milli(min(_inserted_at)), "
+        f"toUnixTimestamp64Milli(min(recorded_at)) FROM sendtrack.status_changes_raw "
+        f"WHERE message_id LIKE 'fresh-{run}-%' AND status = 'delivered' "
+        f"AND cityHash64(message_id) % {parts} = {part} GROUP BY message_id")]
     lat = sorted(ms / 1000 - published[mid] for mid, ms, _ in rows)
     # The two halves: publication -> the engine records the change (recorded_at), then -> ClickHouse.
     engine = sorted(rec / 1000 - published[mid] for mid, _, rec in rows)
@@ -561,6 +573,9 @@ def timings(before: dict[str, float], after: dict[str, float]) -> dict:
         out[name] = {"count": int(n), "mean_s": round(delta("_sum") / n, 4) if n else None,
                      **{f"over_{b}_s": int(n - delta(f'_bucket{{le="{b}"}}')) for b in ("0.25", "0.5", "1.0")}}
     return out
+
+
+FRESH_ROWS_PER_QUERY = 50_000
 
 
 def exact_counts(worker: Worker) -> tuple[int, int]:
@@ -736,6 +751,8 @@ def main() -> int:
     settings = Settings(kafka_broker=BROKER, topic_prefix=f"{run}.", partitions=Settings().partitions)
     result: dict = {"run": run, "quick": args.quick, "machine": {"cpus": os.cpu_count(),
                     "python": platform.python_version(), "platform": platform.platform()}}
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(ensure_topics(settings))
         log(f"workload: {messages:,} messages into fresh topics ({run}.*)")
@@ -794,12 +811,16 @@ def main() -> int:
             "tracked_messages": messages,
         }
         result["funnel_query"] = funnel_query(funnel_messages, data / "funnel-chdb")
+    except BaseException as exc:
+        # What the run measured until then is kept (an hour of a 5 M run), marked as incomplete.
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        (out_dir / f"{run}.incomplete.json").write_text(json.dumps(result, indent=2) + "\n")
+        log(f"the run ended early ({result['error']}); what it measured: bench/results/{run}.incomplete.json")
+        raise
     finally:
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
             asyncio.run(delete_topics(run))
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2)
     (out_dir / f"{run}.json").write_text(text + "\n")
     # latest.json is the latest full run (at least 2 million messages, as issue 7 defines it).

@@ -96,3 +96,32 @@ def test_long_lived_objects_are_frozen_out_of_full_collections():
         gc.unfreeze()
     # ...until they are unfrozen.
     assert any(o is kept for o in gc.get_objects())
+
+
+def test_small_flushes_wait_for_one_larger_compaction(tmp_path):
+    """Level-0 files (the shared budget's small flushes) are compacted L0_COMPACTION_TRIGGER at a
+    time, not RocksDB's default four: each compaction rewrites the partition's sorted data once."""
+    from agents import store
+
+    store.configure(16)
+    options = store.SharedRocksDBOptions(write_buffer_size=4 * 1024 * 1024, use_rocksdict=True)
+    db = rocksdict.Rdict(str(tmp_path / "db"), options.as_options())
+    try:
+        def flushes(n: int, start: int) -> None:
+            for f in range(start, start + n):
+                for i in range(200):
+                    db[f"key-{i * 97 % 1000:06d}".encode()] = f"{f}".encode() * 50
+                db.flush()
+
+        flushes(store.L0_COMPACTION_TRIGGER - 1, 0)
+        time.sleep(0.5)  # a compaction, had one been due, runs in the background
+        assert db.property_int_value("rocksdb.num-files-at-level0") == store.L0_COMPACTION_TRIGGER - 1
+        flushes(1, store.L0_COMPACTION_TRIGGER)
+        deadline = time.monotonic() + 10
+        while db.property_int_value("rocksdb.num-files-at-level0") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert db.property_int_value("rocksdb.num-files-at-level0") == 0
+        assert db[b"key-000097"] == f"{store.L0_COMPACTION_TRIGGER}".encode() * 50
+    finally:
+        db.close()
+        store.configure(Settings().state_memory_mb)

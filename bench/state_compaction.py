@@ -1,0 +1,131 @@
+"""What RocksDB's compaction of the engine's state costs, with the worker's options and with others.
+
+The engine keeps each message's state in the `messages` table: one RocksDB database per partition,
+all of them under one write buffer manager (agents/store.py), so their memtables are flushed small
+and often. This replays the engine's pattern on `--partitions` such databases in a fresh process per
+variant: per fetch of 2,000 records, every record reads its message's state (a miss for a new
+message) and writes it back, in one write batch per partition; each message is written three times
+(its request, a callback soon after, one much later). It prints the main thread's CPU, the CPU of
+RocksDB's background threads (flushes and compactions), what compaction wrote, and the databases'
+size on disk.
+
+    .venv/bin/python bench/state_compaction.py --messages 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BATCH = 2000
+# level-0 files that start a compaction, that slow writes, that stop them; bloom filter bits per key
+VARIANTS = {
+    "rocksdb-defaults": (4, 20, 36, 3),  # the worker's before the twenty-second session (Faust's 3 bits)
+    "worker": None,  # agents/store.py as it is
+    "l0-16-bloom3": (16, 48, 64, 3),
+}
+
+
+def value_of(i: int, step: int) -> bytes:
+    """A state about the size of the engine's (a request, milestones, event digests)."""
+    import orjson
+
+    rnd = random.Random(i * 7 + step)
+    return orjson.dumps({
+        "req": {"message_id": f"bench-{i:08d}", "action": "email", "customer_id": f"cus-{i % 99991:06d}",
+                "provider": "sendgrid", "flow_id": "flow-1", "campaign_id": "camp-2", "step_id": "step-3",
+                "requested_at": 1764800000000 + i, "recipient": f"r{i}@example.com"},
+        "ms": {s: [1764800000000 + i + k, False] for k, s in enumerate(("sent", "accepted", "delivered")[:step + 1])},
+        "ev": [f"{rnd.getrandbits(64):016x}" for _ in range(step + 1)],
+        "held": [], "rh": f"{rnd.getrandbits(64):016x}", "off": {"send-requests": i, "callbacks": i * 2}, "t": i,
+    })
+
+
+def schedule(messages: int) -> list[tuple[int, int]]:
+    """(message, write number) in the order the engine meets them: a callback follows its request
+    within about a fetch, a later one (an open, a click) about a fifth of the run later."""
+    rnd = random.Random(7)
+    later: dict[int, list[tuple[int, int]]] = {}
+    out: list[tuple[int, int]] = []
+    for i in range(messages):
+        out.append((i, 0))
+        later.setdefault(i + rnd.randrange(1, 2 * BATCH), []).append((i, 1))
+        later.setdefault(i + rnd.randrange(messages // 10, messages // 3), []).append((i, 2))
+        out.extend(later.pop(i, ()))
+    for k in sorted(later):
+        out.extend(later[k])
+    return out
+
+
+def run_variant(name: str, messages: int, partitions: int, out: Path) -> dict:
+    import rocksdict
+
+    from agents import store
+
+    store.configure(64)
+    if VARIANTS[name]:
+        store.L0_COMPACTION_TRIGGER, store.L0_SLOWDOWN_TRIGGER, store.L0_STOP_TRIGGER, store.BLOOM_BITS_PER_KEY = \
+            VARIANTS[name]
+    options = store.SharedRocksDBOptions(write_buffer_size=store.NORMAL_WRITE_BUFFER, max_write_buffer_number=2,
+                                         target_file_size_base=16 * 1024 * 1024, use_rocksdict=True)
+    dbs = [options.open(out / f"messages-{p}.db") for p in range(partitions)]
+    work = schedule(messages)
+    keys = [f"bench-{i:08d}".encode() for i in range(messages)]
+    started, cpu0, main0 = time.monotonic(), time.process_time(), time.thread_time()
+    misses = 0
+    for b in range(0, len(work), BATCH):
+        batches = [rocksdict.WriteBatch(raw_mode=True) for _ in dbs]
+        for i, step in work[b:b + BATCH]:
+            p = hash(keys[i]) % partitions
+            if dbs[p].get(keys[i]) is None:
+                misses += 1
+            batches[p].put(keys[i], value_of(i, step))
+        for p, db in enumerate(dbs):
+            batches[p].put(b"__faust\x00offset__", str(b).encode())
+            db.write(batches[p])
+    seconds = time.monotonic() - started
+    main = time.thread_time() - main0
+    total = time.process_time() - cpu0
+    written = 0.0
+    for db in dbs:
+        stats = db.property_value("rocksdb.stats") or ""
+        for line in stats.splitlines():
+            if line.startswith("Cumulative compaction:"):
+                written += float(line.split()[2])  # "Cumulative compaction: 1.24 GB write, ..."
+    for db in dbs:
+        db.close()
+    size = sum(f.stat().st_size for f in out.rglob("*.sst"))
+    return {"variant": name, "writes": len(work), "seconds": round(seconds, 1), "reads_missed": misses,
+            "main_thread_cpu_s": round(main, 1), "background_cpu_s": round(total - main, 1),
+            "compaction_written_gb": round(written, 2), "sst_mb": round(size / 2**20)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=2_000_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--variants", default="rocksdb-defaults,worker")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        with tempfile.TemporaryDirectory(prefix="state-compaction-") as tmp:
+            print(json.dumps(run_variant(args.child, args.messages, args.partitions, Path(tmp))), flush=True)
+        return
+    for variant in args.variants.split(","):
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run([sys.executable, __file__, "--messages", str(args.messages),
+                        "--partitions", str(args.partitions), "--child", variant], env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
