@@ -168,7 +168,10 @@ class Worker:
         except urllib.error.HTTPError as exc:
             # The worker's answer says why (a reader's limit, the statement's error): keep it in
             # the exception's message, which a run that ends on it prints.
-            exc.body = exc.read().decode(errors="replace")[:300]
+            try:
+                exc.body = exc.read().decode(errors="replace")[:300]
+            except Exception:  # the answer's body is lost; the status is still the error
+                exc.body = ""
             exc.msg = f"{exc.msg}: {exc.body}"
             raise
 
@@ -317,10 +320,11 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
+def pipeline(worker: Worker, expect: dict, timeout: float, progress: Optional[dict] = None) -> dict:
     """Throughput: from the engine's first status change until every milestone is in the ClickHouse
     views. The engine starts on the backlog before the worker reports healthy; its first change's
-    `recorded_at` is when the work began."""
+    `recorded_at` is when the work began. `progress` gets the figures known once every milestone is
+    in (before the exact check), for a run that ends there."""
     started = time.monotonic()
     applied: list[tuple[float, float]] = []  # (time, input records the engine applied)
     worker.start()
@@ -366,6 +370,10 @@ def pipeline(worker: Worker, expect: dict, timeout: float) -> dict:
         if rows >= expect["milestones"]:
             if not done_wall:
                 done_wall, cpu = time.time(), worker.cpu_seconds()
+                if progress is not None:
+                    progress.update({"milestones_in_at": done_wall, "seconds_since_healthy": round(now - ready, 1),
+                                     "cpu_s_per_million": round(cpu / expect["records"] * 1e6, 1),
+                                     "peak_rss_mb": round(pipeline_peak / 2**20)})
             worker.reset_peak()
             check_started = time.monotonic()
             try:
@@ -772,7 +780,8 @@ def main() -> int:
         try:
             log("pipeline: " + ("an engine-only worker and a sink worker with embedded ClickHouse" if args.split
                                 else "worker with embedded ClickHouse") + " on the backlog")
-            result["pipeline"] = pipeline(worker, expect, timeout=6 * 3600)
+            result["pipeline"] = {"incomplete": True}
+            result["pipeline"] = pipeline(worker, expect, timeout=6 * 3600, progress=result["pipeline"])
             result["ratio_pipeline_to_baseline"] = round(
                 result["pipeline"]["records_per_s"] / result["baseline"]["records_per_s"], 3)
             steady = result["pipeline"]["steady"]["records_per_s"]
@@ -814,8 +823,11 @@ def main() -> int:
     except BaseException as exc:
         # What the run measured until then is kept (an hour of a 5 M run), marked as incomplete.
         result["error"] = f"{type(exc).__name__}: {exc}"
-        (out_dir / f"{run}.incomplete.json").write_text(json.dumps(result, indent=2) + "\n")
-        log(f"the run ended early ({result['error']}); what it measured: bench/results/{run}.incomplete.json")
+        try:
+            (out_dir / f"{run}.incomplete.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+            log(f"the run ended early ({result['error']}); what it measured: bench/results/{run}.incomplete.json")
+        except Exception as failed:  # the run's own error is the one to raise
+            log(f"the run ended early ({result['error']}); its figures could not be written: {failed}")
         raise
     finally:
         if not args.keep:

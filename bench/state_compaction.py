@@ -5,9 +5,12 @@ all of them under one write buffer manager (agents/store.py), so their memtables
 and often. This replays the engine's pattern on `--partitions` such databases in a fresh process per
 variant: per fetch of 2,000 records, every record reads its message's state (a miss for a new
 message) and writes it back, in one write batch per partition; each message is written three times
-(its request, a callback soon after, one much later). It prints the main thread's CPU, the CPU of
-RocksDB's background threads (flushes and compactions), what compaction wrote, and the databases'
-size on disk.
+(its request, a callback soon after, one much later), under a memory budget of `--state-memory-mb`
+(16: these databases' share of the worker's 64 MB, which five tables' partitions share). It prints
+the main thread's CPU, the CPU of RocksDB's background threads (flushes and compactions, those under
+way when the writes end counted to their end), what flushes and compactions wrote, the level-0 files
+left for a next compaction, and the databases' size on disk; and keeps them in
+bench/results/state-compaction-*.json.
 
     .venv/bin/python bench/state_compaction.py --messages 2000000
 """
@@ -67,12 +70,21 @@ def schedule(messages: int) -> list[tuple[int, int]]:
     return out
 
 
-def run_variant(name: str, messages: int, partitions: int, out: Path) -> dict:
+def stats_gb(db, prefix: str) -> float:
+    """A cumulative figure of `rocksdb.stats`, e.g. "Flush(GB): cumulative 0.100, interval 0.098" or
+    "Cumulative compaction: 1.24 GB write, ..." (RocksDB counts flushes in the latter too)."""
+    for line in (db.property_value("rocksdb.stats") or "").splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):].split()[0].rstrip(","))
+    return 0.0
+
+
+def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: Path) -> dict:
     import rocksdict
 
     from agents import store
 
-    store.configure(64)
+    store.configure(memory_mb)
     if VARIANTS[name]:
         store.L0_COMPACTION_TRIGGER, store.L0_SLOWDOWN_TRIGGER, store.L0_STOP_TRIGGER, store.BLOOM_BITS_PER_KEY = \
             VARIANTS[name]
@@ -95,36 +107,54 @@ def run_variant(name: str, messages: int, partitions: int, out: Path) -> dict:
             db.write(batches[p])
     seconds = time.monotonic() - started
     main = time.thread_time() - main0
+    # The compactions under way when the writes end are counted to their end; the level-0 files
+    # that wait for the next one (fewer than the trigger) are reported as such.
+    while any(db.property_int_value("rocksdb.num-running-compactions") for db in dbs):
+        time.sleep(0.1)
     total = time.process_time() - cpu0
-    written = 0.0
-    for db in dbs:
-        stats = db.property_value("rocksdb.stats") or ""
-        for line in stats.splitlines():
-            if line.startswith("Cumulative compaction:"):
-                written += float(line.split()[2])  # "Cumulative compaction: 1.24 GB write, ..."
+    flushed = sum(stats_gb(db, "Flush(GB): cumulative") for db in dbs)
+    compacted = max(sum(stats_gb(db, "Cumulative compaction:") for db in dbs) - flushed, 0.0)
+    level0 = sum(db.property_int_value("rocksdb.num-files-at-level0") for db in dbs)
     for db in dbs:
         db.close()
     size = sum(f.stat().st_size for f in out.rglob("*.sst"))
     return {"variant": name, "writes": len(work), "seconds": round(seconds, 1), "reads_missed": misses,
             "main_thread_cpu_s": round(main, 1), "background_cpu_s": round(total - main, 1),
-            "compaction_written_gb": round(written, 2), "sst_mb": round(size / 2**20)}
+            "flushed_gb": round(flushed, 2), "compaction_written_gb": round(compacted, 2),
+            "level0_files_left": level0, "sst_mb": round(size / 2**20)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2_000_000)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--state-memory-mb", type=int, default=16,
+                        help="the databases' shared budget (SENDTRACK_STATE_MEMORY_MB); the worker's 64 MB "
+                             "serve five tables' partitions, of which the messages table's take most writes")
     parser.add_argument("--variants", default="rocksdb-defaults,worker")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         with tempfile.TemporaryDirectory(prefix="state-compaction-") as tmp:
-            print(json.dumps(run_variant(args.child, args.messages, args.partitions, Path(tmp))), flush=True)
+            print(json.dumps(run_variant(args.child, args.messages, args.partitions, args.state_memory_mb,
+                                         Path(tmp))), flush=True)
         return
+    results = []
     for variant in args.variants.split(","):
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        subprocess.run([sys.executable, __file__, "--messages", str(args.messages),
-                        "--partitions", str(args.partitions), "--child", variant], env=env, check=True)
+        if variant not in VARIANTS:
+            parser.error(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same keys on the same partitions each time
+        out = subprocess.run([sys.executable, __file__, "--messages", str(args.messages),
+                              "--partitions", str(args.partitions), "--state-memory-mb", str(args.state_memory_mb),
+                               "--child", variant],
+                             env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+        results.append(json.loads(out.splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    path = ROOT / "bench" / "results" / f"state-compaction-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"messages": args.messages, "partitions": args.partitions,
+                                "state_memory_mb": args.state_memory_mb, "results": results},
+                               indent=2) + "\n")
+    print(f"state compaction: {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -125,3 +125,28 @@ def test_small_flushes_wait_for_one_larger_compaction(tmp_path):
     finally:
         db.close()
         store.configure(Settings().state_memory_mb)
+
+
+def test_state_files_carry_the_configured_filters_and_write_triggers(tmp_path):
+    """Each file's bloom filter has BLOOM_BITS_PER_KEY bits per key (more level-0 files to check per
+    read), and writes slow and stop only at the raised level-0 counts."""
+    import re
+
+    from agents import store
+
+    store.configure(16)
+    options = store.SharedRocksDBOptions(write_buffer_size=4 * 1024 * 1024, use_rocksdict=True)
+    db = rocksdict.Rdict(str(tmp_path / "db"), options.as_options())
+    try:
+        for i in range(10_000):
+            db[f"key-{i:06d}".encode()] = b"v"
+        db.flush()
+        props = db.property_value("rocksdb.aggregated-table-properties")
+        bits = int(re.search(r"filter block size=(\d+)", props).group(1)) * 8 / 10_000
+        assert store.BLOOM_BITS_PER_KEY - 0.5 < bits < store.BLOOM_BITS_PER_KEY + 0.5, props
+    finally:
+        db.close()
+        store.configure(Settings().state_memory_mb)
+    written = "".join(path.read_text() for path in (tmp_path / "db").glob("OPTIONS-*"))
+    assert f"level0_slowdown_writes_trigger={store.L0_SLOWDOWN_TRIGGER}\n" in written
+    assert f"level0_stop_writes_trigger={store.L0_STOP_TRIGGER}\n" in written
