@@ -148,7 +148,7 @@ class Store(faust_rocksdb.Store):
         self.rocksdb_options = SharedRocksDBOptions(
             max_open_files=base.max_open_files, write_buffer_size=base.write_buffer_size,
             max_write_buffer_number=base.max_write_buffer_number,
-            target_file_size_base=base.target_file_size_base, bloom_filter_size=base.bloom_filter_size,
+            target_file_size_base=base.target_file_size_base,
             use_rocksdict=True, ttl=base.ttl,
         )
 

@@ -36,6 +36,9 @@ VARIANTS = {
     "rocksdb-defaults": (4, 20, 36, 3),  # the worker's before the twenty-second session (Faust's 3 bits)
     "worker": None,  # agents/store.py as it is
     "l0-16-bloom3": (16, 48, 64, 3),
+    # RocksDB's universal compaction (sorted runs merged with runs of about their size, so a byte is
+    # rewritten about log2(data / flush) times rather than once per compaction of the partition)
+    "universal": (4, 48, 64, 10),
 }
 
 
@@ -88,8 +91,15 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
     if VARIANTS[name]:
         store.L0_COMPACTION_TRIGGER, store.L0_SLOWDOWN_TRIGGER, store.L0_STOP_TRIGGER, store.BLOOM_BITS_PER_KEY = \
             VARIANTS[name]
-    options = store.SharedRocksDBOptions(write_buffer_size=store.NORMAL_WRITE_BUFFER, max_write_buffer_number=2,
-                                         target_file_size_base=16 * 1024 * 1024, use_rocksdict=True)
+    class Options(store.SharedRocksDBOptions):
+        def as_options(self):
+            options = super().as_options()
+            if name == "universal":
+                options.set_compaction_style(rocksdict.DBCompactionStyle.universal())
+            return options
+
+    options = Options(write_buffer_size=store.NORMAL_WRITE_BUFFER, max_write_buffer_number=2,
+                      target_file_size_base=16 * 1024 * 1024, use_rocksdict=True)
     dbs = [options.open(out / f"messages-{p}.db") for p in range(partitions)]
     work = schedule(messages)
     keys = [f"bench-{i:08d}".encode() for i in range(messages)]
