@@ -372,6 +372,8 @@ def pipeline(worker: Worker, expect: dict, timeout: float, progress: Optional[di
                 done_wall, cpu = time.time(), worker.cpu_seconds()
                 if progress is not None:
                     progress.update({"milestones_in_at": done_wall, "seconds_since_healthy": round(now - ready, 1),
+                                     # the worker's start included: a little under the run's rate
+                                     "records_per_s_from_start": round(expect["records"] / (now - started)),
                                      "cpu_s_per_million": round(cpu / expect["records"] * 1e6, 1),
                                      "peak_rss_mb": round(pipeline_peak / 2**20)})
             worker.reset_peak()
