@@ -436,6 +436,11 @@ def pipeline(worker: Worker, expect: dict, timeout: float, progress: Optional[di
     }
 
 
+# The freshness phase reads its callbacks back in parts of at most this many (a reader's answer
+# holds at most SENDTRACK_QUERY_MAX_RESULT_ROWS rows).
+FRESH_ROWS_PER_QUERY = 50_000
+
+
 async def freshness(worker: Worker, settings: Settings, rate: float, seconds: float) -> dict:
     """Publish requests then callbacks at `rate` records/s; publication -> visible in ClickHouse."""
     n = int(rate * seconds / 2)
@@ -476,8 +481,7 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
             break
         time.sleep(1)
     sampler.stop()
-    # In parts of at most FRESH_ROWS_PER_QUERY messages: a reader's answer holds at most
-    # SENDTRACK_QUERY_MAX_RESULT_ROWS (100,000) rows, fewer than a fast run's callbacks.
+    # In parts (FRESH_ROWS_PER_QUERY): a fast run has more callbacks than one answer may hold (100,000).
     parts = -(-len(published) // FRESH_ROWS_PER_QUERY)
     rows = [row for part in range(parts) for row in worker.sql(
         f"SELECT message_id, toUnixTimestamp64Milli(min(_inserted_at)), "
@@ -583,9 +587,6 @@ def timings(before: dict[str, float], after: dict[str, float]) -> dict:
         out[name] = {"count": int(n), "mean_s": round(delta("_sum") / n, 4) if n else None,
                      **{f"over_{b}_s": int(n - delta(f'_bucket{{le="{b}"}}')) for b in ("0.25", "0.5", "1.0")}}
     return out
-
-
-FRESH_ROWS_PER_QUERY = 50_000
 
 
 def exact_counts(worker: Worker) -> tuple[int, int]:

@@ -91,6 +91,7 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
     if VARIANTS[name]:
         store.L0_COMPACTION_TRIGGER, store.L0_SLOWDOWN_TRIGGER, store.L0_STOP_TRIGGER, store.BLOOM_BITS_PER_KEY = \
             VARIANTS[name]
+
     class Options(store.SharedRocksDBOptions):
         def as_options(self):
             options = super().as_options()
