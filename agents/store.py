@@ -104,19 +104,31 @@ L0_SLOWDOWN_TRIGGER = 48
 L0_STOP_TRIGGER = 64
 BLOOM_BITS_PER_KEY = 10
 
+# Reads. Every file's index and bloom filter live in the shared block cache, which at millions of
+# messages is smaller than all of them together (about 24 MB of indexes and filters at 5 M messages,
+# against a 32 MB cache shared with the data blocks): a read then loads the whole index and filter of
+# a file again (tens to hundreds of KB each), and a read's cost grew ninefold with the state (2 to
+# 19 us from the first to the last tenth of 3 M messages, bench/state_compaction.py). With two-level
+# indexes and partitioned filters only each file's top level stays in the cache (pinned), and a read
+# loads one METADATA_BLOCK_BYTES partition of the index and of the filter.
+METADATA_BLOCK_BYTES = 4096
+
 
 class SharedRocksDBOptions(faust_rocksdb.RocksDBOptions):
-    """Faust's options, with the process-wide cache and write buffer manager, and compaction for
-    small flushes (above)."""
+    """Faust's options, with the process-wide cache and write buffer manager, compaction for small
+    flushes and partitioned indexes and filters (above)."""
 
     def as_options(self) -> Any:
         options = super().as_options()
         table = rocksdict.BlockBasedOptions()
-        table.set_bloom_filter(BLOOM_BITS_PER_KEY, True)
+        table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
         table.set_block_cache(_shared["cache"])
         table.set_cache_index_and_filter_blocks(True)
         table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        table.set_index_type(rocksdict.BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_metadata_block_size(METADATA_BLOCK_BYTES)
+        table.set_pin_top_level_index_and_filter(True)
         options.set_block_based_table_factory(table)
         options.set_write_buffer_manager(_shared["write_buffers"])
         options.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER)

@@ -39,6 +39,11 @@ VARIANTS = {
     # RocksDB's universal compaction (sorted runs merged with runs of about their size, so a byte is
     # rewritten about log2(data / flush) times rather than once per compaction of the partition)
     "universal": (4, 48, 64, 10),
+    # the worker's before the twenty-third session: each file's index and filter whole (a read loads
+    # all of them, where the worker now loads one 4 KB partition of each: agents/store.py)
+    "whole-metadata": None,
+    # the worker's without Snappy: a read of a block not in the cache copies it, not decompresses it
+    "no-compression": None,
 }
 
 
@@ -97,6 +102,16 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
             options = super().as_options()
             if name == "universal":
                 options.set_compaction_style(rocksdict.DBCompactionStyle.universal())
+            if name == "no-compression":
+                options.set_compression_type(rocksdict.DBCompressionType.none())
+            if name in ("rocksdb-defaults", "l0-16-bloom3", "whole-metadata"):
+                table = rocksdict.BlockBasedOptions()
+                table.set_bloom_filter(store.BLOOM_BITS_PER_KEY, True)
+                table.set_block_cache(store._shared["cache"])
+                table.set_cache_index_and_filter_blocks(True)
+                table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+                table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+                options.set_block_based_table_factory(table)
             return options
 
     options = Options(write_buffer_size=store.NORMAL_WRITE_BUFFER, max_write_buffer_number=2,
@@ -106,13 +121,22 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
     keys = [f"bench-{i:08d}".encode() for i in range(messages)]
     started, cpu0, main0 = time.monotonic(), time.process_time(), time.thread_time()
     misses = 0
+    # The reads' time per tenth of the writes: what a read costs as the state grows.
+    tenth = max(len(work) // 10, 1)
+    read_s = [0.0] * 11
+    clock = time.perf_counter
     for b in range(0, len(work), BATCH):
         batches = [rocksdict.WriteBatch(raw_mode=True) for _ in dbs]
+        spent = 0.0
         for i, step in work[b:b + BATCH]:
             p = hash(keys[i]) % partitions
-            if dbs[p].get(keys[i]) is None:
+            t = clock()
+            found = dbs[p].get(keys[i])
+            spent += clock() - t
+            if found is None:
                 misses += 1
             batches[p].put(keys[i], value_of(i, step))
+        read_s[b // tenth] += spent
         for p, db in enumerate(dbs):
             batches[p].put(b"__faust\x00offset__", str(b).encode())
             db.write(batches[p])
@@ -130,7 +154,8 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
         db.close()
     size = sum(f.stat().st_size for f in out.rglob("*.sst"))
     return {"variant": name, "writes": len(work), "seconds": round(seconds, 1), "reads_missed": misses,
-            "main_thread_cpu_s": round(main, 1), "background_cpu_s": round(total - main, 1),
+            "main_thread_cpu_s": round(main, 1),
+            "read_us_per_tenth": [round(r / tenth * 1e6, 2) for r in read_s[:10]], "background_cpu_s": round(total - main, 1),
             "flushed_gb": round(flushed, 2), "compaction_written_gb": round(compacted, 2),
             "level0_files_left": level0, "sst_mb": round(size / 2**20)}
 

@@ -150,3 +150,45 @@ def test_state_files_carry_the_configured_filters_and_write_triggers(tmp_path):
     written = "".join(path.read_text() for path in (tmp_path / "db").glob("OPTIONS-*"))
     assert f"level0_slowdown_writes_trigger={store.L0_SLOWDOWN_TRIGGER}\n" in written
     assert f"level0_stop_writes_trigger={store.L0_STOP_TRIGGER}\n" in written
+
+
+def test_state_files_have_partitioned_indexes_and_filters(tmp_path):
+    """A file's index and filter are cut in METADATA_BLOCK_BYTES partitions under a small top level
+    (a read loads one partition of each, not the whole), and the files written before, with whole
+    index and filter blocks, are still read under the new options."""
+    import re
+
+    from agents import store
+
+    store.configure(16)
+    old = rocksdict.BlockBasedOptions()  # the worker's table options before partitioning
+    old.set_bloom_filter(store.BLOOM_BITS_PER_KEY, True)
+    old.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+    before = rocksdict.Options(raw_mode=True)
+    before.create_if_missing(True)
+    before.set_block_based_table_factory(old)
+    db = rocksdict.Rdict(str(tmp_path / "db"), before)
+    for i in range(20_000):
+        db[f"old-{i:06d}".encode()] = b"v" * 50
+    db.flush()
+    db.close()
+    options = store.SharedRocksDBOptions(write_buffer_size=4 * 1024 * 1024, use_rocksdict=True)
+    db = rocksdict.Rdict(str(tmp_path / "db"), options.as_options())
+    fresh = rocksdict.Rdict(str(tmp_path / "fresh"), options.as_options())
+    try:
+        for i in range(50_000):
+            db[f"new-{i:06d}".encode()] = fresh[f"new-{i:06d}".encode()] = b"v" * 50
+        db.flush()
+        fresh.flush()
+        assert db[b"old-012345"] == b"v" * 50 and db[b"new-012345"] == b"v" * 50
+        assert db.get(b"old-999999") is None and db.get(b"new-999999") is None
+        props = fresh.property_value("rocksdb.aggregated-table-properties")
+        assert int(re.search(r"# index partitions=(\d+)", props).group(1)) > 10, props
+    finally:
+        db.close()
+        fresh.close()
+        store.configure(Settings().state_memory_mb)
+    written = "".join(path.read_text() for path in (tmp_path / "fresh").glob("OPTIONS-*"))
+    for line in ("index_type=kTwoLevelIndexSearch", "partition_filters=true",
+                 f"metadata_block_size={store.METADATA_BLOCK_BYTES}", "pin_top_level_index_and_filter=true"):
+        assert f"  {line}\n" in written, line
