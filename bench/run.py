@@ -433,7 +433,24 @@ def pipeline(worker: Worker, expect: dict, timeout: float, progress: Optional[di
                          "rows": timeline[::max(1, len(timeline) // 200)]},
         "rows_per_insert": {t: round(metrics.get(f'sendtrack_clickhouse_rows_total{{table="{t}"}}', 0) / n)
                             for t, n in inserts.items() if n},
+        "records_per_s_by_fifth": rate_by_fifth(timeline, expect["records"]),
     }
+
+
+def rate_by_fifth(timeline: list, records: int) -> list[Optional[int]]:
+    """The engine's rate in each fifth of the backlog (input records applied per second between the
+    first and the last sample inside that fifth), from the timeline's rows (seconds first, records
+    applied fourth): how the rate moves as the state grows. None for a fifth with fewer than two
+    samples in it (a short run)."""
+    rates: list[Optional[int]] = []
+    for k in range(5):
+        low, high = records * k / 5, records * (k + 1) / 5
+        inside = [(row[0], row[3]) for row in timeline if low <= row[3] <= high]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            rates.append(None)
+            continue
+        rates.append(round((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])))
+    return rates
 
 
 # The freshness phase reads its callbacks back in parts of at most this many (a reader's answer
@@ -748,7 +765,15 @@ def main() -> int:
     parser.add_argument("--engine-alone", action="store_true",
                         help="then run the engine without the sink on a copy of the same inputs (what the "
                              "sink costs the engine's process)")
+    parser.add_argument("--by-fifth", metavar="RESULT", type=Path,
+                        help="print the rate in each fifth of the backlog of a kept result and exit")
     args = parser.parse_args()
+    if args.by_fifth:
+        kept = json.loads(args.by_fifth.read_text())
+        rows = kept["pipeline"]["rss_timeline"]["rows"]
+        print(f"{kept['run']}: input records/s in each fifth of the backlog: "
+              f"{rate_by_fifth(rows, kept['workload']['records'])}")
+        return 0
     if args.freshness_rate is not None and args.freshness_rate <= 0:
         parser.error("--freshness-rate must be above 0")
     messages = args.messages or (20_000 if args.quick else 2_000_000)
@@ -852,6 +877,7 @@ def main() -> int:
           f"freshness p50 {result['freshness']['p50_s']} s, p99 {result['freshness']['p99_s']} s at "
           f"{result['freshness']['rate_records_per_s']:,}/s; peak RSS {p['peak_rss_mb']} MB "
           f"({p['check_query']['peak_rss_mb']} MB during the whole-dataset check query); "
+          f"input records/s in each fifth of the backlog {p['records_per_s_by_fifth']}; "
           f"funnel query {result['funnel_query']['query_ms_median']} ms over "
           f"{result['funnel_query']['messages']:,} messages; cold restore "
           + cold_restore_summary(result.get("cold_restore"), args.split))
