@@ -105,10 +105,11 @@ L0_STOP_TRIGGER = 64
 BLOOM_BITS_PER_KEY = 10
 
 # Reads. Every file's index and bloom filter live in the shared block cache, which at millions of
-# messages is smaller than all of them together (about 24 MB of indexes and filters at 5 M messages,
-# against a 32 MB cache shared with the data blocks): a read then loads the whole index and filter of
-# a file again (tens to hundreds of KB each), and a read's cost grew ninefold with the state (2 to
-# 19 us from the first to the last tenth of 3 M messages, bench/state_compaction.py). With two-level
+# messages is smaller than all of them together (by an estimate, about 24 MB of indexes and filters
+# at 5 M messages, against a 32 MB cache shared with the data blocks): a read then loads the whole
+# index and filter of a file again (tens to hundreds of KB each). In bench/state_compaction.py's
+# replay of 3 M messages a read took 10-15 us in the middle of the run (2 us at its start); 9-10 us
+# with the partitioned form (docs/performance.md, "Twenty-third session"). With two-level
 # indexes and partitioned filters only each file's top level stays in the cache (pinned), and a read
 # loads one METADATA_BLOCK_BYTES partition of the index and of the filter.
 METADATA_BLOCK_BYTES = 4096

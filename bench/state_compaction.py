@@ -104,7 +104,7 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
                 options.set_compaction_style(rocksdict.DBCompactionStyle.universal())
             if name == "no-compression":
                 options.set_compression_type(rocksdict.DBCompressionType.none())
-            if name in ("rocksdb-defaults", "l0-16-bloom3", "whole-metadata"):
+            if name in ("rocksdb-defaults", "l0-16-bloom3", "universal", "whole-metadata"):  # as measured then
                 table = rocksdict.BlockBasedOptions()
                 table.set_bloom_filter(store.BLOOM_BITS_PER_KEY, True)
                 table.set_block_cache(store._shared["cache"])

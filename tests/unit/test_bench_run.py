@@ -25,3 +25,9 @@ def test_each_fifth_of_the_backlog_gets_the_rate_of_the_samples_inside_it():
 def test_a_fifth_without_two_samples_has_no_rate():
     rows = [[0.0, 0, 0, 0, 0, 0, 0], [1.0, 0, 0, 150, 0, 0, 0], [2.0, 0, 0, 1000, 0, 0, 0]]
     assert run.rate_by_fifth(rows, 1000) == [150, None, None, None, None]
+
+
+def test_the_waits_after_the_last_record_do_not_count():
+    # Every record applied at 10 s; the bench then waits for the views and its checks.
+    rows = [[t, 0, 0, min(100 * t, 1000), 0, 0, 0] for t in range(0, 31)]
+    assert run.rate_by_fifth(rows, 1000) == [100, 100, 100, 100, 100]
