@@ -115,22 +115,32 @@ BLOOM_BITS_PER_KEY = 10
 METADATA_BLOCK_BYTES = 4096
 
 
+def table_options(partitioned: bool = True) -> Any:
+    """The tables' block options on the shared cache: bloom filters, index and filter blocks in the
+    cache (level 0's pinned), partitioned as above (`partitioned=False`: whole, as before the
+    twenty-third session, for bench/state_compaction.py)."""
+    table = rocksdict.BlockBasedOptions()
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+    table.set_block_cache(_shared["cache"])
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    if not partitioned:
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        return table
+    table.set_index_type(rocksdict.BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_metadata_block_size(METADATA_BLOCK_BYTES)
+    table.set_pin_top_level_index_and_filter(True)
+    return table
+
+
 class SharedRocksDBOptions(faust_rocksdb.RocksDBOptions):
     """Faust's options, with the process-wide cache and write buffer manager, compaction for small
     flushes and partitioned indexes and filters (above)."""
 
     def as_options(self) -> Any:
         options = super().as_options()
-        table = rocksdict.BlockBasedOptions()
-        table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
-        table.set_block_cache(_shared["cache"])
-        table.set_cache_index_and_filter_blocks(True)
-        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-        table.set_index_type(rocksdict.BlockBasedIndexType.two_level_index_search())
-        table.set_partition_filters(True)
-        table.set_metadata_block_size(METADATA_BLOCK_BYTES)
-        table.set_pin_top_level_index_and_filter(True)
-        options.set_block_based_table_factory(table)
+        options.set_block_based_table_factory(table_options())
         options.set_write_buffer_manager(_shared["write_buffers"])
         options.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER)
         options.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN_TRIGGER)

@@ -105,13 +105,7 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
             if name == "no-compression":
                 options.set_compression_type(rocksdict.DBCompressionType.none())
             if name in ("rocksdb-defaults", "l0-16-bloom3", "universal", "whole-metadata"):  # as measured then
-                table = rocksdict.BlockBasedOptions()
-                table.set_bloom_filter(store.BLOOM_BITS_PER_KEY, True)
-                table.set_block_cache(store._shared["cache"])
-                table.set_cache_index_and_filter_blocks(True)
-                table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-                table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
-                options.set_block_based_table_factory(table)
+                options.set_block_based_table_factory(store.table_options(partitioned=False))
             return options
 
     options = Options(write_buffer_size=store.NORMAL_WRITE_BUFFER, max_write_buffer_number=2,
