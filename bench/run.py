@@ -471,7 +471,7 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
     log_from = (worker.data_dir / "worker.log").stat().st_size
     published: dict[str, float] = {}
     now_ms = int(time.time() * 1000)
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     sampler = BusySampler(worker)
     sampler.start()
     try:
@@ -527,7 +527,9 @@ async def freshness(worker: Worker, settings: Settings, rate: float, seconds: fl
                if isinstance(worker, Pair) else {}),
             "slow_engine_batches": slow_batches(worker.data_dir / "worker.log", log_from),
             "alert_evaluations": sampler.overlap(
-                "alert_evaluation_seconds", [(published[mid], ms / 1000) for mid, ms, _ in rows])}
+                "alert_evaluation_seconds", [(published[mid], ms / 1000) for mid, ms, _ in rows]),
+            "by_second": sampler.by_second(started_wall, [(published[mid], ms / 1000, rec / 1000)
+                                                          for mid, ms, rec in rows])}
 
 
 class BusySampler(threading.Thread):
@@ -580,6 +582,51 @@ class BusySampler(threading.Thread):
                 "observations": [[round(s, 2), round(e - s, 2)] for s, e in spans],
                 "waits_overlapping": len(hit), "waits_other": len(rest),
                 "p99_overlapping_s": p99(hit), "p99_other_s": p99(rest)}
+
+
+    # What by_second sums for each second of the phase: the sink's batches by what ended them, and
+    # the seconds the worker's histograms grew by (the inserts, the engine's batches, ...).
+    SECOND_COUNTERS = {"deadline": 'sendtrack_sink_batches_total{ended="deadline"}',
+                       "caught_up": 'sendtrack_sink_batches_total{ended="caught_up"}',
+                       "inserts": "sendtrack_clickhouse_insert_seconds_count"}
+    SECOND_SUMS = {"insert_s": "clickhouse_insert_seconds", "gather_s": "sink_batch_gather_seconds",
+                   "engine_s": "engine_batch_seconds", "alerts_s": "alert_evaluation_seconds",
+                   "loop_lag_s": "event_loop_lag_seconds", "gc_s": "gc_full_collection_seconds"}
+
+    def by_second(self, t0: float, waits: list[tuple[float, float, float]]) -> dict:
+        """Each second of the phase from `t0` (its start; the requests come first, then the
+        callbacks): how many callbacks were
+        published in it, their p99 wait (to ClickHouse, and to the engine), and what the worker's
+        counters and histograms grew by between the samples that ended in it; so a tail can be set
+        beside what the sink and the engine did when it formed."""
+        if not waits or len(self.samples) < 2:
+            return {}
+        seconds = int(max(p for p, _, _ in waits) - t0) + 1
+        slots: list[list[tuple[float, float]]] = [[] for _ in range(seconds)]
+        for published, visible, recorded in waits:
+            slots[int(published - t0)].append((visible - published, recorded - published))
+        grew = [dict.fromkeys(list(self.SECOND_COUNTERS) + list(self.SECOND_SUMS), 0.0)
+                for _ in range(seconds + 5)]
+        for (_, before), (t, after) in zip(self.samples, self.samples[1:]):
+            i = int(t - t0)
+            if not 0 <= i < len(grew):
+                continue
+            for key, name in self.SECOND_COUNTERS.items():
+                grew[i][key] += after.get(name, 0.0) - before.get(name, 0.0)
+            for key, name in self.SECOND_SUMS.items():
+                grew[i][key] += after.get(f"sendtrack_{name}_sum", 0.0) - before.get(f"sendtrack_{name}_sum", 0.0)
+
+        def p99(xs: list[float]) -> Optional[float]:
+            xs = sorted(xs)
+            return round(xs[min(len(xs) - 1, int(0.99 * len(xs)))], 3) if xs else None
+        columns = ["second", "callbacks", "p99_s", "p99_to_engine_s", *self.SECOND_COUNTERS, *self.SECOND_SUMS]
+        out = [[i, len(slot), p99([w for w, _ in slot]), p99([e for _, e in slot]),
+                *(round(grew[i][k], 3) for k in list(self.SECOND_COUNTERS) + list(self.SECOND_SUMS))]
+               for i, slot in enumerate(slots)]
+        # The seconds after the last publication, while the last callbacks were still on their way.
+        out += [[i, 0, None, None, *(round(grew[i][k], 3) for k in list(self.SECOND_COUNTERS) + list(self.SECOND_SUMS))]
+                for i in range(seconds, seconds + 5)]
+        return {"columns": columns, "rows": out}
 
 
 def slow_batches(path: Path, offset: int, keep: int = 20) -> list[str]:

@@ -1,4 +1,5 @@
-"""The bench's rate in each fifth of the backlog (bench/run.py `rate_by_fifth`)."""
+"""The bench's rate in each fifth of the backlog (bench/run.py `rate_by_fifth`), and the freshness phase
+ by second (`BusySampler.by_second`)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,22 @@ def test_the_waits_after_the_last_record_do_not_count():
     # Every record applied at 10 s; the bench then waits for the views and its checks.
     rows = [[t, 0, 0, min(100 * t, 1000), 0, 0, 0] for t in range(0, 31)]
     assert run.rate_by_fifth(rows, 1000) == [100, 100, 100, 100, 100]
+
+
+def test_each_second_of_the_freshness_phase_has_its_waits_and_what_the_worker_did():
+    sampler = run.BusySampler.__new__(run.BusySampler)  # its samples only: no worker is polled
+    deadline = 'sendtrack_sink_batches_total{ended="deadline"}'
+    sampler.samples = [
+        (100.2, {deadline: 0, "sendtrack_clickhouse_insert_seconds_sum": 1.0}),
+        (101.5, {deadline: 1, "sendtrack_clickhouse_insert_seconds_sum": 1.5}),  # in second 1
+        (102.2, {deadline: 1, "sendtrack_clickhouse_insert_seconds_sum": 1.5}),
+        (103.1, {deadline: 3, "sendtrack_clickhouse_insert_seconds_sum": 2.0}),  # in second 3
+    ]
+    # (published, visible, recorded by the engine): seconds 0 and 2 from 100.0
+    waits = [(100.1, 100.6, 100.2), (100.5, 100.7, 100.6), (102.9, 104.4, 103.0)]
+    got = sampler.by_second(100.0, waits)
+    rows = [dict(zip(got["columns"], row)) for row in got["rows"]]
+    assert [(r["second"], r["callbacks"], r["p99_s"], r["p99_to_engine_s"]) for r in rows[:3]] \
+        == [(0, 2, 0.5, 0.1), (1, 0, None, None), (2, 1, 1.5, 0.1)]
+    assert [(r["deadline"], r["insert_s"]) for r in rows[:4]] == [(0, 0), (1, 0.5), (0, 0), (2, 0.5)]
+    assert len(rows) == 3 + 5  # and the five seconds after the last publication
