@@ -16,10 +16,11 @@ Exactly once, across crashes and between workers:
   again, the changes from what the topic holds, once.
 - Any failure of the producer (fenced, a transaction that failed, the broker gone) ends that
   producer: after a pause a new one fences the others and reads the topic back again.
-An evaluation costs a query over the last 7 days of messages (0.59 s at 10 M messages over 30 days
-on all threads, docs/dashboard.md); it runs on one of ClickHouse's threads, and the next one waits at least
-SENDTRACK_ALERT_INTERVAL_SECONDS and nine times the last one's duration: evaluating takes at most a
-tenth of a core, however many messages the week holds. Its memory grows with the parts of
+An evaluation costs a query over the last 7 days of messages: on one of ClickHouse's threads, about
+1 s at 5 M messages in the week since migration 0019 counts each message once (2 s before; docs/
+performance.md "Twenty-fourth session"). The next one waits at least SENDTRACK_ALERT_INTERVAL_SECONDS
+and nine times the last one's duration: evaluating takes at most a tenth of a core, however many
+messages the week holds. Its memory grows with the parts of
 message_health (migration 0018) that ClickHouse has not merged yet (sinks/analyst.py, EVALUATION_BLOCK_ROWS).
 """
 

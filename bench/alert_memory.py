@@ -8,6 +8,7 @@ then, in a fresh process per variant, evaluates the report the way agents/alerts
 the process's RSS before and its high-water mark after.
 
     .venv/bin/python bench/alert_memory.py --messages 1000000 --inserts 300
+    .venv/bin/python bench/alert_memory.py --messages 5000000 --variants '[{"view": 18}, {"view": 19}]'
 """
 
 from __future__ import annotations
@@ -104,6 +105,12 @@ def evaluate(path: Path, variant: dict) -> dict:
         readonly = pool.limits.pop("readonly")
         pool.limits.update(variant["clickhouse"])
         pool.limits["readonly"] = readonly
+    if variant.get("view"):  # deliverability_health as migration `view` defines it (18: one row per window)
+        from sinks.migrate import available
+
+        migration = next(m for m in available() if m.version == variant["view"])
+        ch.command(next(s for s in migration.statements(ch.database)
+                        if "VIEW" in s and "deliverability_health AS" in s))
     seen = parts(ch)
     before = status_kb("VmRSS")
     started = time.monotonic()
@@ -121,8 +128,9 @@ def main() -> None:
     parser.add_argument("--table-settings", default="", help="messages_by_workspace's settings to build with")
     parser.add_argument("--path", type=Path, help="an existing dataset (built by a previous run)")
     parser.add_argument("--variants", default='[{}]',
-                        help="JSON list of {settings: {...}, clickhouse: {...}, query: wide|narrow}: sendtrack's "
-                             "and ClickHouse's settings changed, or one of the two counts alone")
+                        help="JSON list of {settings: {...}, clickhouse: {...}, query: wide|narrow, view: N}: "
+                             "sendtrack's and ClickHouse's settings changed, one of the two counts alone, or the "
+                             "view as migration N defines it (the dataset keeps it)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+import uuid
+from typing import Iterator
 
 import orjson
 import pytest
@@ -13,6 +16,7 @@ from sendtrack import recipients
 from sendtrack.cli import build_parser
 from sendtrack.settings import Settings
 from sinks import expectations, reports
+from sinks import migrate as migrations
 from sinks.clickhouse import ClickHouse
 from sinks.writer import Batch
 from tests.unit.test_sink_inserts import CHANGE
@@ -211,18 +215,24 @@ def test_each_workspace_is_judged_on_its_own_messages(classified):
     assert {key[0] for key in only} == {"shop-clean"}
 
 
+@contextlib.contextmanager
+def migrated_to(engine_path, version: int) -> Iterator[ClickHouse]:
+    """A database of its own on the test's engine, migrated up to `version`, recipients classified;
+    dropped afterwards."""
+    ch = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"), database=f"mh_{uuid.uuid4().hex[:10]}")
+    try:
+        migrations.migrate(ch, log=lambda *_: None, up_to=version)
+        recipients.apply(ch, log=lambda *_: None)
+        yield ch
+    finally:
+        ch.command(f"DROP DATABASE IF EXISTS `{ch.database}`")
+
+
 def test_migration_0018_counts_the_messages_written_before_it_once(engine_path):
     """The view reads message_health from 0018 on: the messages written before it are copied in, a
     message written both ways and a duplicate status change count once, and the rates, volumes and
     states are those the view gave over messages_by_workspace before."""
-    import uuid
-
-    from sinks import migrate as migrations
-
-    ch = ClickHouse.connect(Settings(clickhouse_url=f"chdb://{engine_path}"), database=f"mh_{uuid.uuid4().hex[:10]}")
-    try:
-        migrations.migrate(ch, log=lambda *_: None, up_to=17)
-        recipients.apply(ch, log=lambda *_: None)
+    with migrated_to(engine_path, 17) as ch:
         groups = [("g-ok", "sendgrid", "gmail.com", 1, 186, DELIVERED), ("g-bounce", "sendgrid", "gmail.com", 30, 14, BOUNCED),
                   ("y-bounce", "sendgrid", "yahoo.com", 3, 12, BOUNCED), ("s-spam", "ses", "gmail.com", 100, 40, COMPLAINED),
                   ("s-unsub", "ses", "gmail.com", 1, 6, UNSUBSCRIBED), ("old", "ses", "gmail.com", 24 * 8, 50, BOUNCED)]
@@ -232,7 +242,7 @@ def test_migration_0018_counts_the_messages_written_before_it_once(engine_path):
         before = health(ch)
         assert before[("24h", "email", "sendgrid", "gmail", "bounce")]["volume"] == 186
         assert before[("7d", "email", "sendgrid", "gmail", "bounce")]["events"] == 14
-        assert [m.version for m in migrations.migrate(ch, log=lambda *_: None)] == [18]
+        assert [m.version for m in migrations.migrate(ch, log=lambda *_: None, up_to=18)] == [18]
         assert ch.query(f"SELECT count() FROM `{ch.database}`.message_health FINAL")[1] == [(308,)]
         assert health(ch) == before
         # Written again (a rerun after a partial run) and through the new view: still once each.
@@ -248,8 +258,6 @@ def test_migration_0018_counts_the_messages_written_before_it_once(engine_path):
         # The view reads message_health alone: without messages_by_workspace it says the same.
         ch.command(f"ALTER TABLE `{ch.database}`.messages_by_workspace DELETE WHERE 1 SETTINGS mutations_sync = 2")
         assert health(ch) == after
-    finally:
-        ch.command(f"DROP DATABASE IF EXISTS `{ch.database}`")
 
 
 def test_the_health_reads_only_the_months_of_the_last_7_days(classified):
@@ -263,3 +271,32 @@ def test_the_health_reads_only_the_months_of_the_last_7_days(classified):
     expectations.apply_thresholds(classified, Settings(), log=lambda *_: None)
     assert classified.query(f"SELECT sum(volume) FROM {db}.deliverability_health WHERE period = '7d' "
                             "AND metric = 'bounce' AND mailbox_provider = '*' SETTINGS max_rows_to_read = 500")[1] == [(10,)]
+
+
+def test_migration_0019_counts_each_message_once_and_gives_the_same_rates(engine_path):
+    """0019 counts each message once per group before spreading the groups over the two windows and
+    '*' (0018 spread every message first): the view's rows, values and column types are unchanged,
+    across the 24-hour and 7-day edges, mailbox providers, a message without one, and workspaces."""
+    with migrated_to(engine_path, 18) as ch:
+        groups = [("g-ok", "sendgrid", "gmail.com", 1, 186, DELIVERED), ("g-bounce", "sendgrid", "gmail.com", 30, 14, BOUNCED),
+                  ("y-bounce", "sendgrid", "yahoo.com", 3, 12, BOUNCED), ("y-old", "sendgrid", "yahoo.com", 23.5, 9, DELIVERED),
+                  ("s-spam", "ses", "gmail.com", 100, 40, COMPLAINED), ("s-unsub", "ses", "gmail.com", 24.5, 6, UNSUBSCRIBED),
+                  ("old", "ses", "gmail.com", 24 * 8, 50, BOUNCED), ("edge", "ses", "outlook.com", 24 * 7 - 1, 5, BOUNCED)]
+        publish(ch, groups)
+        publish(ch, [("sms", "esms", "+8490", 2, 20, ["sent", "delivered"]), ("sms-f", "esms", "+8490", 50, 3,
+                                                                             ["sent", "failed"])], action="sms")
+        publish(ch, groups[:3])  # redelivered: the same status changes again
+        for shop, n in (("shop-a", 7), ("shop-b", 11)):
+            batch = Batch()
+            for i in range(n):
+                change = dataclasses.replace(CHANGE, message_id=f"{shop}-{i}", change_id=f"{shop}-{i}-b",
+                                             workspace_id=shop, status="bounced", current_status="bounced",
+                                             requested_at=int(time.time() * 1000) - HOUR_MS)
+                batch.add_status_change(orjson.dumps(change), "status-changes", 0, i)
+            batch.write(ch)
+        types = ch.query(f"DESCRIBE TABLE `{ch.database}`.deliverability_health")[1]
+        before = health(ch)
+        assert len(before) > 40 and {k[0] for k in before} >= {"24h", "7d", "shop-a", "shop-b"}
+        assert [m.version for m in migrations.migrate(ch, log=lambda *_: None)] == [19]
+        assert health(ch) == before
+        assert ch.query(f"DESCRIBE TABLE `{ch.database}`.deliverability_health")[1] == types
