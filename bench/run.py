@@ -547,11 +547,18 @@ class BusySampler(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
+        self.sample()  # at the phase's start, so that its first quarter second counts too
         while not self.done.wait(self.SAMPLE_SECONDS):
-            try:
-                self.samples.append((time.time(), self.worker.metrics()))
-            except Exception:  # noqa: BLE001 - a sample missed (the worker busy, a partial answer): the next one covers it
-                pass
+            self.sample()
+
+    def sample(self) -> None:
+        try:
+            metrics = self.worker.metrics()
+        except Exception:  # noqa: BLE001 - a sample missed (the worker busy, a partial answer): the next one covers it
+            return
+        # Stamped once the worker answered: a slow answer (a busy worker) would otherwise put what it
+        # reports in an earlier second than the one it ended in.
+        self.samples.append((time.time(), metrics))
 
     def stop(self) -> None:
         self.done.set()
@@ -595,16 +602,18 @@ class BusySampler(threading.Thread):
 
     def by_second(self, t0: float, waits: list[tuple[float, float, float]]) -> dict:
         """Each second of the phase from `t0` (its start; the requests come first, then the
-        callbacks): how many callbacks were
-        published in it, their p99 wait (to ClickHouse, and to the engine), and what the worker's
-        counters and histograms grew by between the samples that ended in it; so a tail can be set
-        beside what the sink and the engine did when it formed."""
+        callbacks): how many callbacks were published in it, their p99 wait (to ClickHouse, and to
+        the engine), and what the worker's counters and histograms grew by between the samples that
+        ended in it; so a tail can be set beside what the sink and the engine did when it formed. A
+        duration counts whole in the second it ended (an evaluation of 4 s shows as 4 s there), and
+        a callback's wait in the second it was published: what held it shows in that row and the
+        next ones."""
         if not waits or len(self.samples) < 2:
             return {}
         seconds = int(max(p for p, _, _ in waits) - t0) + 1
         slots: list[list[tuple[float, float]]] = [[] for _ in range(seconds)]
         for published, visible, recorded in waits:
-            slots[int(published - t0)].append((visible - published, recorded - published))
+            slots[max(0, int(published - t0))].append((visible - published, recorded - published))
         grew = [dict.fromkeys(list(self.SECOND_COUNTERS) + list(self.SECOND_SUMS), 0.0)
                 for _ in range(seconds + 5)]
         for (_, before), (t, after) in zip(self.samples, self.samples[1:]):

@@ -4,7 +4,8 @@
 -- at 5 M messages a week that is 10-20 M rows through the aggregation on every evaluation. The
 -- counts are sums, so this view counts each message once, by workspace, action, provider, mailbox
 -- provider and whether it was requested in the last 24 hours, and spreads those few groups over the
--- windows and '*' afterwards. The rows, values and types are 0018's.
+-- windows and '*' afterwards. The rows, values and types are 0018's (its 7 days were both 7 calendar
+-- days in the engine's time zone and 604,800 s, whichever is shorter: so are these).
 CREATE OR REPLACE VIEW {db}.deliverability_health AS
 SELECT g.workspace_id AS workspace_id, g.period AS period, g.action AS action, g.provider AS provider,
        g.mailbox AS mailbox_provider, t.metric AS metric,
@@ -34,7 +35,7 @@ FROM (
                    count() AS n, sum(delivered) AS n_delivered, sum(bounced) AS n_bounced, sum(failed) AS n_failed,
                    sum(complained) AS n_complained, sum(unsubscribed) AS n_unsubscribed
             FROM {db}.message_health FINAL
-            WHERE requested_at >= now64(3) - toIntervalDay(7)
+            WHERE requested_at >= now64(3) - toIntervalDay(7) AND requested_at >= now64(3) - toIntervalSecond(604800)
             GROUP BY workspace_id, action, provider, mailbox_provider, last_day
         )
     )
