@@ -30,3 +30,21 @@ def test_histogram_renders_buckets_sum_and_count():
 
 def test_an_unobserved_histogram_is_empty():
     assert Metrics().histogram("never")["count"] == 0
+
+
+def test_large_counters_and_sums_are_rendered_exactly():
+    # Six significant digits ("%g") made a counter of 15,981,674 records "1.59817e+07": a rate over
+    # a few seconds of it was off by up to 50 records, and a histogram's sum after hours lost its
+    # milliseconds.
+    m = Metrics()
+    m.inc("records_in_total", 15_981_674, topic="t")
+    m.set("resident_bytes", 1_083_179_008)
+    for _ in range(3):
+        m.observe("batch_seconds", 1234.5678)
+    m.observe("small_seconds", 0.1)
+    text = m.render()
+    assert 'sendtrack_records_in_total{topic="t"} 15981674\n' in text
+    assert "sendtrack_resident_bytes 1083179008\n" in text
+    assert float(next(line for line in text.splitlines() if line.startswith("sendtrack_batch_seconds_sum ")).split()[1]) \
+        == sum([1234.5678] * 3)  # exactly the sum kept
+    assert "sendtrack_small_seconds_sum 0.1\n" in text
