@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--variants", default='[{}]',
                         help="JSON list of {settings: {...}, clickhouse: {...}, query: wide|narrow, view: N}: "
                              "sendtrack's and ClickHouse's settings changed, one of the two counts alone, or the "
-                             "view as migration N defines it (the dataset keeps it)")
+                             "view as migration N defines it for that evaluation (the latest migration's afterwards)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:

@@ -590,7 +590,6 @@ class BusySampler(threading.Thread):
                 "waits_overlapping": len(hit), "waits_other": len(rest),
                 "p99_overlapping_s": p99(hit), "p99_other_s": p99(rest)}
 
-
     # What by_second sums for each second of the phase: the sink's batches by what ended them, and
     # the seconds the worker's histograms grew by (the inserts, the engine's batches, ...).
     SECOND_COUNTERS = {"deadline": 'sendtrack_sink_batches_total{ended="deadline"}',
@@ -610,12 +609,13 @@ class BusySampler(threading.Thread):
         next ones."""
         if not waits or len(self.samples) < 2:
             return {}
-        seconds = int(max(p for p, _, _ in waits) - t0) + 1
+        # Every second with a publication, and the five after the last one (its callbacks on their way).
+        seconds = int(max(p for p, _, _ in waits) - t0) + 1 + 5
         slots: list[list[tuple[float, float]]] = [[] for _ in range(seconds)]
         for published, visible, recorded in waits:
             slots[max(0, int(published - t0))].append((visible - published, recorded - published))
-        grew = [dict.fromkeys(list(self.SECOND_COUNTERS) + list(self.SECOND_SUMS), 0.0)
-                for _ in range(seconds + 5)]
+        keys = [*self.SECOND_COUNTERS, *self.SECOND_SUMS]
+        grew = [dict.fromkeys(keys, 0.0) for _ in range(seconds)]
         for (_, before), (t, after) in zip(self.samples, self.samples[1:]):
             i = int(t - t0)
             if not 0 <= i < len(grew):
@@ -628,14 +628,9 @@ class BusySampler(threading.Thread):
         def p99(xs: list[float]) -> Optional[float]:
             xs = sorted(xs)
             return round(xs[min(len(xs) - 1, int(0.99 * len(xs)))], 3) if xs else None
-        columns = ["second", "callbacks", "p99_s", "p99_to_engine_s", *self.SECOND_COUNTERS, *self.SECOND_SUMS]
-        out = [[i, len(slot), p99([w for w, _ in slot]), p99([e for _, e in slot]),
-                *(round(grew[i][k], 3) for k in list(self.SECOND_COUNTERS) + list(self.SECOND_SUMS))]
-               for i, slot in enumerate(slots)]
-        # The seconds after the last publication, while the last callbacks were still on their way.
-        out += [[i, 0, None, None, *(round(grew[i][k], 3) for k in list(self.SECOND_COUNTERS) + list(self.SECOND_SUMS))]
-                for i in range(seconds, seconds + 5)]
-        return {"columns": columns, "rows": out}
+        rows = [[i, len(slot), p99([w for w, _ in slot]), p99([e for _, e in slot]),
+                 *(round(grew[i][k], 3) for k in keys)] for i, slot in enumerate(slots)]
+        return {"columns": ["second", "callbacks", "p99_s", "p99_to_engine_s", *keys], "rows": rows}
 
 
 def slow_batches(path: Path, offset: int, keep: int = 20) -> list[str]:
