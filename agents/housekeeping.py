@@ -1,5 +1,5 @@
-"""Background upkeep of the worker process: event-loop lag, Python's full collections, and
-the memory the allocator kept."""
+"""Background upkeep of the worker process: event-loop lag, Python's full collections, the memory
+the allocator kept, and its background threads' priority."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import time
 from agents.app import app
 from sendtrack import memory
 from sendtrack.metrics import metrics
+from sendtrack.settings import get_settings
+from sendtrack.threads import BackgroundPriority
 
 log = logging.getLogger(__name__)
 
 TRIM_INTERVAL_SECONDS = 2.0
 FREEZE_AFTER_SECONDS = 10.0
+PRIORITY_INTERVAL_SECONDS = 5.0
 
 memory.time_full_collections()
 
@@ -48,3 +51,16 @@ async def trim_memory() -> None:
     started = time.perf_counter()
     memory.trim()
     metrics.observe("malloc_trim_seconds", time.perf_counter() - started)
+    memory.note_allocator()
+
+
+_background = BackgroundPriority(get_settings().background_nice)
+
+
+@app.timer(PRIORITY_INTERVAL_SECONDS)
+async def lower_background_threads() -> None:
+    """Keep RocksDB's compactions and ClickHouse's merges nicer than the event loop
+    (SENDTRACK_BACKGROUND_NICE; sendtrack/threads.py): their pools start threads as they need them."""
+    lowered = _background.apply()
+    if lowered:
+        log.debug("lowered the priority of %d background threads", lowered)

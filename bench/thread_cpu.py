@@ -4,7 +4,10 @@ Threads are named by what started them: `python` (the engine's event loop and Py
 threads), `rocksdb:low` / `rocksdb:high` (RocksDB's compactions / flushes), `MergeMutate` (embedded
 ClickHouse's merges), `ThreadPool`, `QueryPipelineEx` and others (its inserts and queries). Each line
 gives the cores each name used over the interval (a thread's CPU is counted by thread id, so a
-thread that changes its name is counted once), and the broker's process beside it. Run it beside a
+thread that changes its name is counted once), and the broker's process beside it, with its four
+busiest thread names (`data-plane-kafk`: its request handlers; `kafka-log-clean`: the log cleaner,
+which compacts the changelogs). `machine` is every process's CPU (the bench's own publisher
+included). Run it beside a
 `make bench` (it waits for the worker to start and ends with it):
 
     python3 bench/thread_cpu.py > bench/results/threads-<run>.log
@@ -40,6 +43,24 @@ def threads(pid: int) -> dict[str, tuple[str, float]]:
     return out
 
 
+def machine_busy() -> float:
+    """CPU seconds every core of the machine has been busy (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / TICK
+
+
+def by_name(now: dict[str, tuple[str, float]], before: dict[str, tuple[str, float]]) -> collections.Counter:
+    """CPU seconds each thread name used between two `threads` readings."""
+    used: collections.Counter = collections.Counter()
+    for tid, (name, cpu) in now.items():
+        used[name] += cpu - before.get(tid, (name, 0.0))[1]
+    return used
+
+
+def shares(used: collections.Counter, span: float, most: int) -> str:
+    return ", ".join(f"{name}={cpu / span:.2f}" for name, cpu in used.most_common(most) if cpu / span >= 0.005)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", default="sendtrack.cli worker", help="pgrep -f pattern of the worker")
@@ -50,25 +71,23 @@ def main() -> None:
         time.sleep(2)
     broker = pid_of(args.broker)
     print(f"worker {pid} broker {broker}", flush=True)
-    cpu_of_broker = lambda: sum(v for _, v in threads(broker).values()) if broker else 0.0  # noqa: E731
-    before, broker_before = threads(pid), cpu_of_broker()
+    broker_threads = lambda: threads(broker) if broker else {}  # noqa: E731
+    before, broker_before, busy_before = threads(pid), broker_threads(), machine_busy()
     started = last = time.time()
     while os.path.exists(f"/proc/{pid}"):
         time.sleep(args.interval)
         try:
-            now_threads, broker_now = threads(pid), cpu_of_broker()
+            now_threads, broker_now, busy_now = threads(pid), broker_threads(), machine_busy()
         except OSError:  # the worker ended
             break
         now = time.time()
-        used: collections.Counter = collections.Counter()
-        for tid, (name, cpu) in now_threads.items():
-            used[name] += cpu - before.get(tid, (name, 0.0))[1]
         span = now - last
-        print(f"t={now - started:6.0f}s worker={sum(used.values()) / span:.2f} cores "
-              f"broker={(broker_now - broker_before) / span:.2f} | "
-              + ", ".join(f"{name}={cpu / span:.2f}" for name, cpu in used.most_common(10) if cpu / span >= 0.005),
-              flush=True)
-        before, broker_before, last = now_threads, broker_now, now
+        used, by_broker = by_name(now_threads, before), by_name(broker_now, broker_before)
+        print(f"t={now - started:6.0f}s machine={(busy_now - busy_before) / span:.2f} "
+              f"worker={sum(used.values()) / span:.2f} cores "
+              f"broker={sum(by_broker.values()) / span:.2f} | " + shares(used, span, 10)
+              + " | broker: " + shares(by_broker, span, 4), flush=True)
+        before, broker_before, busy_before, last = now_threads, broker_now, busy_now, now
 
 
 if __name__ == "__main__":

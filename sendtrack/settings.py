@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     # Memory for the tables' RocksDB databases together (half memtables, half block cache); reads
     # beyond it come from the OS page cache, outside the worker's RSS.
     state_memory_mb: int = Field(default=64, ge=16)
+    # How much nicer than the worker its background threads run (RocksDB's compactions, embedded
+    # ClickHouse's merges; sendtrack/threads.py): they yield the CPU to the event loop. 0 = as is.
+    background_nice: int = Field(default=10, ge=0, le=19)
     # Memtables of the tables being restored from their changelogs after the local state was lost
     # (only while a restore runs): large memtables keep RocksDB from rewriting the data many times.
     restore_memory_mb: int = Field(default=256, ge=16)
