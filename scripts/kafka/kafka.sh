@@ -66,6 +66,10 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.retention.hours=168
 log.segment.bytes=67108864
+# The log cleaner compacts the tables' changelogs in passes that rewrite a whole partition: at 5 M
+# messages it took 0.3-0.75 of a core for 15-25 s at a time, on the two cores it shares here with the
+# worker (docs/performance.md, twenty-fifth session). Throttled, each pass runs longer and thinner.
+log.cleaner.io.max.bytes.per.second=33554432
 EOF
   cat >"$home/log4j2.yaml" <<EOF
 Configuration:
