@@ -7,10 +7,9 @@ import asyncio
 import logging
 import time
 
-from agents.app import app
+from agents.app import app, settings
 from sendtrack import memory
 from sendtrack.metrics import metrics
-from sendtrack.settings import get_settings
 from sendtrack.threads import BackgroundPriority
 
 log = logging.getLogger(__name__)
@@ -51,16 +50,18 @@ async def trim_memory() -> None:
     started = time.perf_counter()
     memory.trim()
     metrics.observe("malloc_trim_seconds", time.perf_counter() - started)
-    memory.note_allocator()
 
 
-_background = BackgroundPriority(get_settings().background_nice)
+_background = BackgroundPriority(settings.background_nice)
 
 
 @app.timer(PRIORITY_INTERVAL_SECONDS)
 async def lower_background_threads() -> None:
     """Keep RocksDB's compactions and ClickHouse's merges nicer than the event loop
-    (SENDTRACK_BACKGROUND_NICE; sendtrack/threads.py): their pools start threads as they need them."""
-    lowered = _background.apply()
-    if lowered:
-        log.debug("lowered the priority of %d background threads", lowered)
+    (SENDTRACK_BACKGROUND_NICE; sendtrack/threads.py): their pools start threads as they need them.
+    Timed: it reads each of the process's threads' stat on the loop."""
+    started = time.perf_counter()
+    changed = _background.apply()
+    metrics.observe("thread_priority_seconds", time.perf_counter() - started)
+    if changed:
+        log.debug("set the priority of %d threads", changed)

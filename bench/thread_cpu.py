@@ -7,8 +7,8 @@ gives the cores each name used over the interval (a thread's CPU is counted by t
 thread that changes its name is counted once), and the broker's process beside it, with its four
 busiest thread names (`data-plane-kafk`: its request handlers; `kafka-log-clean`: the log cleaner,
 which compacts the changelogs). `machine` is every process's CPU (the bench's own publisher
-included). Run it beside a
-`make bench` (it waits for the worker to start and ends with it):
+included); `loop_waiting` the share of the interval the worker's main thread (the event loop) was
+runnable but waiting for a core. Run it beside a `make bench` (it waits for the worker to start and ends with it):
 
     python3 bench/thread_cpu.py > bench/results/threads-<run>.log
 """
@@ -45,8 +45,16 @@ def threads(pid: int) -> dict[str, tuple[str, float]]:
 
 def machine_busy() -> float:
     """CPU seconds every core of the machine has been busy (/proc/stat: all but idle and iowait)."""
-    fields = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
     return (sum(fields) - fields[3] - fields[4]) / TICK
+
+
+def waited(pid: int) -> float:
+    """Seconds the worker's main thread (its event loop) has waited for a core while runnable
+    (/proc/<pid>/schedstat's second field, in nanoseconds)."""
+    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
 
 
 def by_name(now: dict[str, tuple[str, float]], before: dict[str, tuple[str, float]]) -> collections.Counter:
@@ -71,23 +79,30 @@ def main() -> None:
         time.sleep(2)
     broker = pid_of(args.broker)
     print(f"worker {pid} broker {broker}", flush=True)
-    broker_threads = lambda: threads(broker) if broker else {}  # noqa: E731
-    before, broker_before, busy_before = threads(pid), broker_threads(), machine_busy()
+
+    def broker_threads() -> dict[str, tuple[str, float]]:
+        try:
+            return threads(broker) if broker else {}
+        except OSError:  # the broker stopped: the worker's figures go on
+            return {}
+
+    before, broker_before, busy_before, wait_before = threads(pid), broker_threads(), machine_busy(), waited(pid)
     started = last = time.time()
     while os.path.exists(f"/proc/{pid}"):
         time.sleep(args.interval)
         try:
             now_threads, broker_now, busy_now = threads(pid), broker_threads(), machine_busy()
+            wait_now = waited(pid)
         except OSError:  # the worker ended
             break
         now = time.time()
         span = now - last
         used, by_broker = by_name(now_threads, before), by_name(broker_now, broker_before)
         print(f"t={now - started:6.0f}s machine={(busy_now - busy_before) / span:.2f} "
-              f"worker={sum(used.values()) / span:.2f} cores "
+              f"worker={sum(used.values()) / span:.2f} cores loop_waiting={(wait_now - wait_before) / span:.2f} "
               f"broker={sum(by_broker.values()) / span:.2f} | " + shares(used, span, 10)
               + " | broker: " + shares(by_broker, span, 4), flush=True)
-        before, broker_before, busy_before, last = now_threads, broker_now, busy_now, now
+        before, broker_before, busy_before, wait_before, last = now_threads, broker_now, busy_now, wait_now, now
 
 
 if __name__ == "__main__":

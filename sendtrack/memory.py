@@ -59,20 +59,19 @@ def allocator() -> dict[str, int]:
     return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
 
 
-_noted: dict[str, int] = {}
+_recent: dict[str, object] = {"at": float("-inf"), "figures": {}}
+ALLOCATOR_MAX_AGE_SECONDS = 2.0
 
 
-def note_allocator() -> None:
-    """Keep `allocator()`'s figures for /metrics (`noted_allocator`). mallinfo2 walks every free
-    chunk of every arena: about 10 ms on the event loop late in a 5 M backlog, which a page polled
-    several times a second (the bench's freshness phase) paid each time."""
-    _noted.clear()
-    _noted.update(allocator())
-
-
-def noted_allocator() -> dict[str, int]:
-    """The allocator's figures as last noted (after the last trim, at most 2 s ago in the worker)."""
-    return dict(_noted)
+def recent_allocator() -> dict[str, int]:
+    """`allocator()`'s figures, read again only when the last reading is older than
+    ALLOCATOR_MAX_AGE_SECONDS. mallinfo2 walks every free chunk of every arena: about 10 ms on the
+    event loop late in a 5 M backlog, which /metrics polled four times a second (the bench's
+    freshness phase) paid each time; Prometheus, every 15 s or so, pays it once a scrape."""
+    now = time.monotonic()
+    if now - _recent["at"] >= ALLOCATOR_MAX_AGE_SECONDS:
+        _recent["figures"], _recent["at"] = allocator(), now
+    return dict(_recent["figures"])
 
 
 def trim() -> None:

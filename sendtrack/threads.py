@@ -1,85 +1,99 @@
-"""The worker's background threads at a lower CPU priority than its event loop.
-
-The event loop applies every record and feeds the sink; what it cannot run for, every callback
-waits for. Beside it in the same process run RocksDB's compactions (threads named `rocksdb:low`)
-and embedded ClickHouse's merges (`MergeMutate`): work that can wait a few seconds, and whose cost
-grows with the data (a compaction or a merge rewrites a partition). On two cores shared with the
-broker, in the freshness phase of the 5 M bench, the loop's thread was runnable 89% of the time but
-ran on about half a core, while those threads and the broker's took the rest
-(docs/performance.md, "Twenty-fifth session").
-
-Linux keeps a nice value per thread (`setpriority(PRIO_PROCESS, thread id)`), and raising one needs
-no privilege. `BackgroundPriority.apply` sets the threads whose names start with one of
-`BACKGROUND_THREAD_NAMES` that much nicer than the process, and returns any other thread it had
-lowered to the process's own value: ClickHouse's pools rename their threads for each job, so a
-thread is judged by its name each time. Under contention the scheduler then gives them about a
-tenth of the loop's share (nice 10); when a core is idle they run at full speed, so nothing is
-postponed for good: compactions and merges keep up as before.
-"""
+"""The worker's background threads at a lower CPU priority than its event loop."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
-from typing import Iterable
+import resource
 
+log = logging.getLogger(__name__)
+
+# RocksDB's compactions; embedded ClickHouse's merges.
 BACKGROUND_THREAD_NAMES = ("rocksdb:low", "MergeMutate")
+# Threads that never take other work: what is lowered where a lowered thread cannot be restored.
+DEDICATED_THREAD_NAMES = ("rocksdb:low",)
 TASKS = "/proc/self/task"
 
 
-def _name(tid: str) -> str | None:
+def thread_stat(tid: int) -> tuple[str, int] | None:
+    """A thread's name and nice value (its stat's comm and 19th field); None once it has ended."""
     try:
-        with open(f"{TASKS}/{tid}/comm") as f:
-            return f.read().strip()
-    except OSError:  # the thread ended
+        with open(f"{TASKS}/{tid}/stat") as f:
+            stat = f.read()
+    except OSError:
         return None
+    head, tail = stat.rsplit(")", 1)
+    return head.split("(", 1)[1], int(tail.split()[16])
+
+
+def can_restore(base: int) -> bool:
+    """Whether this process may give a lowered thread back its nice value `base`: as root, or within
+    RLIMIT_NICE (a soft limit of n allows nice values down to 20 - n)."""
+    return os.geteuid() == 0 or 20 - resource.getrlimit(resource.RLIMIT_NICE)[0] <= base
 
 
 class BackgroundPriority:
-    """Keeps the background threads `nice` steps below the process (0: leaves every thread as it is)."""
+    """Keeps the background threads `nice` steps nicer than the process; 0 leaves every thread as it is.
 
-    def __init__(self, nice: int, names: Iterable[str] = BACKGROUND_THREAD_NAMES) -> None:
+    The event loop applies every record and feeds the sink: what it cannot run for, every callback
+    waits for. RocksDB's compactions and ClickHouse's merges can wait a few seconds, and their cost
+    grows with the data. Linux keeps a nice value per thread; under contention a thread at nice 10
+    gets about a tenth of the share of one at 0, and on an idle core it runs at full speed.
+
+    Each call judges every thread by its name and its nice value now: ClickHouse's pools rename their
+    threads per job, and a thread starts at the nice value of the thread that created it: any other
+    thread found at the lowered value is given the process's value back (one set otherwise is left). Doing that (lowering a nice
+    value) needs root or RLIMIT_NICE; without either only DEDICATED_THREAD_NAMES are lowered, whose
+    threads never run other work. docs/performance.md, "Twenty-fifth session"."""
+
+    def __init__(self, nice: int, names: tuple[str, ...] = BACKGROUND_THREAD_NAMES) -> None:
+        if isinstance(names, str):
+            raise TypeError("names is a tuple of thread name prefixes")
         self.nice = nice
-        self.names = tuple(names)
-        self.lowered: set[int] = set()
-        self.failed = False
+        self.names = names
+        self.restricted: bool | None = None  # judged at the first call
+        self.unsupported = False
 
     def apply(self) -> int:
-        """Lower the background threads started or renamed since the last call, restore the ones
-        renamed to something else; the number of threads lowered now. Where threads have no nice
-        value of their own or it cannot be read (not Linux), nothing is done, then or later."""
-        if self.nice <= 0 or self.failed:
+        """Set each thread's nice value to what its name calls for; the number of threads changed."""
+        if self.nice <= 0 or self.unsupported:
             return 0
         try:
             tids = os.listdir(TASKS)
-            base = os.getpriority(os.PRIO_PROCESS, os.getpid())
-        except OSError:
-            self.failed = True
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:  # no per-thread view (not Linux): nothing to do, ever
+                self.unsupported = True
+            else:
+                log.warning("could not list the worker's threads: %r", exc)
             return 0
-        lowered = 0
-        alive = set()
-        for tid in tids:
-            name = _name(tid)
-            if name is None:
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        names = self.names
+        if self.restricted is None:
+            self.restricted = not can_restore(base)
+            if self.restricted:
+                log.info("background threads: without root or RLIMIT_NICE a lowered thread cannot be "
+                         "restored, so only %s are lowered", ", ".join(DEDICATED_THREAD_NAMES))
+        if self.restricted:
+            names = tuple(n for n in names if n in DEDICATED_THREAD_NAMES)
+        lowered = min(base + self.nice, 19)
+        changed = 0
+        for tid in map(int, tids):
+            stat = thread_stat(tid)
+            if stat is None:
                 continue
-            thread = int(tid)
-            alive.add(thread)
-            background = name.startswith(self.names)
-            if background == (thread in self.lowered):
+            name, nice = stat
+            if name.startswith(names):
+                target = lowered
+            elif nice == lowered:  # lowered here, or started by a lowered thread
+                target = base
+            else:  # as the process, or set so by someone else: left alone
+                continue
+            if nice == target:
                 continue
             try:
-                os.setpriority(os.PRIO_PROCESS, thread, min(base + self.nice, 19) if background else base)
-            except OSError:  # it ended meanwhile; or (restoring) lowering a nice value needs privilege
+                os.setpriority(os.PRIO_PROCESS, tid, target)
+                changed += 1
+            except OSError:  # it ended meanwhile; or (restoring) lowering a nice value was refused
                 continue
-            if background:
-                self.lowered.add(thread)
-                lowered += 1
-            else:
-                self.lowered.discard(thread)
-        self.lowered &= alive
-        return lowered
-
-
-def nice_of(tid: int) -> int:
-    """A thread's nice value (field 19 of its stat), for tests and diagnostics."""
-    with open(f"{TASKS}/{tid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[16])
+        return changed
