@@ -27,10 +27,22 @@ def thread_stat(tid: int) -> tuple[str, int] | None:
     return head.split("(", 1)[1], int(tail.split()[16])
 
 
+CAP_SYS_NICE = 23
+
+
 def can_restore(base: int) -> bool:
-    """Whether this process may give a lowered thread back its nice value `base`: as root, or within
-    RLIMIT_NICE (a soft limit of n allows nice values down to 20 - n)."""
-    return os.geteuid() == 0 or 20 - resource.getrlimit(resource.RLIMIT_NICE)[0] <= base
+    """Whether this process may give a lowered thread back its nice value `base`: with CAP_SYS_NICE
+    (root has it, unless a container dropped it), or within RLIMIT_NICE (a soft limit of n allows
+    nice values down to 20 - n)."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        caps = 0
+    if caps >> CAP_SYS_NICE & 1:
+        return True
+    limit = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return limit == resource.RLIM_INFINITY or 20 - limit <= base
 
 
 class BackgroundPriority:
@@ -42,13 +54,14 @@ class BackgroundPriority:
     gets about a tenth of the share of one at 0, and on an idle core it runs at full speed.
 
     Each call judges every thread by its name and its nice value now: ClickHouse's pools rename their
-    threads per job, and a thread starts at the nice value of the thread that created it: any other
-    thread found at the lowered value is given the process's value back (one set otherwise is left). Doing that (lowering a nice
-    value) needs root or RLIMIT_NICE; without either only DEDICATED_THREAD_NAMES are lowered, whose
-    threads never run other work. docs/performance.md, "Twenty-fifth session"."""
+    threads per job, and a thread starts at the nice value of the thread that created it, so any
+    other thread found at the lowered value gets the process's value back (one set otherwise is
+    left). That (lowering a nice value) needs CAP_SYS_NICE or RLIMIT_NICE; without either (judged at
+    the first call, or found when a restore is refused) only DEDICATED_THREAD_NAMES are lowered,
+    whose threads never run other work. docs/performance.md, "Twenty-fifth session"."""
 
     def __init__(self, nice: int, names: tuple[str, ...] = BACKGROUND_THREAD_NAMES) -> None:
-        if isinstance(names, str):
+        if not isinstance(names, tuple):
             raise TypeError("names is a tuple of thread name prefixes")
         self.nice = nice
         self.names = names
@@ -56,7 +69,8 @@ class BackgroundPriority:
         self.unsupported = False
 
     def apply(self) -> int:
-        """Set each thread's nice value to what its name calls for; the number of threads changed."""
+        """Set each thread's nice value to what its name calls for; the number of threads changed.
+        With no names, every thread at the lowered value gets the process's value back."""
         if self.nice <= 0 or self.unsupported:
             return 0
         try:
@@ -69,11 +83,9 @@ class BackgroundPriority:
             return 0
         base = os.getpriority(os.PRIO_PROCESS, os.getpid())
         names = self.names
-        if self.restricted is None:
-            self.restricted = not can_restore(base)
-            if self.restricted:
-                log.info("background threads: without root or RLIMIT_NICE a lowered thread cannot be "
-                         "restored, so only %s are lowered", ", ".join(DEDICATED_THREAD_NAMES))
+        if self.restricted is None and not can_restore(base):
+            self.restrict()
+        self.restricted = bool(self.restricted)
         if self.restricted:
             names = tuple(n for n in names if n in DEDICATED_THREAD_NAMES)
         lowered = min(base + self.nice, 19)
@@ -94,6 +106,16 @@ class BackgroundPriority:
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, target)
                 changed += 1
-            except OSError:  # it ended meanwhile; or (restoring) lowering a nice value was refused
+            except PermissionError:  # restoring refused after all: lower only what needs no restoring
+                if not self.restricted:
+                    self.restrict()
+            except OSError:  # it ended meanwhile
                 continue
         return changed
+
+    def restrict(self) -> None:
+        self.restricted = True
+        kept = [n for n in self.names if n in DEDICATED_THREAD_NAMES]
+        log.info("background threads: this process may not give a lowered thread its priority back "
+                 "(no CAP_SYS_NICE, RLIMIT_NICE too low), so only %s are lowered",
+                 ", ".join(kept) if kept else "none")

@@ -20,7 +20,7 @@ from sendtrack.threads import BackgroundPriority, thread_stat
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 
 PR_SET_NAME = 15
-ROOT = os.geteuid() == 0
+ROOT = threads_mod.can_restore(os.getpriority(os.PRIO_PROCESS, os.getpid()))  # may give values back
 
 
 def set_name(name: str) -> None:
@@ -117,7 +117,7 @@ def test_embedded_clickhouse_names_its_merge_threads_so(ch, restore_after):
     """The name the worker looks for is ClickHouse's: its merge pool's threads exist once the engine
     has MergeTree tables, and they are lowered."""
     assert named_tids("MergeMutate"), sorted({thread_stat(int(t))[0] for t in os.listdir("/proc/self/task")})
-    if ROOT or threads_mod.can_restore(base()):
+    if ROOT:
         BackgroundPriority(10).apply()
         assert {nice_of(tid) for tid in named_tids("MergeMutate")} == {min(base() + 10, 19)}
 
@@ -130,7 +130,7 @@ def test_merge_threads_are_lowered_and_others_left(started, restore_after, monke
     assert nice_of(other.tid) == base()
 
 
-@pytest.mark.skipif(not ROOT, reason="giving a thread its nice value back needs root or RLIMIT_NICE")
+@pytest.mark.skipif(not ROOT, reason="giving a thread its nice value back needs CAP_SYS_NICE or RLIMIT_NICE")
 def test_a_renamed_thread_and_one_started_by_a_lowered_thread_get_the_process_value(started, restore_after):
     merge, spawner = started("MergeMutate"), started("MergeMutate")
     priority = BackgroundPriority(10)
@@ -191,3 +191,32 @@ def test_steps_are_counted_from_the_process_value(increment):
 def test_a_single_string_is_refused():
     with pytest.raises(TypeError):
         BackgroundPriority(10, names="MergeMutate")
+
+
+def test_a_thread_set_otherwise_is_left_alone(started, restore_after):
+    other = started("HTTPHandler")
+    os.setpriority(os.PRIO_PROCESS, other.tid, min(base() + 3, 19))
+    BackgroundPriority(10).apply()
+    assert nice_of(other.tid) == min(base() + 3, 19)
+
+
+def test_a_refused_restore_restricts_to_dedicated_threads(started, restore_after, monkeypatch):
+    """Root without CAP_SYS_NICE (a container's default) passes can_restore's check on paper only:
+    the first refusal narrows what is lowered."""
+    monkeypatch.setattr(threads_mod, "can_restore", lambda base: True)
+    renamed = started("ThreadPool")
+    os.setpriority(os.PRIO_PROCESS, renamed.tid, min(base() + 10, 19))  # as if lowered, then renamed
+    real = os.setpriority
+
+    def refuse_restores(which, who, value):
+        if value < os.getpriority(which, who):
+            raise PermissionError(13, "Permission denied")
+        real(which, who, value)
+
+    monkeypatch.setattr(threads_mod.os, "setpriority", refuse_restores)
+    priority = BackgroundPriority(10)
+    priority.apply()
+    assert priority.restricted
+    merge = started("MergeMutate")
+    priority.apply()
+    assert nice_of(merge.tid) == base()
