@@ -20,7 +20,8 @@ An evaluation costs a query over the last 7 days of messages: on one of ClickHou
 1 s at 5 M messages in the week since migration 0019 counts each message once (2 s before; docs/
 performance.md "Twenty-fourth session"). The next one waits at least SENDTRACK_ALERT_INTERVAL_SECONDS
 and nine times the last one's duration: evaluating takes at most a tenth of a core, however many
-messages the week holds. Its memory grows with the parts of
+messages the week holds. In the embedded engine that thread runs nicer than the event loop while it
+evaluates (sinks/analyst.py, evaluation_pool): it takes the CPU the records leave. Its memory grows with the parts of
 message_health (migration 0018) that ClickHouse has not merged yet (sinks/analyst.py, EVALUATION_BLOCK_ROWS).
 """
 

@@ -695,8 +695,12 @@ def cold_restore(worker: Worker, data: Path, warm_start: float, messages: int) -
     restore = time.monotonic() - started
     # A worker start costs a few seconds whatever the state; the rest is the rebuild.
     rebuild = max(restore - warm_start, 0.0)
+    # How many changelog records it read: more where the broker's log cleaner has not yet compacted
+    # what later records replaced (kafka.sh throttles it), so the rebuild's time depends on it too.
+    restored = int(sum(v for k, v in worker.metrics().items() if k.startswith("sendtrack_state_restored_records_total")))
     return {"seconds": round(restore, 1), "warm_start_seconds": warm_start, "messages": messages,
-            "seconds_per_million_messages": round(rebuild / messages * 1e6, 1)}
+            "seconds_per_million_messages": round(rebuild / messages * 1e6, 1),
+            "restored_records": restored, "restored_records_per_message": round(restored / messages, 2)}
 
 
 def funnel_query(messages: int, path: Path) -> dict:
@@ -948,7 +952,9 @@ def cold_restore_summary(restore: Optional[dict], split: bool = False) -> str:
         # A small state restores within the time a worker takes to start at all.
         return (f"{restore['seconds']} s, no longer than a warm start ({restore['warm_start_seconds']} s): "
                 f"too few messages ({restore['messages']:,}) to measure a rate")
-    return f"{restore['seconds_per_million_messages']} s per million messages"
+    read = (f" ({restore['restored_records_per_message']} changelog records per message)"
+            if "restored_records_per_message" in restore else "")
+    return f"{restore['seconds_per_million_messages']} s per million messages{read}"
 
 
 if __name__ == "__main__":

@@ -30,19 +30,39 @@ def thread_stat(tid: int) -> tuple[str, int] | None:
 CAP_SYS_NICE = 23
 
 
-def can_restore(base: int) -> bool:
-    """Whether this process may give a lowered thread back its nice value `base`: with CAP_SYS_NICE
-    (root has it, unless a container dropped it), or within RLIMIT_NICE (a soft limit of n allows
-    nice values down to 20 - n)."""
+def has_cap_sys_nice() -> bool:
+    """Whether this process has CAP_SYS_NICE (root has it, unless a container dropped it)."""
     try:
         with open("/proc/self/status") as f:
             caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
     except (OSError, StopIteration, ValueError):
         caps = 0
-    if caps >> CAP_SYS_NICE & 1:
+    return bool(caps >> CAP_SYS_NICE & 1)
+
+
+def can_restore(base: int) -> bool:
+    """Whether this process may give a lowered thread back its nice value `base`: with CAP_SYS_NICE,
+    or within RLIMIT_NICE (a soft limit of n allows nice values down to 20 - n)."""
+    if has_cap_sys_nice():
         return True
     limit = resource.getrlimit(resource.RLIMIT_NICE)[0]
     return limit == resource.RLIM_INFINITY or 20 - limit <= base
+
+
+def evaluation_nice(background_nice: int) -> int | None:
+    """The nice value for the embedded ClickHouse's threads while they evaluate the alerts (its
+    os_thread_priority): one step nicer than the background threads, so that an evaluation takes
+    the CPU the event loop, RocksDB's compactions and ClickHouse's merges leave; None to leave them.
+
+    ClickHouse applies it only with CAP_SYS_NICE and, when the statement ends, puts the thread back
+    at 0 (not at the value it had): so only for a worker at nice 0. Under BackgroundPriority a
+    thread at the background threads' value is given the process's value back; one step more keeps
+    the evaluation's apart (up to a nice of 18 for the background threads)."""
+    if background_nice <= 0 or not has_cap_sys_nice():
+        return None
+    if os.getpriority(os.PRIO_PROCESS, os.getpid()) != 0:
+        return None
+    return min(background_nice + 1, 19)
 
 
 class BackgroundPriority:

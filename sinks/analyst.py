@@ -32,6 +32,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from clickhouse_connect.driver.transform import NativeTransform
 
 from sendtrack.settings import Settings
+from sendtrack.threads import evaluation_nice
 from sinks.clickhouse import MIB, ClickHouse, embedded_options
 
 # ClickHouse's exception codes for what the analyst did (ErrorCodes.cpp).
@@ -177,11 +178,13 @@ def workspace_filters(database: str, workspace: str) -> str:
 
 
 def analyst_limits(settings: Settings, database: Optional[str] = None, workspace: Optional[str] = None,
-                   threads: Optional[int] = None, block_rows: Optional[int] = None) -> dict[str, Any]:
+                   threads: Optional[int] = None, block_rows: Optional[int] = None,
+                   nice: Optional[int] = None) -> dict[str, Any]:
     """Session settings of a reader's connection; `readonly` last, so the others can be set first.
     With a workspace, the session sees only that workspace's rows of `database`; with `threads`, a
     statement runs on at most that many of ClickHouse's threads; with `block_rows`, it reads blocks
-    of at most that many rows (less memory for a FINAL over many parts, which holds a block of each)."""
+    of at most that many rows (less memory for a FINAL over many parts, which holds a block of each);
+    with `nice`, its threads run at that nice value while it runs (ClickHouse's os_thread_priority)."""
     limits: dict[str, Any] = {
         "max_execution_time": settings.query_max_seconds,
         "max_result_rows": settings.query_max_result_rows,
@@ -204,6 +207,8 @@ def analyst_limits(settings: Settings, database: Optional[str] = None, workspace
         limits["max_threads"] = threads
     if block_rows is not None:
         limits["max_block_size"] = block_rows
+    if nice is not None:
+        limits["os_thread_priority"] = nice
     limits["readonly"] = 1
     return limits
 
@@ -302,11 +307,12 @@ class Analysts:
     every workspace or, with `workspace`, of that one only."""
 
     def __init__(self, settings: Settings, engine: ClickHouse, workspace: Optional[str] = None,
-                 threads: Optional[int] = None, block_rows: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, block_rows: Optional[int] = None,
+                 nice: Optional[int] = None) -> None:
         self.settings = settings
         self.database = engine.database
         self.workspace = workspace
-        self.limits = analyst_limits(settings, engine.database, workspace, threads, block_rows)
+        self.limits = analyst_limits(settings, engine.database, workspace, threads, block_rows, nice)
         self._idle: "queue.LifoQueue[Any]" = queue.LifoQueue()
         self._opened = 0
         self._lock = threading.Lock()
@@ -513,10 +519,14 @@ EVALUATION_BLOCK_ROWS = 1024
 def evaluation_pool(settings: Settings, engine: ClickHouse) -> Analysts:
     """The sessions the alerts' evaluation reads through: the readers' limits, but room for every
     rate (about 1,000 workspaces' rates are 100,000 rows); one of ClickHouse's threads (with the
-    evaluator's pause, at most a tenth of a core) and small blocks."""
+    evaluator's pause, at most a tenth of a core) and small blocks. In the embedded engine that
+    thread is the worker's own: it runs nicer than the event loop and the background threads
+    (sendtrack/threads.py, evaluation_nice), so that an evaluation takes only the CPU the records
+    leave."""
     return Analysts(settings.model_copy(update={"query_max_result_rows": 10_000_000,
                                                 "query_max_result_bytes": 1024 ** 3}), engine,
-                    threads=1, block_rows=EVALUATION_BLOCK_ROWS)
+                    threads=1, block_rows=EVALUATION_BLOCK_ROWS,
+                    nice=evaluation_nice(settings.background_nice) if settings.clickhouse_is_embedded else None)
 
 
 class TrustedReads:

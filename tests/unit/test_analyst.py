@@ -3,6 +3,7 @@ session is readonly with limits, apart from the sink's connection."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -10,6 +11,7 @@ import uuid
 import pytest
 
 from sendtrack.settings import Settings
+from sendtrack.threads import evaluation_nice, thread_stat
 from sinks.analyst import EVALUATION_BLOCK_ROWS, Analysts, Refused, analyst_limits, check_tree, evaluation_pool
 from sinks.clickhouse import ClickHouse
 
@@ -142,3 +144,43 @@ def test_the_alerts_evaluation_reads_on_one_thread_in_small_blocks(engine):
         alerts.close()
     assert pool.trusted_query("SELECT getSetting('max_block_size')")[1] == ch.query(
         "SELECT getSetting('max_block_size')")[1]
+
+
+def test_the_alerts_evaluation_runs_nicer_than_the_event_loop_in_clickhouses_threads(engine):
+    """Its statement's threads (the caller's and ClickHouse's own) run at evaluation_nice while it runs
+    and at 0 again afterwards; a reader's statement keeps the process's value."""
+    settings, ch, pool = engine
+    expected = evaluation_nice(settings.background_nice)
+    alerts = evaluation_pool(settings, ch)
+    seen: set[tuple[str, int]] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for tid in os.listdir("/proc/self/task"):
+                stat = thread_stat(int(tid))
+                if stat and stat[1] not in (0, -20):  # -20: the engine's own MemoryWorker
+                    seen.add(stat)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert alerts.trusted_query("SELECT getSetting('os_thread_priority')")[1] == [(expected or 0,)]
+        assert alerts.trusted_query("SELECT sum(sleepEachRow(0.05)) FROM numbers(12)")[1] == [(0,)]
+        assert pool.trusted_query("SELECT getSetting('os_thread_priority')")[1] == [(0,)]
+    finally:
+        done.set()
+        watcher.join(5)
+        alerts.close()
+    if expected is None:  # no CAP_SYS_NICE, or a nice worker: nothing is set
+        assert not seen
+    else:
+        assert expected in {nice for _, nice in seen}
+        assert {nice for _, nice in seen} <= {expected}
+        leftover = [thread_stat(int(t)) for t in os.listdir("/proc/self/task")]
+        assert not [s for s in leftover if s and s[1] == expected]
+    # A ClickHouse server's threads are its own: its evaluation sessions set nothing.
+    on_server = evaluation_pool(Settings(clickhouse_url="http://clickhouse.example:8123"), ch)
+    on_server.close()
+    assert "os_thread_priority" not in on_server.limits and "max_threads" in on_server.limits

@@ -51,3 +51,33 @@ def test_each_second_of_the_freshness_phase_has_its_waits_and_what_the_worker_di
         == [(0, 2, 0.5, 0.1), (1, 0, None, None), (2, 1, 1.5, 0.1)]
     assert [(r["deadline"], r["insert_s"]) for r in rows[:4]] == [(0, 0), (1, 0.5), (0, 0), (2, 0.5)]
     assert len(rows) == 3 + 5  # and the five seconds after the last publication
+
+
+class RestoredWorker:
+    """A worker as cold_restore sees it: started, healthy, and its /metrics after the rebuild."""
+
+    def __init__(self, restored: dict[str, float]) -> None:
+        self.restored = restored
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def wait_healthy(self, timeout: float) -> None:
+        assert self.started
+
+    def metrics(self) -> dict[str, float]:
+        return {"sendtrack_records_in_total{topic=\"x\"}": 5.0, **self.restored}
+
+
+def test_a_cold_restore_reports_the_changelog_records_it_read(tmp_path):
+    (tmp_path / "faust").mkdir()
+    worker = RestoredWorker({"sendtrack_state_restored_records_total": 12_500_000.0})
+    result = run.cold_restore(worker, tmp_path, 0.0, 5_000_000)
+    assert not (tmp_path / "faust").exists()
+    assert result["restored_records"] == 12_500_000 and result["restored_records_per_message"] == 2.5
+    result["seconds_per_million_messages"] = 17.4  # this one took no time at all
+    assert run.cold_restore_summary(result) == "17.4 s per million messages (2.5 changelog records per message)"
+    # A result kept before the count was read says nothing of it.
+    del result["restored_records"], result["restored_records_per_message"]
+    assert "changelog" not in run.cold_restore_summary(result)

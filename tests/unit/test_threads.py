@@ -220,3 +220,27 @@ def test_a_refused_restore_restricts_to_dedicated_threads(started, restore_after
     merge = started("MergeMutate")
     priority.apply()
     assert nice_of(merge.tid) == base()
+
+
+def test_the_alerts_evaluation_runs_a_step_nicer_than_the_background_threads(monkeypatch, started, restore_after):
+    """ClickHouse applies os_thread_priority only with CAP_SYS_NICE and puts the thread back at 0 after
+    the statement: a value only for a worker at nice 0, and one the background pass leaves alone."""
+    monkeypatch.setattr(threads_mod, "has_cap_sys_nice", lambda: True)
+    at_zero = base() == 0
+    assert threads_mod.evaluation_nice(10) == (11 if at_zero else None)
+    assert threads_mod.evaluation_nice(19) == (19 if at_zero else None)
+    assert threads_mod.evaluation_nice(0) is None  # 0 leaves every thread as it is
+    if at_zero:
+        query = started("QueryPullPipeEx")
+        os.setpriority(os.PRIO_PROCESS, query.tid, threads_mod.evaluation_nice(10))
+        BackgroundPriority(10).apply()
+        assert nice_of(query.tid) == 11
+    monkeypatch.setattr(threads_mod, "has_cap_sys_nice", lambda: False)
+    assert threads_mod.evaluation_nice(10) is None  # ClickHouse would not apply it
+
+
+def test_a_nice_worker_leaves_the_evaluation_as_it_is():
+    child = ("import os; from sendtrack import threads; threads.has_cap_sys_nice = lambda: True; os.nice(3); "
+             "print(threads.evaluation_nice(10))")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "None"
