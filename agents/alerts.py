@@ -21,7 +21,8 @@ An evaluation costs a query over the last 7 days of messages: on one of ClickHou
 performance.md "Twenty-fourth session"). The next one waits at least SENDTRACK_ALERT_INTERVAL_SECONDS
 and nine times the last one's duration: evaluating takes at most a tenth of a core, however many
 messages the week holds. In the embedded engine that thread runs nicer than the event loop while it
-evaluates (sinks/analyst.py, evaluation_pool): it takes the CPU the records leave. Its memory grows with the parts of
+evaluates, with CAP_SYS_NICE and a worker at nice 0 (sinks/analyst.py, evaluation_pool): it takes
+the CPU the records leave. Its memory grows with the parts of
 message_health (migration 0018) that ClickHouse has not merged yet (sinks/analyst.py, EVALUATION_BLOCK_ROWS).
 """
 
@@ -40,6 +41,7 @@ from agents.app import app, settings
 from agents.sink import sink
 from sendtrack import alerts
 from sendtrack.metrics import metrics
+from sendtrack.threads import evaluating
 from sendtrack.topics import ALERTS, committed_records, ensure_alerts_topic
 from sinks import reports
 from sinks.analyst import Analysts, Refused, evaluation_pool
@@ -106,7 +108,8 @@ class AlertService(Service):
                 sink.written.clear()
                 started = time.monotonic()
                 try:
-                    rows = await pool.run(_judged, pool)
+                    with evaluating():  # its threads' nice value is left to it meanwhile
+                        rows = await pool.run(_judged, pool)
                 except (Refused, ValueError) as exc:  # ClickHouse refused or is down: not the producer's fault
                     log.warning("alerts: the rates could not be read (%s); again at the next insert", exc)
                 else:

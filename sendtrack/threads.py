@@ -6,6 +6,8 @@ import errno
 import logging
 import os
 import resource
+from contextlib import contextmanager
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,31 @@ def evaluation_nice(background_nice: int) -> int | None:
     the CPU the event loop, RocksDB's compactions and ClickHouse's merges leave; None to leave them.
 
     ClickHouse applies it only with CAP_SYS_NICE and, when the statement ends, puts the thread back
-    at 0 (not at the value it had): so only for a worker at nice 0. Under BackgroundPriority a
-    thread at the background threads' value is given the process's value back; one step more keeps
-    the evaluation's apart (up to a nice of 18 for the background threads)."""
-    if background_nice <= 0 or not has_cap_sys_nice():
+    at 0 (not at the value it had): so only for a worker at nice 0. BackgroundPriority gives a
+    thread at the background threads' value the process's value back; one step more keeps the
+    evaluation's apart, which leaves no value for background threads at 19."""
+    if not 0 < background_nice < 19 or not has_cap_sys_nice():
         return None
     if os.getpriority(os.PRIO_PROCESS, os.getpid()) != 0:
         return None
-    return min(background_nice + 1, 19)
+    return background_nice + 1
+
+
+_evaluations = 0  # alerts' evaluations under way (agents/alerts.py): their threads are at evaluation_nice
+
+
+@contextmanager
+def evaluating() -> Iterator[None]:
+    """An alerts' evaluation under way: BackgroundPriority leaves threads at evaluation_nice alone
+    meanwhile (they may be running it), and gives them the process's value back once none runs (a
+    thread ClickHouse's pool started from an evaluation's thread begins at that value, and ClickHouse,
+    which did not set it, never puts it back)."""
+    global _evaluations
+    _evaluations += 1
+    try:
+        yield
+    finally:
+        _evaluations -= 1
 
 
 class BackgroundPriority:
@@ -109,6 +128,7 @@ class BackgroundPriority:
         if self.restricted:
             names = tuple(n for n in names if n in DEDICATED_THREAD_NAMES)
         lowered = min(base + self.nice, 19)
+        left = None if _evaluations else evaluation_nice(self.nice)  # a value an evaluation left
         changed = 0
         for tid in map(int, tids):
             stat = thread_stat(tid)
@@ -117,7 +137,7 @@ class BackgroundPriority:
             name, nice = stat
             if name.startswith(names):
                 target = lowered
-            elif nice == lowered:  # lowered here, or started by a lowered thread
+            elif nice == lowered or nice == left:  # lowered here, or started by a lowered thread
                 target = base
             else:  # as the process, or set so by someone else: left alone
                 continue

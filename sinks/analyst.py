@@ -514,6 +514,9 @@ class Analysts:
 # blocks of 1,024 rows, a little slower (bench/alert_memory.py, docs/performance.md "Eighteenth
 # session"; before 0018 the view read messages_by_workspace FINAL: 175-244 MB in 42-45 parts).
 EVALUATION_BLOCK_ROWS = 1024
+# The evaluation is sendtrack's own query, at a lower priority: it may run this many times a reader's
+# time limit before it is cut (a busy machine gives it only the CPU the records leave).
+EVALUATION_TIME_FACTOR = 10
 
 
 def evaluation_pool(settings: Settings, engine: ClickHouse) -> Analysts:
@@ -522,9 +525,11 @@ def evaluation_pool(settings: Settings, engine: ClickHouse) -> Analysts:
     evaluator's pause, at most a tenth of a core) and small blocks. In the embedded engine that
     thread is the worker's own: it runs nicer than the event loop and the background threads
     (sendtrack/threads.py, evaluation_nice), so that an evaluation takes only the CPU the records
-    leave."""
+    leave, and so it may run EVALUATION_TIME_FACTOR times a reader's time limit."""
     return Analysts(settings.model_copy(update={"query_max_result_rows": 10_000_000,
-                                                "query_max_result_bytes": 1024 ** 3}), engine,
+                                                "query_max_result_bytes": 1024 ** 3,
+                                                "query_max_seconds": EVALUATION_TIME_FACTOR * settings.query_max_seconds}),
+                    engine,
                     threads=1, block_rows=EVALUATION_BLOCK_ROWS,
                     nice=evaluation_nice(settings.background_nice) if settings.clickhouse_is_embedded else None)
 

@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from sendtrack.settings import Settings
+from sendtrack import threads as threads_mod
 from sendtrack.threads import evaluation_nice, thread_stat
 from sinks.analyst import EVALUATION_BLOCK_ROWS, Analysts, Refused, analyst_limits, check_tree, evaluation_pool
 from sinks.clickhouse import ClickHouse
@@ -146,21 +147,26 @@ def test_the_alerts_evaluation_reads_on_one_thread_in_small_blocks(engine):
         "SELECT getSetting('max_block_size')")[1]
 
 
+def nice_values() -> dict[int, int]:
+    return {int(t): stat[1] for t in os.listdir("/proc/self/task") if (stat := thread_stat(int(t)))}
+
+
 def test_the_alerts_evaluation_runs_nicer_than_the_event_loop_in_clickhouses_threads(engine):
     """Its statement's threads (the caller's and ClickHouse's own) run at evaluation_nice while it runs
-    and at 0 again afterwards; a reader's statement keeps the process's value."""
+    and at their value again afterwards; a reader's statement keeps the process's value. Threads are
+    judged against their value before (the process may run nice; ClickHouse keeps a thread at -20)."""
     settings, ch, pool = engine
     expected = evaluation_nice(settings.background_nice)
     alerts = evaluation_pool(settings, ch)
-    seen: set[tuple[str, int]] = set()
+    alerts.trusted_query("SELECT 1")  # its session opened, whatever threads that starts
+    before = nice_values()
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    seen: set[int] = set()
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
-            for tid in os.listdir("/proc/self/task"):
-                stat = thread_stat(int(tid))
-                if stat and stat[1] not in (0, -20):  # -20: the engine's own MemoryWorker
-                    seen.add(stat)
+            seen.update(nice for tid, nice in nice_values().items() if nice != before.get(tid, base))
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -169,18 +175,30 @@ def test_the_alerts_evaluation_runs_nicer_than_the_event_loop_in_clickhouses_thr
         assert alerts.trusted_query("SELECT getSetting('os_thread_priority')")[1] == [(expected or 0,)]
         assert alerts.trusted_query("SELECT sum(sleepEachRow(0.05)) FROM numbers(12)")[1] == [(0,)]
         assert pool.trusted_query("SELECT getSetting('os_thread_priority')")[1] == [(0,)]
-    finally:
         done.set()
         watcher.join(5)
+        after = nice_values()  # before the sessions close: a thread they end cannot hide a value left
+    finally:
+        done.set()
         alerts.close()
     if expected is None:  # no CAP_SYS_NICE, or a nice worker: nothing is set
         assert not seen
     else:
-        assert expected in {nice for _, nice in seen}
-        assert {nice for _, nice in seen} <= {expected}
-        leftover = [thread_stat(int(t)) for t in os.listdir("/proc/self/task")]
-        assert not [s for s in leftover if s and s[1] == expected]
+        assert seen == {expected}
+        assert not [tid for tid, nice in after.items() if nice == expected and before.get(tid) != expected]
+    # The evaluation is sendtrack's own query: ten times a reader's time limit before it is cut.
+    assert alerts.limits["max_execution_time"] == 10 * settings.query_max_seconds
+
+
+def test_only_the_embedded_engines_evaluation_sets_a_nice_value(engine, monkeypatch):
+    settings, ch, _ = engine
+    monkeypatch.setattr(threads_mod, "has_cap_sys_nice", lambda: True)
+    monkeypatch.setattr(threads_mod.os, "getpriority", lambda which, who: 0)
+    embedded = evaluation_pool(settings, ch)
+    embedded.close()
+    assert embedded.limits["os_thread_priority"] == settings.background_nice + 1
+    assert list(embedded.limits)[-1] == "readonly"  # set last, so that the others can be set
     # A ClickHouse server's threads are its own: its evaluation sessions set nothing.
-    on_server = evaluation_pool(Settings(clickhouse_url="http://clickhouse.example:8123"), ch)
+    on_server = evaluation_pool(settings.model_copy(update={"clickhouse_url": "http://clickhouse.example:8123"}), ch)
     on_server.close()
     assert "os_thread_priority" not in on_server.limits and "max_threads" in on_server.limits

@@ -224,19 +224,33 @@ def test_a_refused_restore_restricts_to_dedicated_threads(started, restore_after
 
 def test_the_alerts_evaluation_runs_a_step_nicer_than_the_background_threads(monkeypatch, started, restore_after):
     """ClickHouse applies os_thread_priority only with CAP_SYS_NICE and puts the thread back at 0 after
-    the statement: a value only for a worker at nice 0, and one the background pass leaves alone."""
+    the statement: a value only for a worker at nice 0, and one the background pass tells apart."""
     monkeypatch.setattr(threads_mod, "has_cap_sys_nice", lambda: True)
     at_zero = base() == 0
     assert threads_mod.evaluation_nice(10) == (11 if at_zero else None)
-    assert threads_mod.evaluation_nice(19) == (19 if at_zero else None)
+    assert threads_mod.evaluation_nice(18) == (19 if at_zero else None)
+    assert threads_mod.evaluation_nice(19) is None  # no value nicer than the background threads' is left
     assert threads_mod.evaluation_nice(0) is None  # 0 leaves every thread as it is
-    if at_zero:
-        query = started("QueryPullPipeEx")
-        os.setpriority(os.PRIO_PROCESS, query.tid, threads_mod.evaluation_nice(10))
-        BackgroundPriority(10).apply()
-        assert nice_of(query.tid) == 11
     monkeypatch.setattr(threads_mod, "has_cap_sys_nice", lambda: False)
     assert threads_mod.evaluation_nice(10) is None  # ClickHouse would not apply it
+
+
+@pytest.mark.skipif(not ROOT, reason="giving a thread its value back needs CAP_SYS_NICE or RLIMIT_NICE")
+def test_a_thread_left_at_the_evaluations_value_gets_the_process_value_once_none_runs(monkeypatch, started,
+                                                                                     restore_after):
+    """A thread ClickHouse's pool started from an evaluation's thread begins at its value, and
+    ClickHouse, which did not set it, never puts it back: the pass does, while no evaluation runs."""
+    monkeypatch.setattr(threads_mod, "has_cap_sys_nice", lambda: True)
+    if base() != 0:
+        assert threads_mod.evaluation_nice(10) is None
+        return
+    pool = started("ThreadPool")
+    os.setpriority(os.PRIO_PROCESS, pool.tid, 11)
+    with threads_mod.evaluating():
+        BackgroundPriority(10).apply()
+        assert nice_of(pool.tid) == 11  # maybe the evaluation's own: left while one runs
+    BackgroundPriority(10).apply()
+    assert nice_of(pool.tid) == 0
 
 
 def test_a_nice_worker_leaves_the_evaluation_as_it_is():
