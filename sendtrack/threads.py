@@ -94,10 +94,11 @@ class BackgroundPriority:
 
     Each call judges every thread by its name and its nice value now: ClickHouse's pools rename their
     threads per job, and a thread starts at the nice value of the thread that created it, so any
-    other thread found at the lowered value gets the process's value back (one set otherwise is
-    left). That (lowering a nice value) needs CAP_SYS_NICE or RLIMIT_NICE; without either (judged at
-    the first call, or found when a restore is refused) only DEDICATED_THREAD_NAMES are lowered,
-    whose threads never run other work. docs/performance.md, "Twenty-fifth session"."""
+    other thread found at the lowered value gets the process's value back, as does one at the alerts'
+    evaluation's value while no evaluation runs (evaluating); one set otherwise is left. That
+    (lowering a nice value) needs CAP_SYS_NICE or RLIMIT_NICE; without either (judged at the first
+    call, or found when a restore is refused) only DEDICATED_THREAD_NAMES are lowered, whose threads
+    never run other work. docs/performance.md, "Twenty-fifth session"."""
 
     def __init__(self, nice: int, names: tuple[str, ...] = BACKGROUND_THREAD_NAMES) -> None:
         if not isinstance(names, tuple):
@@ -137,7 +138,7 @@ class BackgroundPriority:
             name, nice = stat
             if name.startswith(names):
                 target = lowered
-            elif nice == lowered or nice == left:  # lowered here, or started by a lowered thread
+            elif nice == lowered or nice == left:  # lowered here, started by a lowered thread, left by an evaluation
                 target = base
             else:  # as the process, or set so by someone else: left alone
                 continue
