@@ -222,7 +222,7 @@ def test_a_refused_restore_restricts_to_dedicated_threads(started, restore_after
     assert nice_of(merge.tid) == base()
 
 
-def test_the_alerts_evaluation_runs_a_step_nicer_than_the_background_threads(monkeypatch, started, restore_after):
+def test_the_alerts_evaluation_runs_a_step_nicer_than_the_background_threads(monkeypatch):
     """ClickHouse applies os_thread_priority only with CAP_SYS_NICE and puts the thread back at 0 after
     the statement: a value only for a worker at nice 0, and one the background pass tells apart."""
     monkeypatch.setattr(threads_mod, "has_cap_sys_nice", lambda: True)
