@@ -79,7 +79,7 @@ def _memory_gauges() -> None:
     metrics.set("python_allocated_blocks", sys.getallocatedblocks())
     for part, used in store.memory_usage().items():
         metrics.set("rocksdb_memory_bytes", used, part=part)
-    for part, used in memory.recent_allocator().items():
+    for part, used in memory.latest_allocator().items():
         metrics.set("malloc_bytes", used, part=part)
 
 

@@ -646,6 +646,18 @@ TIMINGS = ("engine_batch_seconds", "engine_apply_seconds", "engine_produce_secon
            "gc_full_collection_seconds", "alert_evaluation_seconds", "sink_batch_gather_seconds")
 
 
+def _commit() -> str:
+    """The commit the bench runs, with `+` when the working tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+" if dirty else "")
+
+
 def timings(before: dict[str, float], after: dict[str, float]) -> dict:
     """The worker's duration histograms over a phase: how many, the mean, and how many were long."""
     out = {}
@@ -656,6 +668,13 @@ def timings(before: dict[str, float], after: dict[str, float]) -> dict:
         n = delta("_count")
         out[name] = {"count": int(n), "mean_s": round(delta("_sum") / n, 4) if n else None,
                      **{f"over_{b}_s": int(n - delta(f'_bucket{{le="{b}"}}')) for b in ("0.25", "0.5", "1.0")}}
+    # Python's garbage collector, every generation: seconds and collections over the phase.
+    for generation in ("0", "1", "2"):
+        def total(name: str) -> float:
+            key = f'sendtrack_{name}{{generation="{generation}"}}'
+            return after.get(key, 0.0) - before.get(key, 0.0)
+        out[f"gc_generation_{generation}"] = {"count": int(total("gc_collections_total")),
+                                              "seconds": round(total("gc_collection_seconds_total"), 2)}
     return out
 
 
@@ -847,7 +866,10 @@ def main() -> int:
            "SENDTRACK_DATA_DIR": str(data), "SENDTRACK_WEB_PORT": str(free_port())}
     settings = Settings(kafka_broker=BROKER, topic_prefix=f"{run}.", partitions=Settings().partitions)
     result: dict = {"run": run, "quick": args.quick, "machine": {"cpus": os.cpu_count(),
-                    "python": platform.python_version(), "platform": platform.platform()}}
+                    "python": platform.python_version(), "platform": platform.platform()},
+                    # Settings given to this process's environment reach the worker too (Worker).
+                    "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SENDTRACK_")},
+                    "commit": _commit()}
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:

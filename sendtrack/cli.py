@@ -23,6 +23,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from sendtrack import memory
 
     memory.tune_allocator()
+    memory.tune_collector(settings.gc_young_threshold)
     from agents.app import app
 
     sys.argv = ["sendtrack", "worker", "-l", args.loglevel or settings.log_level]

@@ -59,19 +59,28 @@ def allocator() -> dict[str, int]:
     return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
 
 
-_recent: dict[str, object] = {"at": float("-inf"), "figures": {}}
-ALLOCATOR_MAX_AGE_SECONDS = 2.0
+_latest: dict[str, int] = {}
 
 
-def recent_allocator() -> dict[str, int]:
-    """`allocator()`'s figures, read again only when the last reading is older than
-    ALLOCATOR_MAX_AGE_SECONDS. mallinfo2 walks every free chunk of every arena: about 10 ms on the
-    event loop late in a 5 M backlog, which /metrics polled four times a second (the bench's
-    freshness phase) paid each time; Prometheus, every 15 s or so, pays it once a scrape."""
-    now = time.monotonic()
-    if now - _recent["at"] >= ALLOCATOR_MAX_AGE_SECONDS:
-        _recent["figures"], _recent["at"] = allocator(), now
-    return dict(_recent["figures"])
+def latest_allocator() -> dict[str, int]:
+    """`allocator()`'s figures as the last `upkeep` read them (empty before the first). /metrics
+    reports these and never reads them itself: mallinfo2 walks every free chunk of every arena, up to
+    tens of milliseconds late in a 5 M backlog, which the event loop would wait for."""
+    return dict(_latest)
+
+
+def upkeep() -> float:
+    """Give the free pages back (`trim`), then read the allocator's figures for `latest_allocator`;
+    returns the seconds the trim took. Both walk glibc's arenas for milliseconds to tens of
+    milliseconds: run this off the event loop (ctypes releases the GIL for the calls, so the loop
+    runs Python meanwhile; agents/housekeeping.py)."""
+    started = time.perf_counter()
+    trim()
+    took = time.perf_counter() - started
+    figures = allocator()
+    _latest.clear()
+    _latest.update(figures)
+    return took
 
 
 def trim() -> None:
@@ -83,21 +92,40 @@ def trim() -> None:
 _collection_started = [0.0]
 
 
-def _time_full_collection(phase: str, info: dict) -> None:
-    if info.get("generation") != 2:
-        return
+def _time_collection(phase: str, info: dict) -> None:
     if phase == "start":
         _collection_started[0] = time.perf_counter()
-    else:
-        metrics.observe("gc_full_collection_seconds", time.perf_counter() - _collection_started[0])
+        return
+    took = time.perf_counter() - _collection_started[0]
+    generation = _GENERATIONS[info["generation"]]
+    metrics.inc("gc_collection_seconds_total", took, generation=generation)
+    metrics.inc("gc_collections_total", 1, generation=generation)
+    if generation == "2":
+        metrics.observe("gc_full_collection_seconds", took)
 
 
-def time_full_collections() -> None:
-    """Time Python's full (generation 2) collections as `gc_full_collection_seconds`: one walks every
-    tracked object while the event loop waits, so it is the collection whose pause grows with the
-    heap. Idempotent."""
-    if _time_full_collection not in gc.callbacks:
-        gc.callbacks.append(_time_full_collection)
+_GENERATIONS = ("0", "1", "2")
+
+
+def time_collections() -> None:
+    """Time every collection of Python's garbage collector, the thread that triggered it waiting
+    (the event loop, mostly): seconds and count per generation (`gc_collection_seconds_total`,
+    `gc_collections_total`), and the full (generation 2) ones as `gc_full_collection_seconds`, the
+    collection whose pause grows with the heap. Idempotent."""
+    if _time_collection not in gc.callbacks:
+        gc.callbacks.append(_time_collection)
+
+
+def tune_collector(young_threshold: int) -> None:
+    """Collect the youngest generation after `young_threshold` new container objects instead of
+    Python's 700 (the older generations' thresholds stay). An engine batch keeps tens of thousands
+    of objects alive for its duration (its records, states, staged writes) and the sink's batch as
+    many: at 700, every one of them is promoted to the oldest generation before it dies, and the
+    oldest generation's full collections, which walk everything in it, came 1.6 times a second in a
+    5 M backlog (docs/performance.md). 0 leaves Python's thresholds as they are."""
+    if young_threshold > 0:
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(young_threshold, middle, old)
 
 
 def freeze_long_lived() -> int:

@@ -219,6 +219,9 @@ def test_metrics_show_where_memory_and_time_go(run):
     assert 0 < write_buffers <= half * 1.1 and 0 < cache <= half * 1.1, (write_buffers, cache)
     assert value('sendtrack_malloc_bytes{part="in_use"}') > 0
     assert value("sendtrack_malloc_trim_seconds_count") >= 1
+    # Python's collector, every generation, timed where it pauses the thread that triggered it.
+    assert value('sendtrack_gc_collections_total{generation="0"}') >= 1
+    assert value('sendtrack_gc_collection_seconds_total{generation="0"}') > 0
     # Every engine batch and every sink write is timed; the loop-lag probe runs.
     assert value("sendtrack_engine_batch_seconds_count") >= 1
     # ...and each batch's phases (a fetch may hold batches of both engine agents): their times add up

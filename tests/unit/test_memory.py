@@ -68,19 +68,113 @@ def test_every_database_shares_one_cache_and_one_write_buffer_budget(tmp_path):
         store.configure(Settings().state_memory_mb)
 
 
-def test_full_collections_are_timed():
+def test_every_collection_is_timed_by_generation():
     import gc
 
     from sendtrack.metrics import metrics
 
-    memory.time_full_collections()
-    memory.time_full_collections()  # installed once
-    before = metrics.histogram("gc_full_collection_seconds")["count"]
-    gc.collect(1)  # not a full collection: not counted
+    memory.time_collections()
+    memory.time_collections()  # installed once
+    count = lambda g: metrics.get("gc_collections_total", generation=g)  # noqa: E731
+    seconds = lambda g: metrics.get("gc_collection_seconds_total", generation=g)  # noqa: E731
+    before = {g: (count(g), seconds(g)) for g in "012"}
+    full = metrics.histogram("gc_full_collection_seconds")["count"]
+    gc.collect(1)  # not a full collection: no pause of the full ones' histogram
+    assert count("1") == before["1"][0] + 1 and seconds("1") > before["1"][1]
+    assert metrics.histogram("gc_full_collection_seconds")["count"] == full
     gc.collect()
     after = metrics.histogram("gc_full_collection_seconds")
-    assert after["count"] == before + 1, after
-    assert after["sum"] > 0
+    assert after["count"] == full + 1 and after["sum"] > 0, after
+    assert count("2") == before["2"][0] + 1 and seconds("2") > before["2"][1]
+    # The youngest generation's collections, which Python starts on its own, are counted too.
+    garbage = [[i] for i in range(50_000)]
+    del garbage
+    assert count("0") > before["0"][0]
+
+
+def test_the_youngest_generation_threshold_is_set_and_the_others_kept():
+    import gc
+
+    kept = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        memory.tune_collector(50_000)
+        assert gc.get_threshold() == (50_000, 11, 12)
+        memory.tune_collector(0)  # 0: as it is
+        assert gc.get_threshold() == (50_000, 11, 12)
+    finally:
+        gc.set_threshold(*kept)
+
+
+def test_the_worker_applies_the_threshold_setting():
+    code = """
+import gc, os
+os.environ["SENDTRACK_GC_YOUNG_THRESHOLD"] = "20000"
+from sendtrack import memory
+from sendtrack.settings import get_settings
+memory.tune_collector(get_settings().gc_young_threshold)
+print(gc.get_threshold()[0])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.split() == ["20000"]
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc only")
+def test_upkeep_trims_and_keeps_the_allocator_figures_for_metrics():
+    memory._latest.clear()
+    assert memory.latest_allocator() == {}
+    took = memory.upkeep()
+    assert 0 <= took < 10
+    figures = memory.latest_allocator()
+    assert sorted(figures) == ["free", "in_use", "mmapped"] and figures["in_use"] > 0
+    figures["in_use"] = -1  # a copy: the caller cannot change what /metrics reports
+    assert memory.latest_allocator()["in_use"] > 0
+
+
+def test_the_trim_and_the_allocator_walk_run_off_the_event_loop(monkeypatch):
+    """A trim walks glibc's arenas for up to tens of milliseconds: the event loop (the engine) must
+    keep running meanwhile. A slow upkeep stands in for glibc's walk; the loop must tick during it."""
+    import asyncio
+    import threading
+
+    from agents import housekeeping, web
+    from sendtrack.metrics import metrics
+
+    ran_on: list[int] = []
+
+    def slow_upkeep() -> float:
+        ran_on.append(threading.get_ident())
+        time.sleep(0.3)
+        memory._latest.update(in_use=123, free=4, mmapped=5)
+        return 0.3
+
+    monkeypatch.setattr(memory, "upkeep", slow_upkeep)
+    # /metrics never walks the arenas itself: it reports what the last upkeep read.
+    monkeypatch.setattr(memory, "allocator", lambda: (_ for _ in ()).throw(AssertionError("mallinfo2 on the loop")))
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        trims = metrics.histogram("malloc_trim_seconds")["count"]
+        await housekeeping.upkeep_memory()
+        ticker.cancel()
+        assert metrics.histogram("malloc_trim_seconds")["count"] == trims + 1
+        web._memory_gauges()
+        return ticks
+
+    loop_thread = threading.get_ident()
+    ticks = asyncio.run(scenario())
+    assert ran_on and ran_on[0] != loop_thread
+    assert ticks >= 10, ticks  # 0.3 s of upkeep: the loop ran its 10 ms ticks meanwhile
+    assert metrics.get("malloc_bytes", part="in_use") == 123
 
 
 def test_long_lived_objects_are_frozen_out_of_full_collections():
