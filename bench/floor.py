@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
-from run import BROKER, baseline, delete_topics, engine_alone, log, publish_workload  # noqa: E402
+from run import BROKER, baseline, delete_topics, engine_alone, log, publish_workload, recorded_settings  # noqa: E402
 from schemas.models import Invalid, SendRequest  # noqa: E402
 from schemas.validate import parse_callback, parse_send_request  # noqa: E402
 from sendtrack import state as state_mod, status  # noqa: E402
@@ -484,8 +484,7 @@ async def main() -> int:
     await ensure_topics(settings)
     data = Path(tempfile.mkdtemp(prefix="sendtrack-floor-"))
     # Settings given to this process's environment reach the engine's worker too (bench/run.py's Worker).
-    result: dict[str, Any] = {"run": run, "messages": args.messages,
-                              "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SENDTRACK_")}}
+    result: dict[str, Any] = {"run": run, "messages": args.messages, "settings": recorded_settings()}
     try:
         workload = await publish_workload(settings, args.messages)
         records = workload["records"]

@@ -594,7 +594,10 @@ class BusySampler(threading.Thread):
     # the seconds the worker's histograms grew by (the inserts, the engine's batches, ...).
     SECOND_COUNTERS = {"deadline": 'sendtrack_sink_batches_total{ended="deadline"}',
                        "caught_up": 'sendtrack_sink_batches_total{ended="caught_up"}',
-                       "inserts": "sendtrack_clickhouse_insert_seconds_count"}
+                       "inserts": "sendtrack_clickhouse_insert_seconds_count",
+                       # Python's younger collections (the full ones are gc_s below).
+                       "gc0_s": 'sendtrack_gc_collection_seconds_total{generation="0"}',
+                       "gc1_s": 'sendtrack_gc_collection_seconds_total{generation="1"}'}
     SECOND_SUMS = {"insert_s": "clickhouse_insert_seconds", "gather_s": "sink_batch_gather_seconds",
                    "engine_s": "engine_batch_seconds", "alerts_s": "alert_evaluation_seconds",
                    "loop_lag_s": "event_loop_lag_seconds", "gc_s": "gc_full_collection_seconds"}
@@ -644,6 +647,35 @@ def slow_batches(path: Path, offset: int, keep: int = 20) -> list[str]:
 TIMINGS = ("engine_batch_seconds", "engine_apply_seconds", "engine_produce_seconds", "engine_table_write_seconds",
            "clickhouse_insert_seconds", "event_loop_lag_seconds", "malloc_trim_seconds",
            "gc_full_collection_seconds", "alert_evaluation_seconds", "sink_batch_gather_seconds")
+
+
+# Settings whose values the results always show, set or not: what the runs compare.
+RECORDED_ALWAYS = ("gc_young_threshold", "background_nice", "engine_batch_events", "sink_batch_seconds")
+
+
+def recorded_settings(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The settings a run's JSON keeps: every SENDTRACK_ variable of this process's environment
+    (they reach the worker too, Worker), and the values of RECORDED_ALWAYS as the worker resolves
+    them. Never a secret: a setting the project hides (repr=False: passwords, keys, the readers'
+    URL) is left out, and a URL's user and password are masked. Results are committed."""
+    environ = dict(os.environ if environ is None else environ)
+    fields = Settings.model_fields
+    out = {}
+    for name, value in sorted(environ.items()):
+        if not name.startswith("SENDTRACK_"):
+            continue
+        field = fields.get(name[len("SENDTRACK_"):].lower())
+        if field is not None and field.repr is False:
+            continue
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme and (parts.username or parts.password):
+            value = urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+        out[name] = value
+    resolved = Settings(**{k: v for k, v in ((f, environ.get(f"SENDTRACK_{f.upper()}")) for f in RECORDED_ALWAYS)
+                           if v is not None})
+    for name in RECORDED_ALWAYS:
+        out.setdefault(f"SENDTRACK_{name.upper()}", str(getattr(resolved, name)))
+    return out
 
 
 def _commit() -> str:
@@ -867,9 +899,7 @@ def main() -> int:
     settings = Settings(kafka_broker=BROKER, topic_prefix=f"{run}.", partitions=Settings().partitions)
     result: dict = {"run": run, "quick": args.quick, "machine": {"cpus": os.cpu_count(),
                     "python": platform.python_version(), "platform": platform.platform()},
-                    # Settings given to this process's environment reach the worker too (Worker).
-                    "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SENDTRACK_")},
-                    "commit": _commit()}
+                    "settings": recorded_settings(), "commit": _commit()}
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -77,9 +77,7 @@ def upkeep() -> float:
     started = time.perf_counter()
     trim()
     took = time.perf_counter() - started
-    figures = allocator()
-    _latest.clear()
-    _latest.update(figures)
+    _latest.update(allocator())  # the same keys each time: a reader never sees them half gone
     return took
 
 
@@ -113,11 +111,15 @@ def time_collections() -> None:
     `gc_collections_total`), and the full (generation 2) ones as `gc_full_collection_seconds`, the
     collection whose pause grows with the heap. Idempotent."""
     if _time_collection not in gc.callbacks:
+        for generation in _GENERATIONS:  # every series from the start: none appears mid-scrape
+            metrics.inc("gc_collection_seconds_total", 0, generation=generation)
+            metrics.inc("gc_collections_total", 0, generation=generation)
         gc.callbacks.append(_time_collection)
 
 
 def tune_collector(young_threshold: int) -> None:
-    """Collect the youngest generation after `young_threshold` new container objects instead of
+    """Collect the youngest generation after `young_threshold` new container objects (net of those
+    freed since the last collection) instead of
     Python's 700 (the older generations' thresholds stay). An engine batch keeps tens of thousands
     of objects alive for its duration (its records, states, staged writes) and the sink's batch as
     many: at 700, every one of them is promoted to the oldest generation before it dies, and the

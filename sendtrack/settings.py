@@ -122,11 +122,11 @@ class Settings(BaseSettings):
     # How much nicer than the worker its background threads run (RocksDB's compactions, embedded
     # ClickHouse's merges; sendtrack/threads.py): they yield the CPU to the event loop. 0 = as is.
     background_nice: int = Field(default=10, ge=0, le=19)
-    # New container objects between collections of Python's youngest generation (sendtrack/memory.py,
+    # New container objects (net) between collections of Python's youngest generation (sendtrack/memory.py,
     # tune_collector): batches keep tens of thousands alive, which at Python's 700 all reach the
     # oldest generation and its full collections (11.6% of a backlog at 700, 2.0% at 50,000:
     # docs/performance.md). 0 = Python's own thresholds.
-    gc_young_threshold: int = Field(default=50_000, ge=0)
+    gc_young_threshold: int = Field(default=50_000, ge=0, le=1_000_000)
     # Memtables of the tables being restored from their changelogs after the local state was lost
     # (only while a restore runs): large memtables keep RocksDB from rewriting the data many times.
     restore_memory_mb: int = Field(default=256, ge=16)

@@ -206,7 +206,8 @@ def test_metrics_show_where_memory_and_time_go(run):
     while True:  # run alone, this test may come before the first trim and the first insert
         text = urlopen_text(f"http://127.0.0.1:{w.port}/metrics")
         series = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-        if all(name in series for name in needed) or time.monotonic() > deadline:
+        collected = sum(float(series.get(f'sendtrack_gc_collections_total{{generation="{g}"}}', 0)) for g in "012")
+        if (all(name in series for name in needed) and collected) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     value = lambda name: float(series[name])  # noqa: E731
@@ -220,8 +221,10 @@ def test_metrics_show_where_memory_and_time_go(run):
     assert value('sendtrack_malloc_bytes{part="in_use"}') > 0
     assert value("sendtrack_malloc_trim_seconds_count") >= 1
     # Python's collector, every generation, timed where it pauses the thread that triggered it.
-    assert value('sendtrack_gc_collections_total{generation="0"}') >= 1
-    assert value('sendtrack_gc_collection_seconds_total{generation="0"}') > 0
+    # (The freeze, 10 s after start, is a full collection; the younger ones depend on the load.)
+    collections = [value(f'sendtrack_gc_collections_total{{generation="{g}"}}') for g in "012"]
+    assert sum(collections) >= 1, collections
+    assert sum(value(f'sendtrack_gc_collection_seconds_total{{generation="{g}"}}') for g in "012") > 0
     # Every engine batch and every sink write is timed; the loop-lag probe runs.
     assert value("sendtrack_engine_batch_seconds_count") >= 1
     # ...and each batch's phases (a fetch may hold batches of both engine agents): their times add up

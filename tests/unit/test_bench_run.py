@@ -81,3 +81,25 @@ def test_a_cold_restore_reports_the_changelog_records_it_read(tmp_path):
     # A result kept before the count was read says nothing of it.
     del result["restored_records"], result["restored_records_per_message"]
     assert "changelog" not in run.cold_restore_summary(result)
+
+
+def test_a_run_records_its_settings_but_never_a_secret():
+    environ = {
+        "SENDTRACK_ENGINE_BATCH_EVENTS": "5000",
+        "SENDTRACK_READERS": "analyst:s3cret",
+        "SENDTRACK_ADMINS": "ops:t0psecret",
+        "SENDTRACK_SENDGRID_PUBLIC_KEY": "MFkwEwYHKoZIzj0CAQ",
+        "SENDTRACK_CLICKHOUSE_URL": "http://writer:pa55@clickhouse:8123/sendtrack",
+        "SENDTRACK_CLICKHOUSE_READER_URL": "http://reader:pw@clickhouse:8123",
+        "PATH": "/usr/bin",
+    }
+    recorded = run.recorded_settings(environ)
+    text = repr(recorded)
+    for secret in ("s3cret", "t0psecret", "MFkwEwYHKoZIzj0CAQ", "pa55", "writer", "reader:pw"):
+        assert secret not in text, recorded
+    assert recorded["SENDTRACK_CLICKHOUSE_URL"] == "http://***@clickhouse:8123/sendtrack"
+    assert recorded["SENDTRACK_ENGINE_BATCH_EVENTS"] == "5000"
+    assert "PATH" not in recorded
+    # What runs compare is recorded even when left at its default.
+    assert recorded["SENDTRACK_GC_YOUNG_THRESHOLD"] == "50000"
+    assert recorded["SENDTRACK_BACKGROUND_NICE"] == "10"
