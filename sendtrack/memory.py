@@ -130,6 +130,12 @@ def tune_collector(young_threshold: int) -> None:
         gc.set_threshold(young_threshold, middle, old)
 
 
+def collect_young() -> int:
+    """Collect the youngest generation now (what survives moves on, as in any collection); returns
+    how many unreachable objects were found."""
+    return gc.collect(0)
+
+
 def freeze_long_lived() -> int:
     """Collect, then move every object alive now to the collector's permanent generation, which full
     collections skip; returns how many were frozen. Called once the worker has started: what lives

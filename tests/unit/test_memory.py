@@ -114,6 +114,28 @@ def test_the_youngest_generation_threshold_is_set_and_the_others_kept():
         gc.set_threshold(*kept)
 
 
+def test_a_quiet_worker_still_collects_its_cyclic_garbage():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    kept = gc.get_threshold()
+    gc.set_threshold(1_000_000, 10, 10)  # far more new objects than this test makes
+    try:
+        gc.collect()
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the collector frees it
+        gone = weakref.ref(a)
+        del a, b
+        assert gone() is not None  # nothing collected it on its own...
+        assert memory.collect_young() >= 2
+        assert gone() is None  # ...until the timer's young collection
+    finally:
+        gc.set_threshold(*kept)
+
+
 def test_the_worker_applies_the_threshold_setting():
     # The worker's own start (`sendtrack worker`), with Faust's main loop left out.
     code = """
