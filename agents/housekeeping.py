@@ -47,7 +47,7 @@ async def upkeep_memory() -> None:
     """Give the kernel back the pages glibc holds free between allocations (it keeps them
     otherwise: half of the worker's heap was free), and read the allocator's figures for /metrics.
     On a thread of its own: each call walks glibc's arenas (a trim took 31 ms on average in a 5 M
-    backlog, and the figures as long), which on the event loop held the engine about 5% of the time;
+    backlog; together they were 4-6% of the event loop's samples in a 5 M run's freshness phase);
     the calls release the GIL. Timed: a trim holds the arena it walks, and the loop's allocations
     from that arena wait for it."""
     took = await asyncio.to_thread(memory.upkeep)

@@ -119,12 +119,12 @@ def time_collections() -> None:
 
 def tune_collector(young_threshold: int) -> None:
     """Collect the youngest generation after `young_threshold` new container objects (net of those
-    freed since the last collection) instead of
-    Python's 700 (the older generations' thresholds stay). An engine batch keeps tens of thousands
-    of objects alive for its duration (its records, states, staged writes) and the sink's batch as
-    many: at 700, every one of them is promoted to the oldest generation before it dies, and the
-    oldest generation's full collections, which walk everything in it, came 1.6 times a second in a
-    5 M backlog (docs/performance.md). 0 leaves Python's thresholds as they are."""
+    freed since the last collection) instead of Python's 700; the older generations' thresholds
+    stay. An engine batch keeps tens of thousands of objects alive for its duration (its records,
+    states, staged writes) and the sink's batch as many: at 700, every one of them is promoted to
+    the oldest generation before it dies, and the oldest generation's full collections, which walk
+    everything in it, came 1.6 times a second in a 5 M backlog (docs/performance.md). 0 leaves
+    Python's thresholds as they are."""
     if young_threshold > 0:
         _, middle, old = gc.get_threshold()
         gc.set_threshold(young_threshold, middle, old)
