@@ -525,7 +525,8 @@ def evaluation_pool(settings: Settings, engine: ClickHouse) -> Analysts:
     evaluator's pause, at most a tenth of a core) and small blocks. In the embedded engine that
     thread is the worker's own: it runs nicer than the event loop and the background threads
     (sendtrack/threads.py, evaluation_nice), so that an evaluation takes only the CPU the records
-    leave, and so it may run EVALUATION_TIME_FACTOR times a reader's time limit."""
+    leave. With either engine it may run EVALUATION_TIME_FACTOR times a reader's time limit: a busy
+    machine or server stretches it, and a cut evaluation sends no alert."""
     return Analysts(settings.model_copy(update={"query_max_result_rows": 10_000_000,
                                                 "query_max_result_bytes": 1024 ** 3,
                                                 "query_max_seconds": EVALUATION_TIME_FACTOR * settings.query_max_seconds}),
