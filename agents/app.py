@@ -15,7 +15,7 @@ from sendtrack.topics import RECORD_MAX_BYTES, ensure_topics
 
 settings = get_settings()
 F = TypeVar("F", bound=Callable)
-store.configure(settings.state_memory_mb, settings.restore_memory_mb)
+store.configure(settings.state_memory_mb, settings.restore_memory_mb, settings.state_compression)
 
 
 # JSON through orjson: table state is plain dicts and lists.

@@ -23,9 +23,24 @@ log = logging.getLogger(__name__)
 _shared: dict[str, Any] = {}
 
 
-def configure(memory_mb: int, restore_memory_mb: int = 256) -> None:
-    """Set the budget before the first database opens: half memtables, half block cache."""
+# SENDTRACK_STATE_COMPRESSION -> RocksDB's compression of each block of the tables' files. A read
+# that misses the block cache (most reads of an older message's state: docs/performance.md) copies
+# the block from the OS page cache and decompresses it; LZ4 decompresses faster than Snappy, RocksDB's
+# default, at about the same size on disk. Each file records its own: a change applies to files
+# written from then on (flushes, compactions), and older files are read as they were written.
+COMPRESSION = {
+    "lz4": rocksdict.DBCompressionType.lz4,
+    "snappy": rocksdict.DBCompressionType.snappy,
+    "zstd": rocksdict.DBCompressionType.zstd,
+    "none": rocksdict.DBCompressionType.none,
+}
+
+
+def configure(memory_mb: int, restore_memory_mb: int = 256, compression: str = "lz4") -> None:
+    """Set the budget before the first database opens: half memtables, half block cache; and the
+    compression of the files written from then on."""
     budget = memory_mb * 1024 * 1024
+    _shared["compression"] = COMPRESSION[compression]
     _shared["cache"] = rocksdict.Cache(budget // 2)
     _shared["write_buffers"] = rocksdict.WriteBufferManager(budget // 2, False)
     _shared["memtables"] = budget // 2
@@ -136,7 +151,7 @@ def table_options(partitioned: bool = True) -> Any:
 
 class SharedRocksDBOptions(faust_rocksdb.RocksDBOptions):
     """Faust's options, with the process-wide cache and write buffer manager, compaction for small
-    flushes and partitioned indexes and filters (above)."""
+    flushes, partitioned indexes and filters, and the configured compression (above)."""
 
     def as_options(self) -> Any:
         options = super().as_options()
@@ -145,6 +160,7 @@ class SharedRocksDBOptions(faust_rocksdb.RocksDBOptions):
         options.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER)
         options.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN_TRIGGER)
         options.set_level_zero_stop_writes_trigger(L0_STOP_TRIGGER)
+        options.set_compression_type(_shared["compression"]())
         return options
 
 

@@ -650,7 +650,8 @@ TIMINGS = ("engine_batch_seconds", "engine_apply_seconds", "engine_produce_secon
 
 
 # Settings whose values the results always show, set or not: what the runs compare.
-RECORDED_ALWAYS = ("gc_young_threshold", "background_nice", "engine_batch_events", "sink_batch_seconds")
+RECORDED_ALWAYS = ("gc_young_threshold", "background_nice", "engine_batch_events", "sink_batch_seconds",
+                   "state_compression")
 
 
 def recorded_settings(environ: Optional[dict[str, str]] = None) -> dict[str, str]:

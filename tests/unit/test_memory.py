@@ -325,3 +325,67 @@ def test_state_files_have_partitioned_indexes_and_filters(tmp_path):
     for line in ("index_type=kTwoLevelIndexSearch", "partition_filters=true",
                  f"metadata_block_size={store.METADATA_BLOCK_BYTES}", "pin_top_level_index_and_filter=true"):
         assert f"  {line}\n" in written, line
+
+
+def _sst_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.sst"))
+
+
+def test_state_files_are_compressed_as_configured_and_older_ones_still_read(tmp_path):
+    """SENDTRACK_STATE_COMPRESSION: new files are written with the configured compression (the
+    OPTIONS file names it; the same compressible state takes several times less disk than
+    uncompressed), and files written with another one, RocksDB's Snappy before, are read and
+    compacted with them."""
+    from agents import store
+
+    state = b'{"req":{"message_id":"m-%06d","action":"email","provider":"sendgrid"},"ms":{"sent":[1]}}'
+    sizes = {}
+    try:
+        for name, expected in (("none", "kNoCompression"), ("snappy", "kSnappyCompression"),
+                               ("lz4", "kLZ4Compression"), ("zstd", "kZSTD")):
+            store.configure(16, compression=name)
+            options = store.SharedRocksDBOptions(write_buffer_size=4 * 1024 * 1024, use_rocksdict=True)
+            db = rocksdict.Rdict(str(tmp_path / name), options.as_options())
+            for i in range(20_000):
+                db[b"key-%06d" % i] = state % i
+            db.flush()
+            db.close()
+            sizes[name] = _sst_bytes(tmp_path / name)
+            written = "".join(p.read_text() for p in (tmp_path / name).glob("OPTIONS-*"))
+            assert f"  compression={expected}\n" in written, name
+        assert all(sizes["none"] > 3 * sizes[name] for name in ("snappy", "lz4", "zstd")), sizes
+
+        # A database of Snappy files (the worker's before) under LZ4: read, written, compacted.
+        store.configure(16, compression="lz4")
+        options = store.SharedRocksDBOptions(write_buffer_size=4 * 1024 * 1024, use_rocksdict=True)
+        db = rocksdict.Rdict(str(tmp_path / "snappy"), options.as_options())
+        try:
+            assert db[b"key-012345"] == state % 12345
+            for i in range(20_000, 40_000):
+                db[b"key-%06d" % i] = state % i
+            db.flush()
+            db.compact_range(None, None)
+            assert db[b"key-000007"] == state % 7 and db[b"key-039999"] == state % 39999
+            assert sum(1 for _ in db.keys()) == 40_000
+        finally:
+            db.close()
+    finally:
+        store.configure(Settings().state_memory_mb)
+
+
+def test_the_worker_applies_the_compression_setting(tmp_path):
+    # The worker's app, as `sendtrack worker` imports it: its tables' options carry the setting.
+    code = f"""
+import os
+os.environ["SENDTRACK_STATE_COMPRESSION"] = "zstd"
+import rocksdict
+from agents import app, store
+options = store.SharedRocksDBOptions(write_buffer_size=4 * 1024 * 1024, use_rocksdict=True)
+db = rocksdict.Rdict({str(tmp_path / "db")!r}, options.as_options())
+db[b"k"] = b"v"
+db.close()
+"""
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                   cwd=Path(__file__).resolve().parents[2])
+    written = "".join(p.read_text() for p in (tmp_path / "db").glob("OPTIONS-*"))
+    assert "  compression=kZSTD\n" in written
