@@ -44,8 +44,15 @@ VARIANTS = {
     "whole-metadata": None,
     # the worker's without Snappy: a read of a block not in the cache copies it, not decompresses it
     "no-compression": None,
-    # the worker's with LZ4 in place of Snappy: it decompresses faster at about the same ratio
-    "lz4": None,
+    # Snappy, RocksDB's default and the worker's before the twenty-eighth session (LZ4 since)
+    "snappy": None,
+    # the worker's with another base level (RocksDB's default is 256 MB, the worker's 8 MB since the
+    # twenty-eighth session): with dynamic level sizes a partition under it has one sorted level,
+    # which every level-0 compaction rewrites whole; under a smaller base the level-0 files merge
+    # into a level about a tenth of the partition's size
+    "level-base-256mb": None,
+    "level-base-32mb": None,
+    "level-base-8mb": None,
     # the worker's options, each fetch's reads made as one MultiGet per partition before its records
     # are applied (the engine reads one key at a time, as the others here)
     "multiget": None,
@@ -109,8 +116,10 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
                 options.set_compaction_style(rocksdict.DBCompactionStyle.universal())
             if name == "no-compression":
                 options.set_compression_type(rocksdict.DBCompressionType.none())
-            if name == "lz4":
-                options.set_compression_type(rocksdict.DBCompressionType.lz4())
+            if name == "snappy":
+                options.set_compression_type(rocksdict.DBCompressionType.snappy())
+            if name.startswith("level-base-"):
+                options.set_max_bytes_for_level_base(int(name.split("-")[-1][:-2]) * 1024 * 1024)
             if name in ("rocksdb-defaults", "l0-16-bloom3", "universal", "whole-metadata"):  # as measured then
                 options.set_block_based_table_factory(store.table_options(partitioned=False))
             return options
@@ -162,6 +171,8 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
     flushed = sum(stats_gb(db, "Flush(GB): cumulative") for db in dbs)
     compacted = max(sum(stats_gb(db, "Cumulative compaction:") for db in dbs) - flushed, 0.0)
     level0 = sum(db.property_int_value("rocksdb.num-files-at-level0") for db in dbs)
+    # The files of every level, summed over the databases: where the data ended up.
+    levels = [sum(db.property_int_value(f"rocksdb.num-files-at-level{n}") for db in dbs) for n in range(7)]
     for db in dbs:
         db.close()
     size = sum(f.stat().st_size for f in out.rglob("*.sst"))
@@ -169,7 +180,7 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
             "main_thread_cpu_s": round(main, 1),
             "read_us_per_tenth": [round(r / tenth * 1e6, 2) for r in read_s[:10]], "background_cpu_s": round(total - main, 1),
             "flushed_gb": round(flushed, 2), "compaction_written_gb": round(compacted, 2),
-            "level0_files_left": level0, "sst_mb": round(size / 2**20)}
+            "level0_files_left": level0, "files_per_level": levels, "sst_mb": round(size / 2**20)}
 
 
 def main() -> None:

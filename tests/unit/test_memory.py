@@ -283,6 +283,56 @@ def test_state_files_carry_the_configured_filters_and_write_triggers(tmp_path):
     written = "".join(path.read_text() for path in (tmp_path / "db").glob("OPTIONS-*"))
     assert f"level0_slowdown_writes_trigger={store.L0_SLOWDOWN_TRIGGER}\n" in written
     assert f"level0_stop_writes_trigger={store.L0_STOP_TRIGGER}\n" in written
+    assert f"max_bytes_for_level_base={store.MAX_BYTES_FOR_LEVEL_BASE}\n" in written
+    assert "level_compaction_dynamic_level_bytes=true\n" in written
+
+
+def _compaction_bytes(path: Path, base: int) -> float:
+    """GB that compactions wrote while about 48 MB of state, in random key order (new messages' ids
+    land all over the key space), arrived in small flushes (the shared budget's), under a
+    max_bytes_for_level_base of `base`."""
+    import os
+    import random
+
+    from agents import store
+
+    store.configure(16)
+
+    class Options(store.SharedRocksDBOptions):
+        def as_options(self):
+            options = super().as_options()
+            options.set_max_bytes_for_level_base(base)
+            return options
+
+    db = rocksdict.Rdict(str(path), Options(write_buffer_size=4 * 1024 * 1024, use_rocksdict=True).as_options())
+    try:
+        rnd = random.Random(7)
+        keys = [b"message-%08d" % i for i in range(400_000)]
+        for _ in range(480):
+            for key in rnd.sample(keys, 400):
+                db[key] = os.urandom(250)
+            db.flush()
+        deadline = time.monotonic() + 60
+        while db.property_int_value("rocksdb.num-running-compactions") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for line in (db.property_value("rocksdb.stats") or "").splitlines():
+            if line.startswith("Cumulative compaction:"):
+                return float(line.split()[2])
+        raise AssertionError("no compaction stats")
+    finally:
+        db.close()
+        store.configure(Settings().state_memory_mb)
+
+
+def test_level_zero_files_merge_into_a_small_level_not_the_whole_partition(tmp_path):
+    """With RocksDB's 256 MB base level a partition of tens of MB is one sorted level, and every
+    L0_COMPACTION_TRIGGER small files rewrite it whole; under MAX_BYTES_FOR_LEVEL_BASE they merge
+    into a level about a tenth of its size, which reaches the last level less often."""
+    from agents import store
+
+    ours = _compaction_bytes(tmp_path / "ours", store.MAX_BYTES_FOR_LEVEL_BASE)
+    default = _compaction_bytes(tmp_path / "default", 256 * 1024 * 1024)
+    assert ours < 0.7 * default, (ours, default)
 
 
 def test_state_files_have_partitioned_indexes_and_filters(tmp_path):
