@@ -42,7 +42,8 @@ VARIANTS = {
     # the worker's before the twenty-third session: each file's index and filter whole (a read loads
     # all of them, where the worker now loads one 4 KB partition of each: agents/store.py)
     "whole-metadata": None,
-    # the worker's without Snappy: a read of a block not in the cache copies it, not decompresses it
+    # the worker's without compression (LZ4 since the twenty-eighth session, Snappy before): a read
+    # of a block not in the cache copies it, not decompresses it
     "no-compression": None,
     # Snappy, RocksDB's default and the worker's before the twenty-eighth session (LZ4 since)
     "snappy": None,
@@ -52,11 +53,14 @@ VARIANTS = {
     # into a level about a tenth of the partition's size
     "level-base-256mb": None,
     "level-base-32mb": None,
-    "level-base-8mb": None,
     # the worker's options, each fetch's reads made as one MultiGet per partition before its records
     # are applied (the engine reads one key at a time, as the others here)
     "multiget": None,
 }
+
+
+# Variants of the worker's options before the twenty-third session, run as they were then.
+HISTORICAL = ("rocksdb-defaults", "l0-16-bloom3", "universal", "whole-metadata")
 
 
 def value_of(i: int, step: int) -> bytes:
@@ -120,8 +124,10 @@ def run_variant(name: str, messages: int, partitions: int, memory_mb: int, out: 
                 options.set_compression_type(rocksdict.DBCompressionType.snappy())
             if name.startswith("level-base-"):
                 options.set_max_bytes_for_level_base(int(name.split("-")[-1][:-2]) * 1024 * 1024)
-            if name in ("rocksdb-defaults", "l0-16-bloom3", "universal", "whole-metadata"):  # as measured then
+            if name in HISTORICAL:  # as measured then: before partitioned metadata, LZ4 and small levels
                 options.set_block_based_table_factory(store.table_options(partitioned=False))
+                options.set_compression_type(rocksdict.DBCompressionType.snappy())
+                options.set_max_bytes_for_level_base(256 * 1024 * 1024)
             return options
 
     options = Options(write_buffer_size=store.NORMAL_WRITE_BUFFER, max_write_buffer_number=2,

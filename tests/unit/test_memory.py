@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import rocksdict
@@ -287,10 +288,10 @@ def test_state_files_carry_the_configured_filters_and_write_triggers(tmp_path):
     assert "level_compaction_dynamic_level_bytes=true\n" in written
 
 
-def _compaction_bytes(path: Path, base: int) -> float:
+def _compaction_bytes(path: Path, base: Optional[int] = None) -> float:
     """GB that compactions wrote while about 48 MB of state, in random key order (new messages' ids
-    land all over the key space), arrived in small flushes (the shared budget's), under a
-    max_bytes_for_level_base of `base`."""
+    land all over the key space), arrived in small flushes (the shared budget's), under the worker's
+    options, or with a max_bytes_for_level_base of `base`."""
     import os
     import random
 
@@ -301,7 +302,8 @@ def _compaction_bytes(path: Path, base: int) -> float:
     class Options(store.SharedRocksDBOptions):
         def as_options(self):
             options = super().as_options()
-            options.set_max_bytes_for_level_base(base)
+            if base is not None:
+                options.set_max_bytes_for_level_base(base)
             return options
 
     db = rocksdict.Rdict(str(path), Options(write_buffer_size=4 * 1024 * 1024, use_rocksdict=True).as_options())
@@ -312,8 +314,10 @@ def _compaction_bytes(path: Path, base: int) -> float:
             for key in rnd.sample(keys, 400):
                 db[key] = os.urandom(250)
             db.flush()
+        # Every compaction due is finished, not only those running at this moment.
         deadline = time.monotonic() + 60
-        while db.property_int_value("rocksdb.num-running-compactions") and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (db.property_int_value("rocksdb.num-running-compactions")
+                                               or db.property_int_value("rocksdb.compaction-pending")):
             time.sleep(0.05)
         for line in (db.property_value("rocksdb.stats") or "").splitlines():
             if line.startswith("Cumulative compaction:"):
@@ -326,13 +330,12 @@ def _compaction_bytes(path: Path, base: int) -> float:
 
 def test_level_zero_files_merge_into_a_small_level_not_the_whole_partition(tmp_path):
     """With RocksDB's 256 MB base level a partition of tens of MB is one sorted level, and every
-    L0_COMPACTION_TRIGGER small files rewrite it whole; under MAX_BYTES_FOR_LEVEL_BASE they merge
-    into a level about a tenth of its size, which reaches the last level less often."""
-    from agents import store
-
-    ours = _compaction_bytes(tmp_path / "ours", store.MAX_BYTES_FOR_LEVEL_BASE)
-    default = _compaction_bytes(tmp_path / "default", 256 * 1024 * 1024)
-    assert ours < 0.7 * default, (ours, default)
+    L0_COMPACTION_TRIGGER small files rewrite it whole; under the worker's options
+    (MAX_BYTES_FOR_LEVEL_BASE) they merge into a level about a tenth of its size, which reaches the
+    last level less often: 0.30-0.31 GB written against 0.51 GB when measured."""
+    ours = _compaction_bytes(tmp_path / "ours")
+    default = _compaction_bytes(tmp_path / "default", base=256 * 1024 * 1024)
+    assert ours < 0.8 * default, (ours, default)
 
 
 def test_state_files_have_partitioned_indexes_and_filters(tmp_path):
