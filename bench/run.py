@@ -33,7 +33,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -723,16 +723,22 @@ def exact_counts(worker: Worker) -> tuple[int, int]:
     return worker.sql("SELECT count() FROM sendtrack.status_changes")[0][0], funnel
 
 
+def wait_for_merges(merges: Callable[[], int], limit: float) -> tuple[float, bool]:
+    """Wait (at most `limit` s) until `merges()`, ClickHouse's count of running merges, is 0; returns
+    the seconds waited and whether it got there."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if merges() == 0:
+            return round(time.monotonic() - started, 1), True
+        time.sleep(1)
+    return round(time.monotonic() - started, 1), False
+
+
 def settle_merges(worker: Worker, limit: float = 180.0) -> float:
     """Wait (at most `limit` s) until ClickHouse runs no merge. Right after a backlog of millions of
     records it is still merging what the backlog inserted, for minutes; freshness is measured at
     half the maximum rate in a steady state, not during that catch-up."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        if worker.sql("SELECT count() FROM system.merges")[0][0] == 0:
-            break
-        time.sleep(1)
-    waited = round(time.monotonic() - started, 1)
+    waited, _ = wait_for_merges(lambda: worker.sql("SELECT count() FROM system.merges")[0][0], limit)
     log(f"freshness: ClickHouse merges settled after {waited} s")
     return waited
 
@@ -804,13 +810,7 @@ def funnel_query(messages: int, path: Path) -> dict:
     # no merge runs, as a dashboard reads a table that is not being bulk-loaded (the freshness phase
     # waits for the same reason, settle_merges).
     busy, _ = timed()
-    settle_started, quiet = time.monotonic(), False
-    while time.monotonic() - settle_started < 300:
-        if ch.query("SELECT count() FROM system.merges")[1][0][0] == 0:
-            quiet = True
-            break
-        time.sleep(1)
-    settled = round(time.monotonic() - settle_started, 1)
+    settled, quiet = wait_for_merges(lambda: ch.query("SELECT count() FROM system.merges")[1][0][0], 300)
     times, rows = timed()
     log(f"funnel query: {statistics.median(busy) * 1000:.1f} ms while the generation's merges ran, "
         f"{statistics.median(times) * 1000:.1f} ms " + (f"once they settled (after {settled} s)" if quiet
